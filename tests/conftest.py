@@ -1,0 +1,95 @@
+"""Shared fixtures: settings, SQLite and real PostgreSQL warehouses, the small local model, policies."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICIES_DIR = ROOT / "policies"
+
+# Local defaults for every test process and the subprocesses it starts (Ray workers, vLLM servers).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def settings_factory(tmp_path):
+    """Build Settings with the given warehouse URL (default: a SQLite file in tmp_path) and overrides."""
+    from safeguard_flow.settings import load_settings
+
+    def make(db_url: str | None = None, **overrides):
+        base = {
+            "home": str(tmp_path / "home"),
+            "policies_dir": str(POLICIES_DIR),
+            "warehouse": {"url": db_url or f"sqlite:///{tmp_path / 'warehouse.db'}"},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        return load_settings(environ={}, **base)
+
+    return make
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'warehouse.db'}"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL 15 server per test session, from the installed binaries."""
+    from safeguard_flow.testing.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return pg_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def warehouse_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def model_settings():
+    """Settings pointing at the small local model (prepared once, cached across runs)."""
+    from safeguard_flow.settings import load_settings
+
+    return load_settings(environ={k: v for k, v in os.environ.items() if k.startswith("SAFEGUARD_MODEL__")})
+
+
+@pytest.fixture(scope="session")
+def prepared_model(model_settings) -> str:
+    """Path of the prepared small local model (`safeguard-flow model prepare` does the work once)."""
+    from safeguard_flow import local_model
+
+    return str(local_model.prepare(model_settings))
+
+
+@pytest.fixture(scope="session")
+def small_policies():
+    """Two example policies (spam: binary-ish JSON, self-harm), loaded from the repo's policies/."""
+    from safeguard_flow.policies import load_policy_set
+
+    wanted = {"spam", "self-harm"}
+    policies = [p for p in load_policy_set(POLICIES_DIR) if p.name in wanted]
+    assert {p.name for p in policies} == wanted
+    return [p.with_version(1) for p in policies]

@@ -1,0 +1,62 @@
+import json
+
+from safeguard_flow.content import ContentItem, clip
+from safeguard_flow.io_files import VerdictWriter, read_items
+from safeguard_flow.verdicts import Verdict
+
+
+def test_hash_ignores_trivial_differences():
+    a = ContentItem.from_raw(1, "caf\u00e9 \r\n")
+    b = ContentItem.from_raw(1, "cafe\u0301\n")
+    assert a.content_hash == b.content_hash and a.problem is None
+    assert ContentItem.from_raw(1, "cafe").content_hash != a.content_hash
+
+
+def test_problem_items():
+    assert ContentItem.from_raw(1, None).problem == "content is NULL"
+    assert ContentItem.from_raw(1, " \n ").problem == "content is empty"
+    assert "UTF-8" in ContentItem.from_raw(1, b"\xc3\x28").problem
+    assert "code points" in ContentItem.from_raw(1, "a\udc80b").problem
+    assert ContentItem.from_raw(1, b"ok").text == "ok"
+
+
+def test_clip_keeps_head_and_tail():
+    text, cut = clip("A" * 50 + "B" * 50, 40)
+    assert cut and text.startswith("A") and text.endswith("B") and len(text) < 60
+    assert clip("short", 40) == ("short", False)
+
+
+def test_jsonl_bad_lines_become_problem_items(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b'{"id": "a", "text": "fine"}\n'
+        b'{"id": "b", "text": \n'
+        b'\xff\xfe{"id": "c"}\n'
+        b'[1, 2]\n'
+        b'{"text": "no id"}\n'
+        b'{"id": "d"}\n'
+        b'\n'
+        b'{"id": 7, "prompt": "alt field"}\n'
+    )
+    items = list(read_items(path))
+    assert len(items) == 7
+    assert items[0].problem is None and items[-1].content_id == "7" and items[-1].problem is None
+    assert all(i.problem for i in items[1:6])
+
+
+def test_csv(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'id,text\n1,hello\n2,"multi\nline"\n3,bad \xff byte\n4,\n')
+    items = list(read_items(path))
+    assert [i.content_id for i in items] == ["1", "2", "3", "4"]
+    assert items[1].text == "multi\nline"
+    assert "UTF-8" in items[2].problem and items[3].problem == "content is empty"
+
+
+def test_writer_jsonl_and_csv(tmp_path):
+    v = Verdict(content_id="a", policy="spam", policy_version=1, label=1, parse_status="ok")
+    for name in ("out.jsonl", "out.csv"):
+        with VerdictWriter(tmp_path / name) as w:
+            w.write([v, v])
+        assert w.count == 2
+    assert json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])["label"] == 1

@@ -107,6 +107,27 @@ def cmd_policies_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from safeguard_flow.evaluation import MODERATION_2022_KEYS, load_truth, plot_scores, score, score_table
+    from safeguard_flow.verdicts import Verdict
+
+    keys = dict(MODERATION_2022_KEYS)
+    for pair in args.truth_key or []:
+        policy, sep, key = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--truth-key: expected POLICY=COLUMN, got {pair!r}")
+        keys[policy] = key
+    truth = load_truth(args.truth, keys)
+    fields = set(Verdict.__dataclass_fields__)
+    with open(args.verdicts, encoding="utf-8") as fh:
+        verdicts = [Verdict(**{k: v for k, v in json.loads(line).items() if k in fields}) for line in fh if line.strip()]
+    scores = score(verdicts, truth)
+    print(score_table(scores))
+    if args.plot:
+        print(f"plot: {plot_scores(scores, args.plot)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safeguard-flow", description=__doc__)
     parser.add_argument("--config", help="settings YAML file (default: $SAFEGUARD_CONFIG or ./safeguard.yaml)")
@@ -120,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="label only the first N items")
     p.add_argument("--chunk-size", type=int, default=64, help="items per engine batch")
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("evaluate", help="score verdicts (from `label`) against labelled examples")
+    p.add_argument("--verdicts", required=True, help="verdicts .jsonl written by `label`")
+    p.add_argument("--truth", required=True, help=".jsonl with id and one 0/1 column per policy")
+    p.add_argument("--truth-key", action="append", help="POLICY=COLUMN (default: the 2022 moderation set's keys)")
+    p.add_argument("--plot", help="write a precision/recall/F1 chart (PNG) here")
+    p.set_defaults(func=cmd_evaluate)
 
     model = sub.add_parser("model", help="the local model").add_subparsers(dest="model_command", required=True)
     p = model.add_parser("prepare", help="convert the packaged GGUF model into a cached HF folder")

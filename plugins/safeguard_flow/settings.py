@@ -121,6 +121,27 @@ class RaySettings(_Section):
     runtime_env: dict[str, Any] = Field(default_factory=dict)
     job_timeout_s: float = Field(default=6 * 3600, gt=0)
     poll_interval_s: float = Field(default=5.0, gt=0)
+    max_restarts: int = Field(default=3, ge=-1)  # restarts of a dead replica (-1: forever)
+    # How the Airflow label task runs the Ray label job: "job" submits it to the cluster (Jobs API,
+    # deferrable operator); "in_process" runs raylib.run_label_job inside the Airflow worker (local/dev).
+    label_mode: Literal["job", "in_process"] = "job"
+    # The local head the Ray hook starts when no cluster is configured (GCS port; its other ports follow it).
+    local_port: int = Field(default=6380, ge=1024, le=65000)
+    local_dashboard_port: int = Field(default=8265, ge=1024, le=65535)
+    local_num_cpus: int | None = Field(default=None, ge=1)  # None: os.cpu_count()
+    local_object_store_mb: int = Field(default=512, ge=64)
+    # The Ray Serve app (ray_jobs/serve_app.py): OpenAI-compatible endpoint with autoscaling replicas.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=8000, ge=1, le=65535)
+    serve_min_replicas: int = Field(default=1, ge=0)
+    serve_max_replicas: int = Field(default=1, ge=1)
+    serve_target_ongoing_requests: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _serve_bounds(self) -> RaySettings:
+        if self.serve_min_replicas > self.serve_max_replicas:
+            raise ValueError("serve_min_replicas is greater than serve_max_replicas")
+        return self
 
 
 class QualitySettings(_Section):

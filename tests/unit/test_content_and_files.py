@@ -60,3 +60,17 @@ def test_writer_jsonl_and_csv(tmp_path):
             w.write([v, v])
         assert w.count == 2
     assert json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])["label"] == 1
+
+
+def test_evaluate_counts_errors_apart(tmp_path):
+    from safeguard_flow.evaluation import load_truth, plot_scores, score
+
+    truth_file = tmp_path / "t.jsonl"
+    truth_file.write_text('{"id": "a", "SH": 1}\n{"id": "b", "SH": 0}\n{"id": "c", "SH": 1}\n{"id": "d"}\n')
+    truth = load_truth(truth_file, {"self-harm": "SH"})
+    mk = lambda cid, label, status="ok": Verdict(content_id=cid, policy="self-harm", policy_version=1, label=label, parse_status=status)
+    (s,) = score([mk("a", 1), mk("b", 1), mk("c", None, "malformed"), mk("d", 0)], truth)
+    assert (s.tp, s.fp, s.fn, s.tn, s.errors, s.unlabelled) == (1, 1, 0, 0, 1, 1)
+    assert s.precision == 0.5 and s.recall == 1.0
+    png = plot_scores([s], tmp_path / "plot.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,248 @@
+"""Ray label job vs the bare in-process engine on the same items, and a kill-and-resume check.
+
+    python bench/ray_job_bench.py                      # 200 demo items, 1 replica, policy spam
+    python bench/ray_job_bench.py --items 200 --replicas 1 --chunk-size 25 --policies spam
+
+Prints, for the same items: items/s of the bare engine (label_items in this process) and of the Ray
+job submitted through the Jobs API to a local head (steady-state: first chunk start to last chunk
+end; and end-to-end including job start-up and engine load), their ratio, tokens per item; then,
+for a job stopped mid-run and submitted again with the same run id: items labelled twice and missing.
+Everything runs on a throwaway SQLite warehouse and a local Ray head on --ray-port (stopped at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+T0 = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
+
+
+def demo_texts(n: int) -> list[str]:
+    lines = (ROOT / "data" / "moderation-sample.jsonl").read_text().splitlines()
+    if n > len(lines):
+        sys.exit(f"--items {n}: the demo data has {len(lines)} rows")
+    return [json.loads(line)["text"] for line in lines[:n]]
+
+
+def make_settings(args, home: Path):
+    from safeguard_flow.settings import load_settings
+
+    base = load_settings()  # model key / cache from SAFEGUARD_MODEL__* or safeguard.yaml
+    return load_settings(environ={},
+                         home=str(home), policies_dir=str(ROOT / "policies"),
+                         warehouse={"url": f"sqlite:///{home / 'warehouse.db'}", "chunk_size": args.chunk_size},
+                         sources=[{"name": "posts", "table": "posts", "text_column": "body", "updated_at_column": "updated_at"}],
+                         model={**base.model.model_dump(), "max_tokens": args.max_tokens},
+                         ray={"num_replicas": args.replicas, "num_cpus_per_replica": 1.0 if args.replicas == 1 else 0.5,
+                              "local_port": args.ray_port, "local_dashboard_port": args.dashboard_port,
+                              "local_num_cpus": os.cpu_count() or 2, "poll_interval_s": 1.0})
+
+
+def load_source(settings, texts: list[str], policy_names: list[str]) -> list:
+    """Migrate, create the posts table and publish the chosen policies; returns the published policies."""
+    import sqlalchemy as sa
+
+    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.warehouse import db, policy_store, schema
+
+    schema.upgrade(settings)
+    engine = db.make_engine(settings)
+    md = sa.MetaData()
+    posts = sa.Table("posts", md, sa.Column("id", sa.String(50), primary_key=True), sa.Column("body", sa.Text),
+                     sa.Column("updated_at", sa.DateTime))
+    md.create_all(engine)
+    stamp = (T0 + dt.timedelta(hours=1)).replace(tzinfo=None)
+    with engine.begin() as conn:
+        conn.execute(posts.insert(), [dict(id=f"p{i:04d}", body=t, updated_at=stamp) for i, t in enumerate(texts)])
+    policies = [p for p in load_policy_set(settings.policies_dir) if p.name in set(policy_names)]
+    if len(policies) != len(set(policy_names)):
+        sys.exit(f"--policies: unknown policy in {policy_names}")
+    published = [r.policy for r in policy_store.publish_policies(engine, settings, policies, author="bench")]
+    engine.dispose()
+    return published
+
+
+def new_run(settings, policies, run_id: str) -> str:
+    from safeguard_flow.warehouse import db, extract, runs
+
+    engine = db.make_engine(settings)
+    run_id = runs.create_run(engine, settings, "manual", policies, T0, T0 + dt.timedelta(days=1), run_id=run_id)
+    extract.extract_interval(engine, settings, run_id, T0, T0 + dt.timedelta(days=1))
+    engine.dispose()
+    return run_id
+
+
+def chunk_marks(settings, run_id: str) -> dict[int, tuple[bool, object, int]]:
+    import sqlalchemy as sa
+
+    from safeguard_flow.warehouse import db, schema
+
+    engine = db.make_engine(settings)
+    c = schema.tables(settings).run_chunks
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(c.c.chunk_no, c.c.done, c.c.finished_at, c.c.items).where(c.c.run_id == run_id)).all()
+    engine.dispose()
+    return {int(r.chunk_no): (bool(r.done), r.finished_at, int(r.items)) for r in rows}
+
+
+def bare_engine(settings, policies, texts: list[str]) -> dict:
+    from safeguard_flow.content import ContentItem
+    from safeguard_flow.engines import build_engine
+    from safeguard_flow.labelling import LabelStats, label_items
+
+    items = [ContentItem.from_raw(f"p{i:04d}", t, "posts") for i, t in enumerate(texts)]
+    start = time.perf_counter()
+    engine = build_engine(settings)
+    load_s = time.perf_counter() - start
+    stats = LabelStats()
+    t = time.perf_counter()
+    label_items(engine, items, policies, max_content_chars=settings.model.max_content_chars, stats=stats)
+    label_s = time.perf_counter() - t
+    engine.close()
+    return {"items": len(items), "load_s": load_s, "label_s": label_s, "items_per_s": len(items) / label_s,
+            "e2e_items_per_s": len(items) / (load_s + label_s),
+            "tokens_per_item": (stats.prompt_tokens + stats.completion_tokens) / len(items),
+            "prompt_tokens_per_item": stats.prompt_tokens / len(items),
+            "completion_tokens_per_item": stats.completion_tokens / len(items), "errors": stats.errors}
+
+
+def submit(hook, settings, run_id: str) -> str:
+    from safeguard_flow.raylib.submission import RUN_ID_METADATA, label_job_entrypoint, label_job_runtime_env
+
+    return hook.submit_job(label_job_entrypoint(run_id), runtime_env=label_job_runtime_env(settings, local=True),
+                           metadata={RUN_ID_METADATA: run_id})
+
+
+def ray_job(hook, settings, run_id: str) -> dict:
+    from safeguard_flow.raylib.summary import parse_marker
+
+    start = time.perf_counter()
+    job_id = submit(hook, settings, run_id)
+    status = hook.wait_for_job(job_id, poll_interval=1.0, timeout=3600)
+    wall = time.perf_counter() - start
+    logs = hook.get_job_logs(job_id)
+    if status != "SUCCEEDED":
+        sys.exit(f"Ray job {job_id} {status}:\n" + "\n".join(logs.splitlines()[-30:]))
+    summary = parse_marker(logs)
+    summary["submit_to_done_s"] = wall
+    return summary
+
+
+def kill_and_resume(hook, settings, policies, n_items: int, kill_after_chunks: int) -> dict:
+    from safeguard_flow.raylib.summary import parse_marker
+
+    run_id = new_run(settings, policies, "bench-kill-resume")
+    total_chunks = len(chunk_marks(settings, run_id))
+    job_id = submit(hook, settings, run_id)
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        done = [c for c, (d, _, _) in chunk_marks(settings, run_id).items() if d]
+        if len(done) >= kill_after_chunks or hook.get_job_status(job_id) in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(0.5)
+    hook.stop_job(job_id)
+    while hook.get_job_status(job_id) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        time.sleep(0.5)
+    before = chunk_marks(settings, run_id)
+    staged_before = {c for c, (d, _, _) in before.items() if d}
+
+    job2 = submit(hook, settings, run_id)
+    status = hook.wait_for_job(job2, poll_interval=1.0, timeout=3600)
+    summary2 = parse_marker(hook.get_job_logs(job2)) or {}
+    after = chunk_marks(settings, run_id)
+    relabelled = [c for c in staged_before if after[c][1] != before[c][1]]
+    twice = sum(after[c][2] for c in relabelled)
+
+    from safeguard_flow.warehouse import db, staging
+
+    engine = db.make_engine(settings)
+    frame = staging.staged_frame(engine, settings, run_id)
+    engine.dispose()
+    keys = list(zip(frame["content_id"], frame["policy"]))
+    expected = {(f"p{i:04d}", p.name) for i in range(n_items) for p in policies}
+    return {"status": status, "chunks": total_chunks, "staged_before_kill": len(staged_before),
+            "labelled_by_resume": summary2.get("chunks_labelled"), "items_labelled_twice": twice,
+            "duplicate_rows": len(keys) - len(set(keys)), "missing": len(expected - set(keys))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--chunk-size", type=int, default=25)
+    parser.add_argument("--policies", default="spam", help="comma-separated policy names")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--ray-port", type=int, default=18101)
+    parser.add_argument("--dashboard-port", type=int, default=18165)
+    parser.add_argument("--kill-after-chunks", type=int, default=2)
+    parser.add_argument("--skip-bare", action="store_true")
+    args = parser.parse_args()
+    policy_names = [p.strip() for p in args.policies.split(",") if p.strip()]
+
+    from safeguard_flow.airflow.ray_hook import RayHook
+    from safeguard_flow.raylib import local_head
+
+    home = Path(tempfile.mkdtemp(prefix="sg-raybench-"))
+    settings = make_settings(args, home)
+    texts = demo_texts(args.items)
+    policies = load_source(settings, texts, policy_names)
+    print(f"bench: {len(texts)} items x {len(policies)} policies ({', '.join(p.name for p in policies)}), "
+          f"model {settings.model.name}, {args.replicas} replica(s), chunk size {args.chunk_size}, {os.cpu_count()} cores",
+          flush=True)
+
+    bare = None if args.skip_bare else bare_engine(settings, policies, texts)
+    if bare:
+        print(f"bare engine: {bare['items_per_s']:.2f} items/s (label {bare['label_s']:.1f}s, load {bare['load_s']:.1f}s), "
+              f"{bare['tokens_per_item']:.0f} tokens/item", flush=True)
+
+    head = local_head.start_head(settings)
+    try:
+        hook = RayHook(ray_conn_id=None, settings=settings)
+        run_id = new_run(settings, policies, "bench-throughput")
+        job = ray_job(hook, settings, run_id)
+        print(f"ray job:     {job['items_per_s']:.2f} items/s (label {job['label_s']:.1f}s, engine load "
+              f"{job['engine_load_s']:.1f}s, submit-to-done {job['submit_to_done_s']:.1f}s)", flush=True)
+        kr = kill_and_resume(hook, settings, policies, len(texts), args.kill_after_chunks)
+    finally:
+        local_head.stop_head(head)
+
+    print("\n== results ==")
+    rows = []
+    if bare:
+        rows.append(("bare engine items/s (steady)", f"{bare['items_per_s']:.2f}"))
+        rows.append(("bare engine items/s (incl. load)", f"{bare['e2e_items_per_s']:.2f}"))
+    rows.append(("ray job items/s (steady)", f"{job['items_per_s']:.2f}"))
+    rows.append(("ray job items/s (submit to done)", f"{len(texts) / job['submit_to_done_s']:.2f}"))
+    if bare:
+        rows.append(("ratio ray/bare (steady; target >= 0.8)", f"{job['items_per_s'] / bare['items_per_s']:.2f}"))
+        rows.append(("ratio ray/bare (end to end)", f"{(len(texts) / job['submit_to_done_s']) / bare['e2e_items_per_s']:.2f}"))
+        rows.append(("prompt / completion tokens per item", f"{bare['prompt_tokens_per_item']:.0f} / {bare['completion_tokens_per_item']:.1f}"))
+    rows.append(("ray job tokens per item", f"{job['tokens_per_item']:.0f}"))
+    rows.append(("kill-and-resume: chunks (staged before kill / by resume)",
+                 f"{kr['chunks']} ({kr['staged_before_kill']} / {kr['labelled_by_resume']})"))
+    rows.append(("kill-and-resume: items labelled twice (target 0)", str(kr["items_labelled_twice"])))
+    rows.append(("kill-and-resume: duplicate staged rows", str(kr["duplicate_rows"])))
+    rows.append(("kill-and-resume: missing (item, policy)", str(kr["missing"])))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Relabel after a policy change: the content in scope, labelled with the new policy version only.
+
+Scheduled on the policy assets (through the `safeguard_policy_changes` alias the policy sync emits
+on): each changed policy gets its own warehouse run, labelled, validated and published. Verdicts of
+older versions stay, so the BI view `verdict_flips` shows what the new version changed.
+
+Trigger by hand with params, for example {"policy": "spam", "scope": "since", "since": "2025-01-01",
+"limit": 1000} (version defaults to the active one).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag
+
+from safeguard_flow.airflow import assets, tasks
+
+
+@dag(
+    dag_id="safeguard_relabel",
+    schedule=assets.policy_changes_alias(),
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    params=tasks.RELABEL_PARAMS,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
+    tags=["safeguard"],
+    doc_md=__doc__,
+)
+def safeguard_relabel():
+    runs = tasks.extract_relabel()
+    labelled = tasks.label(runs, mapped=True)
+    checked = tasks.validate.expand(run=runs)
+    labelled >> checked >> tasks.publish.expand(run=runs)
+
+
+safeguard_relabel()

@@ -1,0 +1,72 @@
+"""The Airflow assets safeguard-flow produces and consumes, named in one place.
+
+- one asset per policy, ``safeguard://policies/<name>``: an event means "a new version of this policy
+  became current"; its extra holds ``{"policy", "version", "sha256", "previous_version"}``. The policy
+  sync task emits them through the alias below, so only changed policies get events.
+- the verdict table, ``safeguard://warehouse/<schema.><prefix>verdicts``: an event per published run,
+  extra ``{"run_id", "kind", "inserted", "updated", ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from airflow.sdk import Asset, AssetAlias, AssetAny
+
+from safeguard_flow.settings import Settings
+
+POLICY_URI_PREFIX = "safeguard://policies/"
+POLICY_CHANGES_ALIAS = "safeguard_policy_changes"
+
+
+def policy_asset(name: str) -> Asset:
+    return Asset(uri=POLICY_URI_PREFIX + name, group="safeguard-policy")
+
+
+def policy_changes_alias() -> AssetAlias:
+    return AssetAlias(name=POLICY_CHANGES_ALIAS, group="safeguard-policy")
+
+
+def policy_name_of(uri: str) -> str | None:
+    return uri[len(POLICY_URI_PREFIX):] if uri.startswith(POLICY_URI_PREFIX) else None
+
+
+def policy_schedule(names: Iterable[str]) -> AssetAny | Asset | None:
+    """Schedule on a change of any of the named policies (None when there are none)."""
+    assets = [policy_asset(n) for n in sorted(set(names))]
+    if not assets:
+        return None
+    return assets[0] if len(assets) == 1 else AssetAny(*assets)
+
+
+def verdicts_asset(settings: Settings) -> Asset:
+    table = f"{settings.warehouse.table_prefix}verdicts"
+    if settings.warehouse.db_schema:
+        table = f"{settings.warehouse.db_schema}.{table}"
+    return Asset(uri=f"safeguard://warehouse/{table}", group="safeguard-verdicts")
+
+
+def policy_change_extra(result: Any) -> dict[str, Any]:
+    """The event extra for one warehouse PublishResult."""
+    return {
+        "policy": result.policy.name,
+        "version": int(result.version),
+        "sha256": result.policy.sha256,
+        "previous_version": result.previous_version,
+        "created": bool(result.created),
+    }
+
+
+def changed_policies_from_events(events: Mapping[Any, Iterable[Any]]) -> dict[str, int]:
+    """{policy name: newest version} from a run's triggering asset events (policy assets only)."""
+    out: dict[str, int] = {}
+    for key, evts in events.items():
+        uri = getattr(key, "uri", None) or str(key)
+        for event in evts:
+            extra = getattr(event, "extra", None) or {}
+            name = extra.get("policy") or policy_name_of(getattr(getattr(event, "asset", None), "uri", "") or uri)
+            version = extra.get("version")
+            if not name or version is None:
+                continue
+            out[name] = max(int(version), out.get(name, 0))
+    return out

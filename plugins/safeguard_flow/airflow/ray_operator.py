@@ -1,0 +1,193 @@
+"""Operators that run Ray jobs: any entrypoint (RayJobOperator) and the label job (RayLabelJobOperator).
+
+Deferrable by default: the task submits the job and hands the wait to RayJobTrigger, which streams
+the job's log into the task log. `deferrable=False` waits in the worker instead. Killing the task
+stops the job (operator.on_kill while waiting in the worker, trigger.on_kill while deferred).
+A failed job fails the task with the job's last log lines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from safeguard_flow.airflow.ray_hook import RayHook, log_tail
+from safeguard_flow.airflow.ray_trigger import RayJobTrigger
+from safeguard_flow.settings import Settings, get_settings
+
+
+class RayJobOperator(BaseOperator):
+    """Submit `entrypoint` as a Ray job and wait for it; returns the job's summary (if it printed one) or its id."""
+
+    template_fields: Sequence[str] = ("entrypoint", "runtime_env", "metadata")
+    template_fields_renderers = {"runtime_env": "json", "metadata": "json"}
+    ui_color = "#d6e6ff"
+
+    def __init__(
+        self,
+        *,
+        entrypoint: str,
+        runtime_env: dict[str, Any] | None = None,
+        metadata: dict[str, str] | None = None,
+        ray_conn_id: str | None = RayHook.default_conn_name,
+        deferrable: bool = True,
+        poll_interval: float | None = None,
+        job_timeout: float | None = None,
+        entrypoint_num_cpus: float | None = None,
+        settings: Settings | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.entrypoint = entrypoint
+        self.runtime_env = runtime_env or {}
+        self.metadata = metadata or {}
+        self.ray_conn_id = ray_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.job_timeout = job_timeout
+        self.entrypoint_num_cpus = entrypoint_num_cpus
+        self._settings = settings
+        self.job_id: str | None = None
+
+    @cached_property
+    def settings(self) -> Settings:
+        return self._settings or get_settings()
+
+    @cached_property
+    def hook(self) -> RayHook:
+        return RayHook(ray_conn_id=self.ray_conn_id, settings=self.settings)
+
+    # Subclasses shape the submission; the generic operator sends what it was given.
+    def build_entrypoint(self, context: Any) -> str:
+        return self.entrypoint
+
+    def build_runtime_env(self, context: Any) -> dict[str, Any]:
+        return dict(self.runtime_env)
+
+    def build_metadata(self, context: Any) -> dict[str, str]:
+        meta = {str(k): str(v) for k, v in self.metadata.items()}
+        ti = context.get("ti") if context else None
+        if ti is not None:
+            meta.setdefault("airflow_dag_id", str(ti.dag_id))
+            meta.setdefault("airflow_task_id", str(ti.task_id))
+            meta.setdefault("airflow_run_id", str(ti.run_id))
+        return meta
+
+    def find_existing_job(self, context: Any) -> str | None:
+        """A job to reconnect to instead of submitting (none for the generic operator)."""
+        return None
+
+    def execute(self, context: Any) -> Any:
+        poll = self.poll_interval or self.settings.ray.poll_interval_s
+        timeout = self.job_timeout or self.settings.ray.job_timeout_s
+        self.job_id = self.find_existing_job(context)
+        if self.job_id:
+            self.log.info("reconnecting to the running Ray job %s instead of submitting a new one", self.job_id)
+        else:
+            self.job_id = self.hook.submit_job(
+                self.build_entrypoint(context),
+                runtime_env=self.build_runtime_env(context),
+                metadata=self.build_metadata(context),
+                entrypoint_num_cpus=self.entrypoint_num_cpus,
+            )
+        ti = context.get("ti") if context else None
+        if ti is not None:
+            ti.xcom_push(key="ray_job_id", value=self.job_id)
+            ti.xcom_push(key="ray_dashboard_url", value=self.hook.target.dashboard_url)
+        if self.deferrable:
+            self.defer(
+                trigger=RayJobTrigger(
+                    job_id=self.job_id,
+                    dashboard_url=self.hook.target.dashboard_url,
+                    ray_conn_id=self.ray_conn_id,
+                    poll_interval=poll,
+                    deadline=time.time() + timeout,
+                ),
+                method_name="execute_complete",
+            )
+        status = self.hook.wait_for_job(self.job_id, poll_interval=poll, timeout=timeout, on_log=self.log.info)
+        logs = self.hook.get_job_logs(self.job_id)
+        from safeguard_flow.raylib.summary import parse_marker
+
+        event = {"status": status, "job_id": self.job_id, "log_tail": log_tail(logs),
+                 "message": self.hook.get_job_info(self.job_id).message or "", "summary": parse_marker(logs)}
+        return self.execute_complete(context, event)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        self.job_id = event.get("job_id") or self.job_id
+        status = event.get("status")
+        if status != "SUCCEEDED":
+            raise AirflowException(
+                f"Ray job {self.job_id} ended {status}: {event.get('message') or 'no message'}\n"
+                f"--- last lines of the job log ---\n{event.get('log_tail') or '(empty)'}"
+            )
+        self.log.info("Ray job %s succeeded", self.job_id)
+        return event.get("summary") or {"job_id": self.job_id}
+
+    def on_kill(self) -> None:
+        if self.job_id:
+            self.hook.stop_job(self.job_id)
+
+
+class RayLabelJobOperator(RayJobOperator):
+    """Run ray_jobs/label_job.py for one run on the Ray cluster; returns the job summary (counts, items/s, tokens).
+
+    Settings reach the job as SAFEGUARD_* variables in its runtime_env, with the warehouse taken from
+    the warehouse connection (`warehouse_conn_id`) when one is configured. If a job for the same run
+    is still running (a retried task, a worker that died), the operator follows it instead of
+    submitting a second one.
+    """
+
+    template_fields: Sequence[str] = (*RayJobOperator.template_fields, "run_id")
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        warehouse_conn_id: str | None = "safeguard_warehouse_default",
+        num_replicas: int | None = None,
+        working_dir: str | None = None,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("entrypoint", "")
+        super().__init__(**kwargs)
+        self.run_id = run_id
+        self.warehouse_conn_id = warehouse_conn_id
+        self.num_replicas = num_replicas
+        self.working_dir = working_dir
+
+    @cached_property
+    def settings(self) -> Settings:
+        if self._settings is not None:
+            return self._settings
+        if self.warehouse_conn_id:
+            from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
+
+            return SafeguardWarehouseHook(self.warehouse_conn_id).settings
+        return get_settings()
+
+    def build_entrypoint(self, context: Any) -> str:
+        from safeguard_flow.raylib.submission import label_job_entrypoint
+
+        return label_job_entrypoint(self.run_id, self.num_replicas)
+
+    def build_runtime_env(self, context: Any) -> dict[str, Any]:
+        from safeguard_flow.raylib.submission import label_job_runtime_env
+
+        return label_job_runtime_env(self.settings, working_dir=self.working_dir, local=self.hook.target.local,
+                                     extra=self.runtime_env)
+
+    def build_metadata(self, context: Any) -> dict[str, str]:
+        from safeguard_flow.raylib.submission import RUN_ID_METADATA
+
+        return {**super().build_metadata(context), RUN_ID_METADATA: self.run_id}
+
+    def find_existing_job(self, context: Any) -> str | None:
+        from safeguard_flow.raylib.submission import RUN_ID_METADATA
+
+        return self.hook.find_active_job({RUN_ID_METADATA: self.run_id})

@@ -1,0 +1,222 @@
+"""In-process vLLM engine: one `vllm.LLM`, batched requests, prefix caching, structured outputs.
+
+Requests arrive grouped by policy (labelling.label_items sorts them), so each policy's long system
+prompt is computed once and then served from vLLM's prefix cache. vLLM is imported only here.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from safeguard_flow import prompts
+from safeguard_flow.engines.base import Completion, EngineError, LabelRequest
+from safeguard_flow.policies import Policy
+from safeguard_flow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Prepared:
+    """A request made ready for vLLM, or the reason it cannot be sent."""
+
+    index: int
+    prompt: Any = None  # a chat conversation (list of messages) or a TokensPrompt (harmony)
+    params: Any = None  # vllm.SamplingParams
+    prompt_tokens: int = 0
+    error: str | None = None
+
+
+class VLLMEngine:
+    """Holds one `vllm.LLM`. Call `close()` (or use as a context manager) to free it."""
+
+    def __init__(self, settings: Settings, *, model_path: str | None = None, **llm_overrides: Any):
+        from safeguard_flow import local_model
+
+        self.settings = settings
+        m = settings.model
+        self.model_name = m.name
+        self.harmony = prompts.is_harmony_model(m.name, m.prompt_format)
+        path = model_path or local_model.resolve_model(settings)
+        self.model_path = path
+        try:
+            from vllm import LLM
+            from vllm.platforms import current_platform
+        except ImportError as exc:
+            raise EngineError(f"engine.kind=vllm needs vLLM installed (pip install 'safeguard-flow[cpu]' or "
+                              f"'[gpu]'): {exc}") from None
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            # Read by the engine-core process vLLM spawns, so it must be in the environment before LLM().
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(m.kv_cache_gib))
+        kwargs: dict[str, Any] = dict(
+            model=path,
+            max_model_len=m.max_model_len,
+            dtype=m.dtype,
+            max_num_seqs=m.max_num_seqs,
+            tensor_parallel_size=m.tensor_parallel_size,
+            enable_prefix_caching=True,
+            seed=0,
+        )
+        if not on_cpu:
+            kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
+        else:
+            # torch.compile adds minutes to start-up on CPU and buys little for short classification outputs.
+            kwargs["enforce_eager"] = True
+        if m.structured_outputs:
+            so_config: dict[str, Any] = {"backend": "xgrammar", "disable_any_whitespace": True}
+            if self.harmony:
+                # Constrain only the final channel; the analysis channel stays free text.
+                so_config["reasoning_parser"] = "openai_gptoss"
+            kwargs["structured_outputs_config"] = so_config
+        kwargs.update(m.engine_kwargs)
+        kwargs.update(llm_overrides)
+        self._max_model_len = kwargs["max_model_len"]
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - start-up failures are engine-wide, say what was asked
+            raise EngineError(f"vLLM could not start model {path!r} (model.name={m.name!r}): "
+                              f"{type(exc).__name__}: {exc}") from exc
+        self.tokenizer = self.llm.get_tokenizer()
+        self._harmony_stop = prompts.harmony_stop_tokens() if self.harmony else None
+
+    # --- Engine protocol --------------------------------------------------------------------------
+
+    def complete(self, requests: Sequence[LabelRequest]) -> list[Completion]:
+        results: list[Completion | None] = [None] * len(requests)
+        ready: list[_Prepared] = []
+        for i, req in enumerate(requests):
+            prep = self._prepare(i, req)
+            if prep.error is not None:
+                results[i] = Completion(error=prep.error, prompt_tokens=prep.prompt_tokens)
+            else:
+                ready.append(prep)
+        # One call for the whole (policy-grouped) batch: vLLM caches full blocks of the shared policy
+        # prefix as soon as they are scheduled, so later requests of a group reuse them.
+        if ready:
+            for prep, out in zip(ready, self._run_with_fallback(ready)):
+                results[prep.index] = out if isinstance(out, Completion) else self._to_completion(out)
+        return [r if r is not None else Completion(error="engine returned no output") for r in results]
+
+    def reset_prefix_cache(self) -> None:
+        """Drop vLLM's prefix cache (benchmarks use it to compare modes fairly)."""
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:  # noqa: BLE001 - best effort at teardown
+            log.debug("vLLM shutdown: %s", exc)
+        del llm
+        gc.collect()
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def sampling_params(self, policy: Policy, max_tokens: int | None = None):
+        """Per-request sampling params: greedy, the policy's answer constrained where supported."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        m = self.settings.model
+        structured = None
+        if m.structured_outputs:
+            choice = prompts.choices(policy)
+            if choice is not None:
+                structured = StructuredOutputsParams(choice=choice)
+            else:
+                structured = StructuredOutputsParams(json=prompts.json_schema(policy), disable_any_whitespace=True)
+        extra: dict[str, Any] = {}
+        if self.harmony:
+            extra = {"stop_token_ids": self._harmony_stop, "skip_special_tokens": False}
+        return SamplingParams(
+            temperature=m.temperature,
+            max_tokens=max_tokens or m.max_tokens,
+            structured_outputs=structured,
+            seed=0,
+            **extra,
+        )
+
+    def _prepare(self, index: int, req: LabelRequest) -> _Prepared:
+        """Render and measure the prompt; a prompt that cannot fit becomes an error, not a batch failure."""
+        try:
+            if self.harmony:
+                from vllm.inputs import TokensPrompt
+
+                ids = prompts.harmony_prompt_tokens(req.policy, req.content)
+                prompt: Any = TokensPrompt(prompt_token_ids=ids)
+                n_tokens = len(ids)
+            else:
+                prompt = prompts.chat_messages(req.policy, req.content)
+                text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+                n_tokens = len(self.tokenizer.encode(text, add_special_tokens=False))
+        except Exception as exc:  # noqa: BLE001 - e.g. content the tokenizer or template rejects
+            return _Prepared(index, error=f"could not render the prompt: {type(exc).__name__}: {exc}")
+        room = self._max_model_len - n_tokens
+        if room < 1:
+            return _Prepared(index, prompt_tokens=n_tokens, error=(
+                f"prompt is {n_tokens} tokens, longer than model.max_model_len={self._max_model_len} "
+                f"(lower model.max_content_chars or raise model.max_model_len)"))
+        # Near the limit, ask for fewer tokens rather than fail: a short answer may still fit.
+        max_tokens = min(self.settings.model.max_tokens, room)
+        return _Prepared(index, prompt, self.sampling_params(req.policy, max_tokens), n_tokens)
+
+    def _run(self, batch: list[_Prepared]) -> list[Any]:
+        if self.harmony:
+            return self.llm.generate([p.prompt for p in batch], [p.params for p in batch], use_tqdm=False)
+        return self.llm.chat([p.prompt for p in batch], [p.params for p in batch], use_tqdm=False)
+
+    def _run_with_fallback(self, batch: list[_Prepared]) -> list[Any]:
+        try:
+            return self._run(batch)
+        except Exception as exc:  # noqa: BLE001 - vLLM rejects a whole batch for one bad request
+            if len(batch) == 1:
+                return [self._failed(batch[0], exc)]
+            log.warning("batch of %d failed (%s: %s); retrying one request at a time",
+                        len(batch), type(exc).__name__, exc)
+            return [self._run_one(p) for p in batch]
+
+    @staticmethod
+    def _failed(prep: _Prepared, exc: Exception) -> Completion:
+        return Completion(error=f"vLLM rejected the request: {type(exc).__name__}: {exc}",
+                          prompt_tokens=prep.prompt_tokens)
+
+    def _run_one(self, prep: _Prepared) -> Any:
+        try:
+            return self._run([prep])[0]
+        except Exception as exc:  # noqa: BLE001 - this request alone fails; the others go on
+            return self._failed(prep, exc)
+
+    def _to_completion(self, out: Any) -> Completion:
+        if not out.outputs:
+            return Completion(error="vLLM returned no output for the request")
+        gen = out.outputs[0]
+        prompt_tokens = len(out.prompt_token_ids or [])
+        completion_tokens = len(gen.token_ids or [])
+        cached = out.num_cached_tokens or 0
+        if self.harmony:
+            final, analysis = prompts.parse_harmony_completion(list(gen.token_ids))
+            text = final
+        else:
+            text, analysis = gen.text, None
+        return Completion(
+            text=text,
+            analysis=analysis,
+            finish_reason=gen.finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached_prompt_tokens=cached,
+        )

@@ -1,0 +1,375 @@
+"""The quality gate: a Great Expectations suite over one run's staged verdicts.
+
+Nothing reaches the verdict table unless the run passes. For each policy version the run labels,
+a suite is built from the policy (its label set) and the settings (``quality.*`` thresholds):
+
+- the key columns are never null and each key has exactly one verdict;
+- every label is in the policy's label set, and every ``ok`` verdict carries a label;
+- the error rate (verdicts whose parse_status is not ``ok``) is at most ``quality.max_error_rate``;
+- the positive rate among labelled verdicts is within ``quality.min/max_positive_rate``;
+- when the caller knows how many items were extracted, every item got a verdict.
+
+Great Expectations is used as a library (an ephemeral context with a pandas data source), so this
+module needs no Airflow and runs the same from a DAG task, the CLI or a test. A failed gate
+quarantines the run (``runs.status = 'quarantined'``) and raises :class:`QualityGateFailed` whose
+message lists the failed expectations in words; the full validation result is saved as JSON under
+``<home>/reports/<run_id>/validation.json`` and on the run row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from safeguard_flow.policies import Policy
+from safeguard_flow.verdicts import OK, PARSE_STATUSES
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from safeguard_flow.settings import QualitySettings, Settings
+
+# Columns of the staged frame the suite reads. The key identifies one verdict.
+KEY_COLUMNS = ("source", "content_id", "policy", "policy_version")
+REQUIRED_COLUMNS = (*KEY_COLUMNS, "label", "parse_status")
+QUARANTINED = "quarantined"
+
+
+class QualityGateFailed(RuntimeError):
+    """The run's verdicts failed the quality gate; the message is the readable summary."""
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        super().__init__(report.summary)
+
+
+@dataclass
+class CheckResult:
+    """One expectation's outcome, in words a reviewer can act on."""
+
+    suite: str
+    check: str  # what was expected, naming the setting that bounds it
+    success: bool
+    observed: str  # what was found
+    expectation: str  # the GX expectation type, for finding it in the JSON
+
+
+@dataclass
+class ValidationReport:
+    run_id: str
+    success: bool
+    summary: str
+    result: dict[str, Any]  # JSON-safe: per-suite GX results plus our own statistics
+    checks: list[CheckResult] = field(default_factory=list)
+    rows: int = 0
+    path: str | None = None  # where the JSON was saved, if it was
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.success]
+
+
+def validate_run(
+    engine: sa.Engine,
+    settings: Settings,
+    run_id: str,
+    policies: Sequence[Policy],
+    expected_items: int | None = None,
+) -> ValidationReport:
+    """Validate the run's staged verdicts and save the report JSON. Does not change the run's status."""
+    from safeguard_flow.warehouse import staging
+
+    frame = staging.staged_frame(engine, settings, run_id)
+    report = validate_frame(frame, policies, settings.quality, run_id=run_id, expected_items=expected_items)
+    report.path = str(save_report(settings, report))
+    return report
+
+
+def enforce_gate(engine: sa.Engine, settings: Settings, run_id: str) -> ValidationReport:
+    """Validate the run against its own policy versions and item count, and record the outcome.
+
+    Pass: the run becomes 'validated' (a run already published keeps that status). Fail: the run is
+    quarantined (publish refuses it) and QualityGateFailed carries the readable summary.
+    """
+    from safeguard_flow.warehouse import policy_store, runs
+
+    run = runs.get_run(engine, settings, run_id)
+    if run["status"] == "published":  # a rerun after publishing: the gate already passed (staging may be purged)
+        stored = run.get("validation") or {}
+        summary = stored.get("summary") or f"run {run_id} was already validated and published"
+        return ValidationReport(run_id, True, summary, stored, rows=int(run.get("verdicts") or 0), path=stored.get("report_path"))
+    policies = policy_store.get_policies(engine, settings, [tuple(r) for r in run["policy_refs"]])
+    report = validate_run(engine, settings, run_id, policies, expected_items=run.get("items"))
+    fields: dict[str, Any] = {"validation": {**report.result, "summary": report.summary, "report_path": report.path}}
+    if report.success:
+        fields["validated_at"] = datetime.now(timezone.utc)
+        if run["status"] != "published":
+            fields["status"] = "validated"
+    else:
+        fields.update(status=QUARANTINED, error=report.summary)
+    runs.update_run(engine, settings, run_id, **fields)
+    if not report.success:
+        raise QualityGateFailed(report)
+    return report
+
+
+def validate_frame(
+    frame: pd.DataFrame,
+    policies: Sequence[Policy],
+    quality: QualitySettings,
+    *,
+    run_id: str = "",
+    expected_items: int | None = None,
+) -> ValidationReport:
+    """Run one suite per policy version over its slice of the frame; pure (no warehouse, no files)."""
+    import pandas as pd
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"staged verdicts lack column(s) {', '.join(missing)}; the gate needs {', '.join(REQUIRED_COLUMNS)}")
+    frame = frame.reset_index(drop=True)
+    context, batch_definition = _gx_batch_definition()
+    suites: dict[str, Any] = {}
+    checks: list[CheckResult] = []
+
+    # Whole-run suite: keys, statuses, and that only the run's policy versions appear.
+    run_suite = _run_suite(policies, expected_items)
+    outcome = _validate(context, batch_definition, run_suite, frame)
+    suites[run_suite.name] = outcome
+    checks += _checks(run_suite.name, outcome)
+
+    for policy in policies:
+        part = frame[(frame["policy"] == policy.name) & (frame["policy_version"] == policy.version)].copy()
+        if part.empty:
+            continue  # nothing to label for this policy in this run (for example an empty interval)
+        labelled = part["parse_status"] == OK
+        label = pd.to_numeric(part["label"], errors="coerce")
+        # 1.0/0.0 for labelled verdicts, missing for errors: its mean is the positive rate among labelled
+        # rows. Positive = label >= 1 (SAFE is 0), the same rule as the BI views.
+        part["is_positive"] = (label >= 1).astype(float).where(labelled & label.notna())
+        part["label"] = label.astype("Int64")
+        suite = _policy_suite(policy, quality)
+        outcome = _validate(context, batch_definition, suite, part)
+        suites[suite.name] = outcome
+        checks += _checks(suite.name, outcome)
+
+    success = all(c.success for c in checks)
+    statistics = _statistics(frame)
+    result = {
+        "run_id": run_id,
+        "success": success,
+        "validated_at": datetime.now(timezone.utc).isoformat(),
+        "thresholds": quality.model_dump(),
+        "policies": [{"name": p.name, "version": p.version, "labels": list(p.labels)} for p in policies],
+        "statistics": statistics,
+        "suites": suites,
+    }
+    report = ValidationReport(run_id, success, "", _json_safe(result), checks, rows=len(frame))
+    report.summary = summarise(report)
+    return report
+
+
+def summarise(report: ValidationReport) -> str:
+    head = f"quality gate {'passed' if report.success else 'FAILED'} for run {report.run_id}: {report.rows} staged verdict(s)"
+    failed = report.failed
+    if not failed:
+        return f"{head}, {len(report.checks)} check(s) passed"
+    lines = [f"{head}, {len(failed)} of {len(report.checks)} check(s) failed:"]
+    lines += [f"  - [{c.suite}] {c.check}: {c.observed}" for c in failed]
+    return "\n".join(lines)
+
+
+def save_report(settings: Settings, report: ValidationReport) -> Path:
+    """Write the full validation result JSON for the run; returns its path."""
+    folder = settings.home_path / "reports" / _safe_name(report.run_id or "adhoc")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "validation.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**report.result, "summary": report.summary}, indent=2, sort_keys=True))
+    os.replace(tmp, path)  # readers never see half a report
+    return path
+
+
+# --- suites -------------------------------------------------------------------------------------
+
+
+def _run_suite(policies: Sequence[Policy], expected_items: int | None):
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    refs = sorted({(p.name, p.version) for p in policies}, key=str)
+    expectations = [
+        *[
+            gxe.ExpectColumnValuesToNotBeNull(column=c, meta={"check": f"no null {c} (part of the verdict key)"})
+            for c in KEY_COLUMNS
+        ],
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=list(KEY_COLUMNS), meta={"check": "one verdict per (source, content_id, policy, policy_version)"}
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="parse_status", value_set=list(PARSE_STATUSES), meta={"check": f"parse_status in {list(PARSE_STATUSES)}"}
+        ),
+        gxe.ExpectColumnPairValuesToBeInSet(
+            column_A="policy",
+            column_B="policy_version",
+            value_pairs_set=[list(r) for r in refs],
+            meta={"check": f"only the run's policy versions {[f'{n} v{v}' for n, v in refs]}"},
+        ),
+    ]
+    if expected_items is not None:
+        expected = expected_items * len(policies)
+        expectations.append(
+            gxe.ExpectTableRowCountToEqual(
+                value=expected,
+                meta={"check": f"a verdict for every item and policy ({expected_items} item(s) x {len(policies)} policy(ies))"},
+            )
+        )
+    return gx.ExpectationSuite(name="run", expectations=expectations)
+
+
+def _policy_suite(policy: Policy, quality: QualitySettings):
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    labels = list(policy.labels)
+    expectations = [
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels, meta={"check": f"labels in the policy's label set {labels}"}),
+        gxe.ExpectColumnValuesToNotBeNull(
+            column="label", row_condition=Column("parse_status") == OK, meta={"check": "every 'ok' verdict has a label"}
+        ),
+        # `mostly` is the share of rows that must be ok, so max_error_rate maps to 1 - mostly.
+        gxe.ExpectColumnValuesToBeInSet(
+            column="parse_status",
+            value_set=[OK],
+            mostly=round(1.0 - quality.max_error_rate, 9),
+            meta={"check": f"error rate <= {quality.max_error_rate:.1%} (quality.max_error_rate)", "rate": "error"},
+        ),
+        gxe.ExpectColumnMeanToBeBetween(
+            column="is_positive",
+            min_value=quality.min_positive_rate,
+            max_value=quality.max_positive_rate,
+            meta={
+                "check": (
+                    f"positive rate (label >= 1) within [{quality.min_positive_rate:.1%}, "
+                    f"{quality.max_positive_rate:.1%}] (quality.min_positive_rate / quality.max_positive_rate)"
+                ),
+                "rate": "positive",
+            },
+        ),
+    ]
+    return gx.ExpectationSuite(name=f"{policy.name} v{policy.version}", expectations=expectations)
+
+
+# --- GX plumbing ----------------------------------------------------------------------------------
+
+
+def _gx_batch_definition():
+    """An in-memory context (no files, no analytics, no progress bars) and a whole-dataframe batch."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+        analytics_enabled=False,
+    )
+    context = gx.get_context(mode="ephemeral", project_config=config)
+    asset = context.data_sources.add_pandas("safeguard_staging").add_dataframe_asset("staged_verdicts")
+    return context, asset.add_batch_definition_whole_dataframe("run")
+
+
+def _validate(context, batch_definition, suite, frame) -> dict[str, Any]:
+    suite = context.suites.add(suite)
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+    result = batch.validate(suite, result_format="SUMMARY")
+    return result.to_json_dict()
+
+
+def _checks(suite_name: str, outcome: dict[str, Any]) -> list[CheckResult]:
+    out = []
+    for item in outcome.get("results", []):
+        config = item.get("expectation_config") or {}
+        meta = config.get("meta") or {}
+        exc = item.get("exception_info") or {}
+        observed = _observed(item.get("result") or {}, meta)
+        if exc.get("raised_exception"):
+            observed = f"could not be evaluated: {exc.get('exception_message')}"
+        out.append(CheckResult(suite_name, meta.get("check", config.get("type", "?")), bool(item.get("success")), observed, config.get("type", "")))
+    return out
+
+
+def _observed(result: dict[str, Any], meta: dict[str, Any]) -> str:
+    if meta.get("rate") == "error":
+        n, bad = result.get("element_count", 0), result.get("unexpected_count", 0)
+        counts = ", ".join(f"{c['value']}={c['count']}" for c in result.get("partial_unexpected_counts", []))
+        return f"{bad / n:.1%} ({bad} of {n} verdicts are errors: {counts})" if n else "no verdicts"
+    if "observed_value" in result:
+        value = result["observed_value"]
+        if meta.get("rate") == "positive":
+            return "no labelled verdicts" if value is None or _nan(value) else f"{float(value):.1%}"
+        return f"{value}"
+    if "unexpected_count" in result:
+        n, bad = result.get("element_count", 0), result.get("unexpected_count", 0)
+        sample = result.get("partial_unexpected_list", [])[:5]
+        return f"{bad} of {n} row(s) unexpected, e.g. {_json_safe(sample)}" if bad else f"0 of {n} row(s) unexpected"
+    return json.dumps(_json_safe(result))[:200]
+
+
+def _statistics(frame: pd.DataFrame) -> dict[str, Any]:
+    by_policy: dict[str, Any] = {}
+    for (name, version), part in frame.groupby(["policy", "policy_version"], dropna=False):
+        labelled = part[part["parse_status"] == OK]
+        by_policy[f"{name} v{version}"] = {
+            "verdicts": int(len(part)),
+            "errors": int((part["parse_status"] != OK).sum()),
+            "labels": {str(k): int(v) for k, v in labelled["label"].value_counts().sort_index().items()},
+        }
+    return {"verdicts": int(len(frame)), "by_policy": by_policy}
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/NA become null and numpy scalars plain numbers, so the report is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    item = getattr(value, "item", None)  # numpy scalar
+    if callable(item):
+        try:
+            return _json_safe(item())
+        except (TypeError, ValueError):
+            pass
+    try:
+        import pandas as pd
+
+        if value is pd.NA or value is pd.NaT:
+            return None
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value)
+
+
+def _safe_name(run_id: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)[:200]

@@ -1,0 +1,88 @@
+"""The replica: a Ray Data actor holding one engine, labelling whole chunks and staging them.
+
+Each call gets chunk numbers, not content: the actor reads its chunk from the warehouse, labels it
+and writes the verdicts with the chunk's done mark in one transaction, so whatever dies later, a
+staged chunk is never labelled again. A chunk already staged (by a retry, a restarted job or a
+second job on the same run) is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+from safeguard_flow.labelling import LabelStats
+from safeguard_flow.policies import Policy
+from safeguard_flow.raylib.chunk_labelling import EngineUnhealthy, label_chunk
+from safeguard_flow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Columns of the rows a replica returns per chunk (the driver sums them into the job summary).
+RESULT_COLUMNS = ("chunk_no", "skipped", "items", "verdicts", "errors", "requests", "prompt_tokens",
+                  "completion_tokens", "seconds", "started", "finished", "pid", "engine_load_s")
+
+
+class ChunkLabeller:
+    """Constructed once per replica by Ray Data (so the engine loads once); called per batch of chunks."""
+
+    def __init__(self, settings: Settings, run_id: str, policies: Sequence[Policy]):
+        from safeguard_flow.engines import build_engine
+        from safeguard_flow.warehouse import db
+
+        self.settings = settings
+        self.run_id = run_id
+        self.policies = list(policies)
+        self.db = db.make_engine(settings)
+        if settings.ray.num_gpus_per_replica == 0 and settings.engine.kind == "vllm":
+            # On CPU, keep vLLM's engine core in this process: its spawned engine-core and worker
+            # processes re-import torch and vLLM, which costs about a minute of start-up per replica
+            # on a small machine, and a killed replica would leave them behind.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        start = time.perf_counter()
+        self.engine = build_engine(settings)
+        self.engine_load_s = time.perf_counter() - start
+        self._first_call = True
+        log.info("replica pid %s: engine %s ready in %.1fs", os.getpid(), self.engine.model_name, self.engine_load_s)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        rows = [self.label(int(chunk_no)) for chunk_no in batch["chunk_no"]]
+        return {col: [row[col] for row in rows] for col in RESULT_COLUMNS}
+
+    def label(self, chunk_no: int) -> dict[str, Any]:
+        from safeguard_flow.warehouse import staging
+
+        row = dict.fromkeys(RESULT_COLUMNS, 0)
+        row.update(chunk_no=chunk_no, pid=os.getpid(), skipped=False, seconds=0.0, started=0.0, finished=0.0,
+                   engine_load_s=self.engine_load_s if self._first_call else 0.0)
+        self._first_call = False
+        if chunk_no not in staging.pending_chunks(self.db, self.settings, self.run_id):
+            row["skipped"] = True
+            return row
+        row["started"] = time.time()
+        start = time.perf_counter()
+        items = staging.read_chunk(self.db, self.settings, self.run_id, chunk_no)
+        stats = LabelStats()
+        try:
+            verdicts = label_chunk(self.engine, items, self.policies,
+                                   max_content_chars=self.settings.model.max_content_chars, stats=stats)
+        except EngineUnhealthy:
+            # A broken engine cannot be repaired in-process: end the replica so Ray restarts it
+            # (ray.max_restarts) and retries this chunk on a fresh engine.
+            log.exception("replica pid %s: engine unhealthy on chunk %s; exiting for a restart", os.getpid(), chunk_no)
+            os._exit(1)
+        staging.write_chunk(self.db, self.settings, self.run_id, chunk_no, verdicts)
+        row.update(items=len(items), verdicts=len(verdicts), errors=stats.errors, requests=stats.requests,
+                   prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
+                   seconds=time.perf_counter() - start, finished=time.time())
+        return row
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception:  # closing at interpreter exit: nothing useful to do with an error
+                pass

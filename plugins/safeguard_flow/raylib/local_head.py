@@ -1,0 +1,197 @@
+"""The local Ray head: what the hook and the tests start when no cluster is configured.
+
+`ray start --head --block` runs in its own session, so it outlives the Airflow task that started it
+(the triggerer keeps polling the dashboard while the task is deferred), and stopping it is one
+SIGTERM to the process we started: `--block` drains and stops every Ray process of that head. We
+never use `ray stop`, which would kill every Ray process on the machine.
+
+All ports are explicit (derived from `ray.local_port`) so several heads can share a machine.
+The dashboard listens on 127.0.0.1; Ray itself resolves the node address to the machine's IP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from safeguard_flow.settings import Settings
+
+# Offsets from the GCS port for the other fixed ports of one head; workers get the range after them.
+_PORT_OFFSETS = {
+    "--ray-client-server-port": 1,
+    "--dashboard-agent-listen-port": 2,
+    "--dashboard-agent-grpc-port": 3,
+    "--runtime-env-agent-port": 4,
+    "--metrics-export-port": 5,
+    "--node-manager-port": 6,
+    "--object-manager-port": 7,
+}
+_WORKER_PORTS = (10, 59)  # min/max offsets: up to 50 worker processes
+
+
+class LocalHeadError(RuntimeError):
+    """The local Ray head could not be started; the message points at its log."""
+
+
+@dataclass
+class LocalHead:
+    gcs_address: str  # for ray.init(address=...)
+    dashboard_url: str  # for the Jobs API
+    pid: int  # the `ray start --block` process; SIGTERM stops the whole head
+    temp_dir: str
+    log_file: str
+
+    def is_alive(self) -> bool:
+        return _pid_alive(self.pid) and dashboard_ready(self.dashboard_url)
+
+
+def auth_env(settings: Settings) -> dict[str, str]:
+    """Ray refuses to guess the auth mode quietly; always say it."""
+    return {"RAY_AUTH_MODE": settings.ray.auth_mode}
+
+
+def _state_file(settings: Settings) -> Path:
+    return settings.home_path / "ray" / f"head-{settings.ray.local_port}.json"
+
+
+def _temp_dir(settings: Settings) -> str:
+    # Ray puts unix sockets under the temp dir: keep it short (sun_path is ~107 bytes).
+    key = hashlib.sha256(f"{settings.home_path}:{settings.ray.local_port}".encode()).hexdigest()[:10]
+    return os.path.join(tempfile.gettempdir(), f"sg-ray-{key}")
+
+
+def dashboard_ready(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def head_command(settings: Settings, temp_dir: str) -> list[str]:
+    ray = settings.ray
+    port = ray.local_port
+    cmd = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        "--node-ip-address", "127.0.0.1",
+        "--port", str(port),
+        "--dashboard-host", "127.0.0.1",
+        "--dashboard-port", str(ray.local_dashboard_port),
+        "--min-worker-port", str(port + _WORKER_PORTS[0]),
+        "--max-worker-port", str(port + _WORKER_PORTS[1]),
+        "--num-cpus", str(ray.local_num_cpus or os.cpu_count() or 1),
+        "--object-store-memory", str(ray.local_object_store_mb * 1024 * 1024),
+        "--temp-dir", temp_dir,
+        "--disable-usage-stats",
+    ]
+    for flag, offset in _PORT_OFFSETS.items():
+        cmd += [flag, str(port + offset)]
+    return cmd
+
+
+def load_head(settings: Settings) -> LocalHead | None:
+    """The head recorded for these settings, if it is still running."""
+    path = _state_file(settings)
+    try:
+        head = LocalHead(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return head if head.is_alive() else None
+
+
+def start_head(settings: Settings, timeout_s: float = 90.0) -> LocalHead:
+    """Start a new local head (in its own session) and wait until its dashboard answers."""
+    ray = settings.ray
+    dashboard_url = f"http://127.0.0.1:{ray.local_dashboard_port}"
+    if dashboard_ready(dashboard_url):
+        raise LocalHeadError(
+            f"something already answers on {dashboard_url} but it is not a head we started; "
+            "set ray.dashboard_url (SAFEGUARD_RAY__DASHBOARD_URL) to use it, or pick another "
+            "ray.local_dashboard_port (SAFEGUARD_RAY__LOCAL_DASHBOARD_PORT)"
+        )
+    temp_dir = _temp_dir(settings)
+    os.makedirs(temp_dir, exist_ok=True)
+    state = _state_file(settings)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    log_file = str(state.with_suffix(".log"))
+    env = {**os.environ, **auth_env(settings)}
+    env.pop("RAY_ADDRESS", None)  # a stale address would make `ray start` join another cluster
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(head_command(settings, temp_dir), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    head = LocalHead(gcs_address=f"127.0.0.1:{ray.local_port}", dashboard_url=dashboard_url, pid=proc.pid,
+                     temp_dir=temp_dir, log_file=log_file)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LocalHeadError(f"`ray start --head` exited with code {proc.returncode}; see {log_file}")
+        if dashboard_ready(dashboard_url) and _jobs_api_ready(dashboard_url):
+            state.write_text(json.dumps(asdict(head)))
+            return head
+        time.sleep(0.5)
+    stop_head(head)
+    raise LocalHeadError(f"the local Ray head did not come up within {timeout_s:.0f}s; see {log_file}")
+
+
+def _jobs_api_ready(url: str) -> bool:
+    # The job module starts a little after the version endpoint answers.
+    try:
+        with urllib.request.urlopen(f"{url}/api/jobs/", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def ensure_head(settings: Settings) -> LocalHead:
+    """The running local head for these settings, started if needed."""
+    return load_head(settings) or start_head(settings)
+
+
+def stop_head(head: LocalHead, timeout_s: float = 40.0) -> None:
+    """SIGTERM the `ray start --block` process (it drains and stops its head), SIGKILL its group if stuck."""
+    try:
+        os.kill(head.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _pid_alive(head.pid):
+        time.sleep(0.2)
+    try:
+        os.killpg(head.pid, signal.SIGKILL)  # its own session: only processes of this head
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_recorded_head(settings: Settings) -> bool:
+    """Stop the head recorded for these settings (CLI / tests). True if one was running."""
+    head = load_head(settings)
+    _state_file(settings).unlink(missing_ok=True)
+    if head is None:
+        return False
+    stop_head(head)
+    return True

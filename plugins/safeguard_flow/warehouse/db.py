@@ -1,0 +1,161 @@
+"""Engines and transactions for the warehouse: SQLite (embedded default) and PostgreSQL (or others).
+
+SQLite needs two things for several writers (Ray workers writing chunks, concurrent publishes):
+WAL mode, so readers never block the writer, and write transactions that take the write lock at
+BEGIN (``BEGIN IMMEDIATE``) so they wait on the busy timeout instead of failing with "database is
+locked" when a read lock cannot be upgraded. `write_tx` asks for that; plain reads stay deferred.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from safeguard_flow.settings import Settings, SettingsError
+
+T = TypeVar("T")
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def make_engine(settings: Settings, **kwargs: Any) -> Engine:
+    """The warehouse engine for `settings.warehouse_url` (empty url: SQLite file under settings.home)."""
+    url = sa.make_url(settings.warehouse_url)
+    if url.get_backend_name() == "sqlite":
+        if settings.warehouse.db_schema:
+            raise SettingsError("setting warehouse.db_schema: SQLite has no schemas; leave it empty for a SQLite warehouse")
+        if not url.database or url.database == ":memory:" or "mode=memory" in str(url):
+            # Extract streams on one connection while writing on another: that needs a file.
+            raise SettingsError("setting warehouse.url: the SQLite warehouse must be a file (sqlite:///path/to/warehouse.db)")
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+        engine = sa.create_engine(url, **kwargs)
+        _sqlite_events(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(url, **kwargs)
+
+
+def _sqlite_events(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("sg_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def is_sqlite(bind: Engine | Connection) -> bool:
+    return bind.dialect.name == "sqlite"
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """A connection inside one write transaction (committed on exit, rolled back on error)."""
+    with engine.connect() as conn:
+        conn.execution_options(sg_write=True)
+        with conn.begin():
+            yield conn
+
+
+def retrying(fn: Callable[[], T], attempts: int = 5, what: str = "transaction",
+             retry_on: tuple[type[BaseException], ...] = ()) -> T:
+    """Run `fn` (one whole transaction) again after deadlocks, serialization failures, SQLite busy,
+    or any of `retry_on` (e.g. IntegrityError where a concurrent insert won a race)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except sa.exc.DBAPIError as exc:
+            transient = _transient(exc) or isinstance(exc, retry_on)
+            if attempt == attempts or not transient:
+                if transient:
+                    exc.add_note(f"{what}: gave up after {attempts} attempts")
+                raise
+        time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return False  # the connection died: the caller decides, never retried blindly
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if code in {"40001", "40P01"}:  # serialization_failure, deadlock_detected
+        return True
+    return "database is locked" in str(exc.orig).lower()
+
+
+def bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows: COPY on PostgreSQL/psycopg (several times faster than executemany), else executemany.
+
+    COPY bypasses SQLAlchemy's type processing, so JSON values are serialised and timestamps made
+    UTC-aware here; every row must carry every column listed by the first row.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
+        conn.execute(table.insert(), rows)
+        return
+    cols = list(rows[0])
+    convert = []
+    for name in cols:
+        col_type = table.c[name].type
+        if isinstance(col_type, sa.JSON):
+            convert.append(lambda v: None if v is None else json.dumps(v))
+        elif isinstance(col_type, UTCDateTime):
+            convert.append(as_utc)
+        else:
+            convert.append(None)
+    quote = conn.dialect.identifier_preparer
+    target = quote.format_table(table)
+    column_list = ", ".join(quote.quote(c) for c in cols)
+    with conn.connection.driver_connection.cursor() as cursor, \
+            cursor.copy(f"COPY {target} ({column_list}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([v if f is None else f(v) for f, v in zip(convert, (row[c] for c in cols))])
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """Aware UTC; naive values are taken to be UTC already (how the warehouse stores them)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Timestamps in UTC on every dialect: SQLite stores the UTC wall time, reads come back aware."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
+        value = as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if isinstance(value, str):  # SQLite values written by something other than SQLAlchemy
+            value = dt.datetime.fromisoformat(value)
+        return as_utc(value)

@@ -1,0 +1,261 @@
+"""Extract: write a run's work list (what to label) from the configured sources.
+
+- Nightly/backfill (`extract_interval`): rows whose updated_at is in [start, end).
+- Relabel (`extract_relabel`): every row in scope (optionally updated since a date, at most `limit`)
+  that has no verdict for the given policy version yet.
+
+In both, an item is skipped when a verdict already exists for its (source, content_id, content_hash,
+policy, version) for every policy of the run: unchanged content is never labelled twice, edited
+content (new hash) is. Verdicts that failed for a transient reason (parse_status 'engine_error')
+do not count, so a rerun retries them.
+
+Identical texts are labelled once: each work item gets a bucket from its content hash, and chunks
+are bucket ranges decided when extraction ends, so all copies of a text share a chunk and
+`labelling.label_items` (which dedupes per call) makes one request for them and fans the answer out.
+
+Repeated content ids in a source are not merged: the first row of the id becomes an error item
+("duplicate content id"), the other rows are dropped, and the run gets a warning and a count.
+
+Rows stream from a server-side cursor (yield_per) and are written in batches: memory stays flat
+however big the table is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from tqdm.auto import tqdm
+
+from safeguard_flow.content import ContentItem
+from safeguard_flow.settings import Settings
+from safeguard_flow.verdicts import ENGINE_ERROR
+from safeguard_flow.warehouse.db import as_utc, bulk_insert, utcnow, write_tx
+from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
+from safeguard_flow.warehouse.model import BUCKETS, bucket_of
+from safeguard_flow.warehouse.runs import get_run, update_run
+from safeguard_flow.warehouse.schema import tables
+from safeguard_flow.warehouse.sources import SourceTable, check_sources
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000  # rows per verdict lookup and per work-item insert
+MAX_ID_LEN = 200  # content_id column width
+_EXAMPLES = 10  # ids quoted in a warning
+
+
+@dataclass
+class _Stats:
+    items: int = 0
+    skipped_unchanged: int = 0
+    duplicate_ids: int = 0  # ids with more than one row
+    dropped_duplicate_rows: int = 0
+    bad_ids: int = 0
+    dup_examples: list[str] = field(default_factory=list)
+    bad_examples: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def extract_interval(engine: Engine, settings: Settings, run_id: str, start: dt.datetime, end: dt.datetime,
+                     sources: list[str] | None = None) -> int:
+    """Write the work list of content updated in [start, end); returns the number of work items."""
+    start, end = as_utc(start), as_utc(end)
+    if not start < end:
+        raise WarehouseError(f"extract interval is empty: start {start.isoformat()} is not before end {end.isoformat()}")
+    return _extract(engine, settings, run_id, sources, refs=None, start=start, end=end, limit=None)
+
+
+def extract_relabel(engine: Engine, settings: Settings, run_id: str, policy_name: str, version: int,
+                    since: dt.datetime | None = None, limit: int | None = None,
+                    sources: list[str] | None = None) -> int:
+    """Write the work list of content in scope without a verdict for (policy_name, version)."""
+    if limit is not None and limit < 1:
+        raise WarehouseError(f"extract_relabel: limit must be at least 1, got {limit}")
+    return _extract(engine, settings, run_id, sources, refs=[(policy_name, int(version))],
+                    start=as_utc(since), end=None, limit=limit)
+
+
+def _extract(engine: Engine, settings: Settings, run_id: str, source_names: list[str] | None,
+             refs: list[tuple[str, int]] | None, start: dt.datetime | None, end: dt.datetime | None,
+             limit: int | None) -> int:
+    t = tables(settings)
+    run = get_run(engine, settings, run_id)
+    if run["extract_finished_at"] is not None:
+        return int(run["items"] or 0)  # a retried task: the work list is already complete
+    if run["status"] not in ("created", "extracting"):
+        raise RunStateError(f"run {run_id!r} is {run['status']}; extract needs a new run (or runs.reset_run)")
+    if refs is None:
+        refs = run["policy_refs"]
+    elif not set(refs) <= set(run["policy_refs"]):
+        raise WarehouseError(f"run {run_id!r} labels {run['policy_refs']}, not {refs}: create the relabel run "
+                             f"with that policy version")
+    srcs = check_sources(engine, settings, source_names)
+    started = utcnow()
+    with write_tx(engine) as conn:  # a crashed earlier attempt may have left a partial list
+        for table in (t.work_items, t.run_chunks, t.verdict_staging):
+            conn.execute(table.delete().where(table.c.run_id == run_id))
+        update_run(conn, settings, run_id, status="extracting", extract_started_at=started,
+                   sources=[s.name for s in srcs])
+
+    stats = _Stats()
+    item_no = 0
+    for src in srcs:
+        item_no = _extract_source(engine, settings, run_id, src, refs, start, end, limit, item_no, stats)
+        if limit is not None and stats.items >= limit:
+            break
+
+    _finish(engine, settings, run_id, stats)
+    return stats.items
+
+
+def _scope(src: SourceTable, start: dt.datetime | None, end: dt.datetime | None, stats: _Stats):
+    if src.updated_col is None and (start is not None or end is not None):
+        if end is None:  # relabel `since` really needs the column
+            return src.select_rows(start, end)  # raises SourceError naming the setting
+        msg = (f"source {src.name!r} has no updated_at_column: scanned all its rows; unchanged content was "
+               "skipped by content hash")
+        stats.warnings.append(msg)
+        log.warning(msg)
+        return src.select_rows()
+    return src.select_rows(start, end)
+
+
+def _extract_source(engine: Engine, settings: Settings, run_id: str, src: SourceTable, refs, start, end,
+                    limit: int | None, item_no: int, stats: _Stats) -> int:
+    query = _scope(src, start, end, stats)
+    with engine.connect() as read_conn:
+        rows = read_conn.execution_options(yield_per=BATCH).execute(query)
+        bar = tqdm(desc=f"extract {src.name}", unit="rows", disable=None, leave=False)
+        batch: list[tuple[ContentItem, bool]] = []  # (item, never skip)
+        for item in _items(rows, src, stats, bar):
+            batch.append(item)
+            if len(batch) >= BATCH:
+                item_no = _write_batch(engine, settings, run_id, src, refs, batch, item_no, limit, stats)
+                batch = []
+                if limit is not None and stats.items >= limit:
+                    break
+        if batch and (limit is None or stats.items < limit):
+            item_no = _write_batch(engine, settings, run_id, src, refs, batch, item_no, limit, stats)
+        bar.close()
+        rows.close()
+    return item_no
+
+
+def _items(rows: sa.CursorResult, src: SourceTable, stats: _Stats, bar) -> Iterator[tuple[ContentItem, bool]]:
+    """Content items from (id, text) rows ordered by id; repeated ids become one error item."""
+    for raw_id, group in itertools.groupby(rows, key=lambda r: r.id):
+        group = list(group)
+        bar.update(len(group))
+        cid = None if raw_id is None else str(raw_id)
+        if cid is None or len(cid) > MAX_ID_LEN or not cid:
+            stats.bad_ids += len(group)
+            if len(stats.bad_examples) < _EXAMPLES:
+                stats.bad_examples.append(repr(cid if cid is None else cid[:40]))
+            continue
+        item = ContentItem.from_raw(cid, group[0].text, src.name)
+        if len(group) > 1:
+            stats.duplicate_ids += 1
+            stats.dropped_duplicate_rows += len(group) - 1
+            if len(stats.dup_examples) < _EXAMPLES:
+                stats.dup_examples.append(cid)
+            problem = (f"duplicate content id: {len(group)} rows of source {src.name!r} have id {cid!r}; "
+                       "not labelled until the source has one row per id")
+            yield ContentItem(cid, item.text, src.name, item.content_hash, problem=problem), True
+        else:
+            yield item, False
+
+
+def _write_batch(engine: Engine, settings: Settings, run_id: str, src: SourceTable, refs, batch, item_no: int,
+                 limit: int | None, stats: _Stats) -> int:
+    labelled = _already_labelled(engine, settings, src.name, [i.content_id for i, _ in batch], refs)
+    rows = []
+    for item, never_skip in batch:
+        if not never_skip and labelled.get(item.content_id) == _need(item, refs):
+            stats.skipped_unchanged += 1
+            continue
+        if limit is not None and stats.items + len(rows) >= limit:
+            break
+        rows.append(dict(run_id=run_id, item_no=item_no, bucket=bucket_of(item.content_hash), source=src.name,
+                         content_id=item.content_id, content_hash=item.content_hash,
+                         # PostgreSQL text cannot hold NUL; the hash ignores NULs too (content.normalise)
+                         text=item.text.replace("\x00", "") if item.text is not None else None,
+                         problem=item.problem))
+        item_no += 1
+    if rows:
+        t = tables(settings).work_items
+        with write_tx(engine) as conn:
+            bulk_insert(conn, t, rows)
+        stats.items += len(rows)
+    return item_no
+
+
+def _need(item: ContentItem, refs) -> frozenset:
+    return frozenset((name, version, item.content_hash) for name, version in refs)
+
+
+def _already_labelled(engine: Engine, settings: Settings, source: str, ids: list[str], refs) -> dict[str, frozenset]:
+    """content_id -> {(policy, version, content_hash)} of its usable verdicts for the run's policies."""
+    v = tables(settings).verdicts
+    wanted = set(refs)
+    found: dict[str, set] = {}
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":  # one array parameter: a constant, prepared statement
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            id_match = v.c.content_id == sa.any_(sa.bindparam("ids", ids, type_=ARRAY(sa.String)))
+        else:
+            id_match = v.c.content_id.in_(ids)
+        q = (sa.select(v.c.content_id, v.c.policy, v.c.policy_version, v.c.content_hash)
+             .where(v.c.source == source, id_match, v.c.policy.in_(sorted({n for n, _ in refs})),
+                    v.c.parse_status != ENGINE_ERROR))
+        for r in conn.execute(q):
+            if (r.policy, r.policy_version) in wanted:
+                found.setdefault(r.content_id, set()).add((r.policy, r.policy_version, r.content_hash))
+    return {k: frozenset(s) for k, s in found.items()}
+
+
+def _finish(engine: Engine, settings: Settings, run_id: str, stats: _Stats) -> None:
+    """Cut the work list into chunks (bucket ranges) and mark the extraction complete, atomically."""
+    t = tables(settings)
+    w = t.work_items
+    if stats.duplicate_ids:
+        stats.warnings.append(
+            f"{stats.duplicate_ids} content id(s) appear in more than one source row "
+            f"({stats.dropped_duplicate_rows} extra rows dropped); each got an error verdict "
+            f"(e.g. {', '.join(stats.dup_examples)})")
+    if stats.bad_ids:
+        stats.warnings.append(f"{stats.bad_ids} source row(s) skipped: content id NULL, empty or longer than "
+                              f"{MAX_ID_LEN} characters (e.g. {', '.join(stats.bad_examples)})")
+    for msg in stats.warnings:
+        log.warning("run %s: %s", run_id, msg)
+    n_chunks = math.ceil(stats.items / settings.warehouse.chunk_size) if stats.items else 0
+    with write_tx(engine) as conn:
+        unique = 0
+        if n_chunks:
+            # Chunk i holds buckets [ceil(i*B/n), ceil((i+1)*B/n)): bucket b is in chunk floor(b*n/B).
+            # Cut inside the database, so nothing here grows with the run; empty ranges are left out.
+            n = sa.literal(n_chunks, sa.BigInteger)
+            chunk = ((sa.cast(w.c.bucket, sa.BigInteger) * n) // BUCKETS).label("chunk_no")
+            per_chunk = (sa.select(chunk, sa.func.count().label("items")).where(w.c.run_id == run_id)
+                         .group_by(chunk).subquery())
+            lo = (per_chunk.c.chunk_no * BUCKETS + n - 1) // n
+            hi = ((per_chunk.c.chunk_no + 1) * BUCKETS + n - 1) // n
+            conn.execute(t.run_chunks.insert().from_select(
+                ["run_id", "chunk_no", "bucket_lo", "bucket_hi", "items", "done"],
+                sa.select(sa.literal(run_id), per_chunk.c.chunk_no, lo, hi, per_chunk.c["items"], sa.false())))
+            unique = conn.execute(sa.select(sa.func.count(sa.distinct(w.c.content_hash)))
+                                  .where(w.c.run_id == run_id)).scalar_one()
+        c = t.run_chunks
+        chunks, chunked_items = conn.execute(sa.select(sa.func.count(), sa.func.sum(c.c["items"]))
+                                             .where(c.c.run_id == run_id)).one()
+        if int(chunked_items or 0) != stats.items:
+            raise AssertionError(f"run {run_id}: chunks hold {chunked_items} items, extract wrote {stats.items}")
+        update_run(conn, settings, run_id, status="extracted", items=stats.items, unique_texts=unique,
+                   skipped_unchanged=stats.skipped_unchanged, duplicate_ids=stats.duplicate_ids,
+                   chunks=int(chunks), warnings=stats.warnings, extract_finished_at=utcnow())

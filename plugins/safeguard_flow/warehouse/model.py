@@ -1,0 +1,195 @@
+"""The warehouse tables as SQLAlchemy Core objects, named with the configured prefix and schema.
+
+The migrations in sql/migrations create exactly these (a test compares them); this module is what
+the code queries. Column meanings for analysts are in README ("Warehouse tables and views").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import sqlalchemy as sa
+
+from safeguard_flow.warehouse.db import UTCDateTime
+
+TABLE_NAMES = ("policies", "policy_versions", "runs", "work_items", "run_chunks", "verdict_staging", "verdicts",
+               "verdict_analysis")
+VIEW_NAMES = ("current_verdicts", "daily_policy_rates", "verdict_flips", "run_errors")
+
+# Work items carry a bucket taken from their content hash; a run's chunks are bucket ranges, so every
+# copy of one text lands in the same chunk (and is labelled once there by labelling.label_items).
+BUCKET_BITS = 28
+BUCKETS = 1 << BUCKET_BITS
+
+
+def bucket_of(content_hash: str) -> int:
+    return int(content_hash[: BUCKET_BITS // 4], 16)
+
+
+@dataclass(frozen=True)
+class WarehouseTables:
+    metadata: sa.MetaData
+    policies: sa.Table
+    policy_versions: sa.Table
+    runs: sa.Table
+    work_items: sa.Table
+    run_chunks: sa.Table
+    verdict_staging: sa.Table
+    verdicts: sa.Table
+    verdict_analysis: sa.Table
+
+
+def _verdict_columns() -> list[sa.Column]:
+    """What a verdict holds, shared by staging and the published table."""
+    return [
+        sa.Column("content_hash", sa.String(64), nullable=False),
+        sa.Column("label", sa.Integer),  # NULL exactly when parse_status != 'ok'
+        sa.Column("category", sa.Text),
+        sa.Column("rationale", sa.Text),
+        sa.Column("confidence", sa.Float),
+        sa.Column("rule_ids", sa.JSON),
+        sa.Column("parse_status", sa.String(20), nullable=False),
+        sa.Column("raw_output", sa.Text),  # kept for error rows only
+        sa.Column("error", sa.Text),
+        sa.Column("model", sa.String(200), nullable=False, server_default=""),
+        sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("extra", sa.JSON),
+        sa.Column("labelled_at", UTCDateTime, nullable=False),
+        sa.Column("extracted_at", UTCDateTime, nullable=False),  # when the labelled text was read
+    ]
+
+
+@lru_cache(maxsize=32)
+def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
+    md = sa.MetaData(schema=schema)
+    p = prefix
+
+    policies = sa.Table(
+        f"{p}policies", md,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("current_version", sa.Integer),  # the most recently published text
+        sa.Column("pinned_version", sa.Integer),  # set: labelling and BI use this version instead
+        sa.Column("owner", sa.String(200), nullable=False, server_default=""),
+        sa.Column("description", sa.Text, nullable=False, server_default=""),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("updated_at", UTCDateTime, nullable=False),
+    )
+    policy_versions = sa.Table(
+        f"{p}policy_versions", md,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("text", sa.Text, nullable=False),
+        sa.Column("labels", sa.JSON, nullable=False),
+        sa.Column("output_format", sa.String(20), nullable=False),
+        sa.Column("reasoning_effort", sa.String(10), nullable=False),
+        sa.Column("owner", sa.String(200), nullable=False, server_default=""),
+        sa.Column("description", sa.Text, nullable=False, server_default=""),
+        sa.Column("author", sa.String(200), nullable=False, server_default=""),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.UniqueConstraint("name", "sha256", name=f"{p}uq_policy_versions_sha256"),
+    )
+    runs = sa.Table(
+        f"{p}runs", md,
+        sa.Column("id", sa.String(200), primary_key=True),
+        sa.Column("kind", sa.String(20), nullable=False),  # nightly | backfill | relabel | manual
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("interval_start", UTCDateTime),
+        sa.Column("interval_end", UTCDateTime),
+        sa.Column("policy_refs", sa.JSON, nullable=False),  # [[name, version], ...]
+        sa.Column("params", sa.JSON),
+        sa.Column("sources", sa.JSON),
+        sa.Column("items", sa.Integer),  # work items extracted
+        sa.Column("unique_texts", sa.Integer),
+        sa.Column("skipped_unchanged", sa.Integer),
+        sa.Column("duplicate_ids", sa.Integer),
+        sa.Column("chunks", sa.Integer),
+        sa.Column("verdicts", sa.Integer),
+        sa.Column("errors", sa.Integer),
+        sa.Column("positives", sa.Integer),
+        sa.Column("inserted", sa.Integer),
+        sa.Column("updated", sa.Integer),
+        sa.Column("unchanged", sa.Integer),
+        sa.Column("prompt_tokens", sa.BigInteger),
+        sa.Column("completion_tokens", sa.BigInteger),
+        sa.Column("model", sa.String(200)),
+        sa.Column("engine", sa.String(50)),
+        sa.Column("validation", sa.JSON),
+        sa.Column("warnings", sa.JSON),
+        sa.Column("error", sa.Text),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("updated_at", UTCDateTime, nullable=False),
+        sa.Column("extract_started_at", UTCDateTime),
+        sa.Column("extract_finished_at", UTCDateTime),
+        sa.Column("label_started_at", UTCDateTime),
+        sa.Column("label_finished_at", UTCDateTime),
+        sa.Column("validated_at", UTCDateTime),
+        sa.Column("published_at", UTCDateTime),
+        sa.Index(f"{p}ix_runs_created_at", "created_at"),
+    )
+    work_items = sa.Table(
+        f"{p}work_items", md,
+        sa.Column("run_id", sa.String(200), primary_key=True),
+        sa.Column("item_no", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("bucket", sa.Integer, nullable=False),
+        sa.Column("source", sa.String(64), nullable=False),
+        sa.Column("content_id", sa.String(200), nullable=False),
+        sa.Column("content_hash", sa.String(64), nullable=False),
+        sa.Column("text", sa.Text),
+        sa.Column("problem", sa.Text),
+        sa.Index(f"{p}ix_work_items_bucket", "run_id", "bucket"),
+    )
+    run_chunks = sa.Table(
+        f"{p}run_chunks", md,
+        sa.Column("run_id", sa.String(200), primary_key=True),
+        sa.Column("chunk_no", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("bucket_lo", sa.Integer, nullable=False),
+        sa.Column("bucket_hi", sa.BigInteger, nullable=False),  # exclusive; may be 2**28
+        sa.Column("items", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("verdicts", sa.Integer),
+        sa.Column("errors", sa.Integer),
+        sa.Column("positives", sa.Integer),
+        sa.Column("prompt_tokens", sa.BigInteger),  # copies of a text in the chunk counted once
+        sa.Column("completion_tokens", sa.BigInteger),
+        sa.Column("finished_at", UTCDateTime),
+    )
+    verdict_staging = sa.Table(
+        f"{p}verdict_staging", md,
+        sa.Column("run_id", sa.String(200), primary_key=True),
+        sa.Column("source", sa.String(64), primary_key=True),
+        sa.Column("content_id", sa.String(200), primary_key=True),
+        sa.Column("policy", sa.String(64), primary_key=True),
+        sa.Column("policy_version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("chunk_no", sa.Integer, nullable=False),
+        *_verdict_columns(),
+        sa.Index(f"{p}ix_verdict_staging_chunk", "run_id", "chunk_no"),
+    )
+    verdicts = sa.Table(
+        f"{p}verdicts", md,
+        sa.Column("source", sa.String(64), primary_key=True),
+        sa.Column("content_id", sa.String(200), primary_key=True),
+        sa.Column("policy", sa.String(64), primary_key=True),
+        sa.Column("policy_version", sa.Integer, primary_key=True, autoincrement=False),
+        *_verdict_columns(),
+        sa.Column("run_id", sa.String(200), nullable=False),
+        sa.Column("published_at", UTCDateTime, nullable=False),
+        sa.Index(f"{p}ix_verdicts_policy_labelled", "policy", "policy_version", "labelled_at"),
+        sa.Index(f"{p}ix_verdicts_run", "run_id"),
+    )
+    verdict_analysis = sa.Table(  # audit only, written when settings.warehouse.store_analysis is on
+        f"{p}verdict_analysis", md,
+        sa.Column("run_id", sa.String(200), primary_key=True),
+        sa.Column("source", sa.String(64), primary_key=True),
+        sa.Column("content_id", sa.String(200), primary_key=True),
+        sa.Column("policy", sa.String(64), primary_key=True),
+        sa.Column("policy_version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("content_hash", sa.String(64), nullable=False),
+        sa.Column("analysis", sa.Text),
+        sa.Column("raw_output", sa.Text),
+        sa.Column("labelled_at", UTCDateTime, nullable=False),
+    )
+    return WarehouseTables(md, policies, policy_versions, runs, work_items, run_chunks, verdict_staging, verdicts,
+                           verdict_analysis)

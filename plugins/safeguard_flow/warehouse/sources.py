@@ -1,0 +1,129 @@
+"""Configured source tables, checked against the database's reflected schema.
+
+Queries are built with SQLAlchemy Core from the reflected Table objects: names come only from
+validated settings that matched a reflected table/column, values are bound parameters. Nothing
+from content or configuration is spliced into SQL text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from safeguard_flow.settings import Settings, SourceSettings
+from safeguard_flow.warehouse.db import as_utc
+from safeguard_flow.warehouse.errors import SourceError
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    settings: SourceSettings
+    index: int  # position in settings.sources, for error messages
+    table: sa.Table
+    id_col: sa.Column
+    text_col: sa.Column
+    updated_col: sa.Column | None
+    filters: tuple[sa.ColumnElement, ...]
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def where(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> list[sa.ColumnElement]:
+        """Conditions for rows in scope: the configured filters, and updated_at in [start, end)."""
+        conds = list(self.filters)
+        if start is not None or end is not None:
+            if self.updated_col is None:
+                raise SourceError(f"setting sources[{self.index}].updated_at_column (source {self.name!r}): "
+                                  "needed to select rows by time, but not set")
+            if start is not None:
+                conds.append(self.updated_col >= self._ts(start))
+            if end is not None:
+                conds.append(self.updated_col < self._ts(end))
+        return conds
+
+    def _ts(self, value: dt.datetime) -> dt.datetime:
+        # Naive timestamp columns hold UTC by convention: compare them with naive UTC, not with an
+        # aware value the database would shift by its session time zone.
+        value = as_utc(value)
+        if not getattr(self.updated_col.type, "timezone", False):
+            value = value.replace(tzinfo=None)
+        return value
+
+    def select_rows(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> sa.Select:
+        """id, text (and updated_at) of rows in scope, ordered by id so repeated ids are adjacent."""
+        cols = [self.id_col.label("id"), self.text_col.label("text")]
+        return sa.select(*cols).where(*self.where(start, end)).order_by(self.id_col)
+
+    def count_rows(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> sa.Select:
+        return sa.select(sa.func.count()).select_from(self.table).where(*self.where(start, end))
+
+
+def check_sources(bind: Engine | Connection, settings: Settings, names: list[str] | None = None) -> list[SourceTable]:
+    """Reflect and validate the configured sources (all, or those named). Errors name the setting."""
+    if not settings.sources:
+        raise SourceError("setting sources: no source tables configured (add one with table, id_column, text_column)")
+    wanted = names if names is not None else [s.name for s in settings.sources]
+    out = []
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            return check_sources(conn, settings, names)
+    seen = set()
+    for name in wanted:
+        src = settings.source(name)
+        if src.name in seen:
+            raise SourceError(f"setting sources: source name {src.name!r} is used twice")
+        seen.add(src.name)
+        out.append(_reflect(bind, src, settings.sources.index(src)))
+    return out
+
+
+def _reflect(conn: Connection, src: SourceSettings, index: int) -> SourceTable:
+    where = f"sources[{index}]"
+    try:
+        table = sa.Table(src.table, sa.MetaData(), schema=src.db_schema, autoload_with=conn)
+    except sa.exc.NoSuchTableError:
+        insp = sa.inspect(conn)
+        try:
+            known = sorted(insp.get_table_names(schema=src.db_schema) + insp.get_view_names(schema=src.db_schema))
+        except sa.exc.SQLAlchemyError:
+            known = []
+        in_schema = f" in schema {src.db_schema!r}" if src.db_schema else ""
+        listing = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "") if known else "none"
+        raise SourceError(f"setting {where}.table (source {src.name!r}): table {src.table!r} not found{in_schema} "
+                          f"(tables there: {listing})") from None
+
+    def column(field: str, col_name: str) -> sa.Column:
+        if col_name not in table.c:
+            raise SourceError(f"setting {where}.{field} (source {src.name!r}): column {col_name!r} not found in table "
+                              f"{src.table!r} (columns: {', '.join(table.c.keys())})")
+        return table.c[col_name]
+
+    id_col = column("id_column", src.id_column)
+    text_col = column("text_column", src.text_column)
+    updated_col = column("updated_at_column", src.updated_at_column) if src.updated_at_column else None
+    if updated_col is not None and not isinstance(updated_col.type, (sa.DateTime, sa.Date)):
+        raise SourceError(f"setting {where}.updated_at_column (source {src.name!r}): column {src.updated_at_column!r} "
+                          f"is {updated_col.type}, not a date/time column")
+    filters = tuple(_filter(column(f"filters[{i}].column", f.column), f.op, f.value, f"{where}.filters[{i}]", src.name)
+                    for i, f in enumerate(src.filters))
+    return SourceTable(src, index, table, id_col, text_col, updated_col, filters)
+
+
+def _filter(col: sa.Column, op: str, value: Any, where: str, source: str) -> sa.ColumnElement:
+    if op in ("is null", "is not null"):
+        return col.is_(None) if op == "is null" else col.is_not(None)
+    if op in ("in", "not in"):
+        if not isinstance(value, (list, tuple)):
+            raise SourceError(f"setting {where}.value (source {source!r}): op {op!r} needs a list, got {value!r}")
+        return col.in_(list(value)) if op == "in" else col.not_in(list(value))
+    if value is None:
+        raise SourceError(f"setting {where}.value (source {source!r}): op {op!r} needs a value "
+                          "(use op 'is null' / 'is not null' for NULL)")
+    return {
+        "=": col.__eq__, "!=": col.__ne__, "<": col.__lt__, "<=": col.__le__, ">": col.__gt__, ">=": col.__ge__,
+    }[op](value)

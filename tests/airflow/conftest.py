@@ -1,0 +1,187 @@
+"""Airflow test fixtures: an isolated AIRFLOW_HOME for this process, the demo source, policies.
+
+Airflow reads its configuration once, at first import, so the environment is set here at import
+time (before any test imports airflow). The in-process metadata DB (for dag.test) is SQLite in a
+temporary folder; the warehouse under test is SQLite or PostgreSQL (``warehouse_url``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DAGS = ROOT / "dags"
+TEST_POLICIES = ("spam", "self-harm")
+
+if "_SG_TEST_AIRFLOW_HOME" not in os.environ:
+    _home = tempfile.mkdtemp(prefix="sg-airflow-tests-")
+    os.environ.update({
+        "_SG_TEST_AIRFLOW_HOME": _home,
+        "AIRFLOW_HOME": _home,
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_home}/airflow.db",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "GX_ANALYTICS_ENABLED": "false",
+    })
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """The in-process Airflow metadata DB, migrated once per session (dag.test needs it)."""
+    from airflow.utils.db import initdb
+
+    initdb()
+    return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+@pytest.fixture
+def policies_dir(tmp_path) -> Path:
+    """A private copy of two repo policies (tests edit them)."""
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    for name in TEST_POLICIES:
+        shutil.copy(ROOT / "policies" / f"{name}.md", folder)
+    return folder
+
+
+def _warehouse_settings(url: str, tmp_path: Path, policies_dir: Path):
+    from safeguard_flow.airflow.demo import POSTS_SOURCE
+    from safeguard_flow.settings import load_settings
+    from safeguard_flow.warehouse import db, schema
+
+    settings = load_settings(environ={}, home=str(tmp_path / "home"), policies_dir=str(policies_dir),
+                             warehouse={"url": url}, sources=[POSTS_SOURCE])
+    engine = db.make_engine(settings)
+    schema.upgrade(settings, engine=engine)
+    engine.dispose()
+    return settings
+
+
+@pytest.fixture
+def wh_settings(warehouse_url, tmp_path, policies_dir):
+    """Settings for a migrated warehouse (SQLite or PostgreSQL) with the demo `posts` source."""
+    return _warehouse_settings(warehouse_url, tmp_path, policies_dir)
+
+
+@pytest.fixture
+def sqlite_wh_settings(sqlite_url, tmp_path, policies_dir):
+    return _warehouse_settings(sqlite_url, tmp_path, policies_dir)
+
+
+@pytest.fixture
+def wh_engine(wh_settings):
+    from safeguard_flow.warehouse import db
+
+    engine = db.make_engine(wh_settings)
+    yield engine
+    engine.dispose()
+
+
+# --- the real labelling path, shared by the end-to-end tests ----------------------------------------
+
+VLLM_PORT = int(os.environ.get("SAFEGUARD_TEST_VLLM_PORT", "18230"))
+RAY_PORT = int(os.environ.get("SAFEGUARD_TEST_AF_RAY_PORT", "18240"))  # + offsets 1..7, workers +10..+59
+RAY_DASHBOARD_PORT = int(os.environ.get("SAFEGUARD_TEST_AF_RAY_DASHBOARD_PORT", "18248"))
+STACK_PORT = int(os.environ.get("SAFEGUARD_TEST_AF_STACK_PORT", "18210"))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(prepared_model, tmp_path_factory):
+    """One real vLLM OpenAI-compatible server (CPU, the small local model) for every DAG test:
+    Ray replicas, job drivers and Airflow workers all reach it over HTTP, so vLLM starts once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", prepared_model,
+           "--served-model-name", "qwen2.5-0.5b-instruct", "--host", "127.0.0.1", "--port", str(VLLM_PORT),
+           "--max-model-len", "2048", "--enforce-eager", "--enable-prefix-caching", "--seed", "0",
+           "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{VLLM_PORT}"
+    deadline = time.monotonic() + 420
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {proc.returncode}; see {log}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM server not healthy after 420s; see {log}")
+            time.sleep(1)
+        yield f"{url}/v1"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def af_ray_head(tmp_path_factory):
+    """A real local Ray head for label jobs (Jobs API on RAY_DASHBOARD_PORT)."""
+    from safeguard_flow.raylib import local_head
+    from safeguard_flow.settings import load_settings
+
+    settings = load_settings(environ={}, home=str(tmp_path_factory.mktemp("ray-home")), ray={
+        "local_port": RAY_PORT, "local_dashboard_port": RAY_DASHBOARD_PORT, "local_num_cpus": 2})
+    head = local_head.start_head(settings)
+    yield head
+    local_head.stop_head(head)
+
+
+def pipeline_env(settings, vllm_url: str, head, label_mode: str = "job", **extra: str) -> dict[str, str]:
+    """Environment of an Airflow process running the DAGs against `settings`' warehouse: the warehouse
+    and Ray as Airflow connections, the engine as the shared vLLM server."""
+    import json
+
+    from safeguard_flow.airflow.demo import POSTS_SOURCE
+
+    host, port = head.dashboard_url.rsplit(":", 1)
+    env = {
+        "AIRFLOW_CONN_SAFEGUARD_WAREHOUSE_DEFAULT": json.dumps({"conn_type": "safeguard_warehouse", "extra": {"url": settings.warehouse_url}}),
+        "AIRFLOW_CONN_SAFEGUARD_RAY_DEFAULT": json.dumps({"conn_type": "safeguard_ray", "host": host, "port": int(port)}),
+        "SAFEGUARD_HOME": settings.home,
+        "SAFEGUARD_POLICIES_DIR": settings.policies_dir,
+        "SAFEGUARD_SOURCES": json.dumps([POSTS_SOURCE]),
+        "SAFEGUARD_ENGINE__KIND": "openai",
+        "SAFEGUARD_ENGINE__BASE_URL": vllm_url,
+        "SAFEGUARD_ENGINE__CONCURRENCY": "4",
+        "SAFEGUARD_RAY__ADDRESS": head.gcs_address,
+        "SAFEGUARD_RAY__LABEL_MODE": label_mode,
+        "SAFEGUARD_RAY__NUM_CPUS_PER_REPLICA": "0.25",
+        "SAFEGUARD_RAY__POLL_INTERVAL_S": "0.5",
+        "RAY_AUTH_MODE": "disabled",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def dag_env(monkeypatch, vllm_server, af_ray_head):
+    """Point this process (dag.test runs tasks in-process) at a warehouse, the Ray head and vLLM."""
+    from safeguard_flow.settings import get_settings
+
+    def apply(settings, label_mode: str = "job", **extra: str) -> None:
+        for key, value in pipeline_env(settings, vllm_server, af_ray_head, label_mode, **extra).items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+
+    yield apply
+    get_settings.cache_clear()

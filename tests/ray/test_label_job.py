@@ -1,0 +1,152 @@
+"""The label job for real: local Ray head, Ray Data replicas holding the vLLM CPU engine with the small
+model, SQLite warehouse. Fault tolerance: bad rows, a killed replica, a killed and resubmitted job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from label_helpers import SOURCE, assert_complete_once, chunk_marks, make_run, sample_texts, staged
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def label_settings(settings_factory, model_settings, prepared_model, ray_head, ray_settings):
+    """Settings for a labelling run on the session's head; one small replica unless overridden."""
+
+    def make(**ray_overrides):
+        return settings_factory(
+            sources=[SOURCE],
+            warehouse={"chunk_size": 4},
+            model={**model_settings.model.model_dump(), "max_model_len": 2048, "max_tokens": 48},
+            ray={**ray_settings.ray.model_dump(), "address": ray_head.gcs_address, "num_replicas": 1,
+                 "num_cpus_per_replica": 1.0, "max_restarts": 3, **ray_overrides},
+        )
+    return make
+
+
+def _spam(small_policies):
+    return [p for p in small_policies if p.name == "spam"]
+
+
+def _replica_pids() -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False)
+    return [a.pid for a in actors if "ChunkLabeller" in (a.repr_name or "") + (a.class_name or "")]
+
+
+def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small_policies, ray_driver):
+    """In-process job (the local default): rows the engine rejects become error verdicts and the job goes
+    on; the replica is SIGKILLed mid-run, Ray restarts it, and every item ends up staged exactly once."""
+    import psutil
+
+    from safeguard_flow.raylib import run_label_job
+
+    settings = label_settings()
+    long_text = "Buy cheap watches at http://example.com now! " * 300  # ~3k tokens > max_model_len 2048
+    texts = sample_texts(13) + [long_text, b"\xff\xfe not utf-8 \xc3", None]
+    run_id = make_run(settings, small_policies, texts)
+    n_chunks = len(chunk_marks(settings, run_id))
+    assert n_chunks >= 3
+    result: dict = {}
+
+    def run():
+        try:
+            result["summary"] = run_label_job(settings, run_id)
+        except BaseException as exc:  # surfaced by the assertions below
+            result["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not any(d for d, _ in chunk_marks(settings, run_id).values()):
+        assert runner.is_alive(), result
+        time.sleep(0.2)
+    pids = _replica_pids()
+    assert len(pids) == 1, f"expected one live replica, found {pids}"
+    victim = psutil.Process(pids[0])
+    engine_children = victim.children(recursive=True)
+    victim.send_signal(signal.SIGKILL)  # the replica dies mid-run, its vLLM engine with it
+
+    runner.join(300)
+    assert not runner.is_alive(), "the job did not finish after its replica was killed"
+    assert "error" not in result, result.get("error")
+    summary = result["summary"]
+    assert summary.chunks_left == 0 and summary.chunks_labelled + summary.chunks_skipped == n_chunks
+    assert pids[0] in summary.replica_pids and len(summary.replica_pids) >= 2, \
+        "chunks after the kill must come from a restarted replica"
+    assert summary.items == len(texts) and summary.verdicts == len(texts) * len(small_policies)
+    assert_complete_once(settings, run_id, len(texts), small_policies)  # 0 labelled twice, 0 missing
+
+    frame = staged(settings, run_id).set_index(["content_id", "policy"])
+    long_id, bytes_id, null_id = "p0013", "p0014", "p0015"
+    assert set(frame.loc[long_id]["parse_status"]) == {"engine_error"}
+    assert "max_model_len" in frame.loc[long_id]["error"].iloc[0]
+    assert set(frame.loc[bytes_id]["parse_status"]) == {"input_error"}
+    assert set(frame.loc[null_id]["parse_status"]) == {"input_error"}
+    good = frame.drop(index=[long_id, bytes_id, null_id], level=0)
+    assert (good["parse_status"] != "engine_error").all() and (good["label"].notna().mean() > 0.5)
+    assert summary.prompt_tokens > 0 and summary.items_per_s > 0
+    for child in engine_children:  # nothing of the dead replica may outlive it
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, f"{child} outlived its replica"
+
+    again = run_label_job(settings, run_id)  # a finished run: nothing pending, nothing relabelled
+    assert again.chunks_pending == 0 and again.items == 0
+
+
+def test_a_killed_job_resubmitted_with_the_same_run_id_skips_staged_chunks(label_settings, small_policies, ray_conn_env):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from safeguard_flow.airflow.ray_operator import RayLabelJobOperator
+
+    settings = label_settings()
+    policies = _spam(small_policies)
+    texts = sample_texts(16)
+    run_id = make_run(settings, policies, texts)
+    n_chunks = len(chunk_marks(settings, run_id))
+    assert n_chunks >= 3
+
+    first = RayLabelJobOperator(task_id="label", run_id=run_id, settings=settings, ray_conn_id=ray_conn_env,
+                                poll_interval=0.5)
+    with pytest.raises(TaskDeferred) as deferred:
+        first.execute({})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if sum(d for d, _ in chunk_marks(settings, run_id).values()) >= 1:
+            break
+        assert first.hook.get_job_status(first.job_id) in ("PENDING", "RUNNING"), first.hook.get_job_logs(first.job_id)
+        time.sleep(0.2)
+    import asyncio
+
+    asyncio.run(deferred.value.trigger.on_kill())  # the task is killed: the job is stopped mid-run
+    while first.hook.get_job_status(first.job_id) not in ("STOPPED", "FAILED", "SUCCEEDED"):
+        time.sleep(0.2)
+    assert first.hook.get_job_status(first.job_id) == "STOPPED"
+    before = chunk_marks(settings, run_id)
+    staged_before = {c for c, (done, _) in before.items() if done}
+    assert 1 <= len(staged_before) < n_chunks, "the kill should land mid-run"
+
+    second = RayLabelJobOperator(task_id="label", run_id=run_id, settings=settings, ray_conn_id=ray_conn_env,
+                                 poll_interval=0.5)
+    with pytest.raises(TaskDeferred) as deferred2:
+        second.execute({})
+    assert second.job_id != first.job_id
+    event = None
+
+    async def follow():
+        async for ev in deferred2.value.trigger.run():
+            return ev
+    event = asyncio.run(follow())
+    summary = second.execute_complete({}, event.payload)
+
+    after = chunk_marks(settings, run_id)
+    relabelled = [c for c in staged_before if after[c][1] != before[c][1]]
+    assert relabelled == [], f"chunks labelled twice: {relabelled}"
+    assert summary["chunks_labelled"] + summary["chunks_skipped"] == n_chunks - len(staged_before)
+    assert summary["chunks_left"] == 0
+    assert_complete_once(settings, run_id, len(texts), policies)  # 0 labelled twice, 0 missing

@@ -95,7 +95,7 @@ def chunk_marks(settings, run_id: str) -> dict[int, tuple[bool, object, int]]:
     engine = db.make_engine(settings)
     c = schema.tables(settings).run_chunks
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(c.c.chunk_no, c.c.done, c.c.finished_at, c.c.items).where(c.c.run_id == run_id)).all()
+        rows = conn.execute(sa.select(c.c.chunk_no, c.c.done, c.c.finished_at, c.c["items"]).where(c.c.run_id == run_id)).all()
     engine.dispose()
     return {int(r.chunk_no): (bool(r.done), r.finished_at, int(r.items)) for r in rows}
 
@@ -106,6 +106,9 @@ def bare_engine(settings, policies, texts: list[str]) -> dict:
     from safeguard_flow.labelling import LabelStats, label_items
 
     items = [ContentItem.from_raw(f"p{i:04d}", t, "posts") for i, t in enumerate(texts)]
+    # As in the CPU replicas (ChunkLabeller): the engine core in this process, for a fair start-up figure.
+    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     start = time.perf_counter()
     engine = build_engine(settings)
     load_s = time.perf_counter() - start
@@ -114,6 +117,10 @@ def bare_engine(settings, policies, texts: list[str]) -> dict:
     label_items(engine, items, policies, max_content_chars=settings.model.max_content_chars, stats=stats)
     label_s = time.perf_counter() - t
     engine.close()
+    if saved is None:
+        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
+    else:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
     return {"items": len(items), "load_s": load_s, "label_s": label_s, "items_per_s": len(items) / label_s,
             "e2e_items_per_s": len(items) / (load_s + label_s),
             "tokens_per_item": (stats.prompt_tokens + stats.completion_tokens) / len(items),
@@ -180,6 +187,56 @@ def kill_and_resume(hook, settings, policies, n_items: int, kill_after_chunks: i
             "duplicate_rows": len(keys) - len(set(keys)), "missing": len(expected - set(keys))}
 
 
+def compare_ray_data_llm(settings, policies, texts: list[str], head) -> dict:
+    """Same items, same replica count, in this process: our map_batches replica vs ray.data.llm's processor.
+
+    Start-up = submit to first finished row; rate = rows after the first / time after the first.
+    ray.data.llm gets the same prompts (chat template) and greedy sampling, without structured outputs.
+    """
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from safeguard_flow.local_model import resolve_model
+    from safeguard_flow.prompts import chat_messages
+    from safeguard_flow.raylib import run_label_job
+    from safeguard_flow.raylib.settings_env import worker_env
+
+    ray.init(address=head.gcs_address, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
+    try:
+        run_id = new_run(settings, policies, "bench-compare")
+        t = time.perf_counter()
+        ours = run_label_job(settings, run_id)
+        ours_wall = time.perf_counter() - t
+
+        policy = policies[0]
+        rows = [{"id": i, "messages": chat_messages(policy, text)} for i, text in enumerate(texts)]
+        sampling = {"temperature": 0.0, "max_tokens": settings.model.max_tokens}  # built in the driver
+        config = vLLMEngineProcessorConfig(
+            model_source=resolve_model(settings),
+            engine_kwargs={"max_model_len": settings.model.max_model_len, "enforce_eager": True,
+                           "max_num_seqs": settings.model.max_num_seqs, "enable_prefix_caching": True},
+            batch_size=settings.warehouse.chunk_size,
+            concurrency=settings.ray.num_replicas,
+            placement_group_config={"bundles": [{"CPU": 1}]},
+            chat_template_stage={"num_cpus": 0.25}, tokenize_stage={"num_cpus": 0.25},
+            detokenize_stage={"num_cpus": 0.25},
+        )
+        processor = build_processor(config, preprocess=lambda r: {**r, "sampling_params": sampling},
+                                    postprocess=lambda r: {"id": r["id"], "text": r["generated_text"]})
+        t = time.perf_counter()
+        stamps = [time.perf_counter() - t for _ in processor(ray.data.from_items(rows)).iter_rows()]
+        first, last = stamps[0], stamps[-1]
+        first_batch = sum(s <= first + 0.5 for s in stamps)  # rows of the block that came out first
+        return {
+            "ours_startup_s": ours_wall - ours.label_s, "ours_engine_load_s": ours.engine_load_s,
+            "ours_wall_s": ours_wall, "ours_items_per_s": ours.items_per_s,
+            "rdllm_startup_s": first, "rdllm_wall_s": last,
+            "rdllm_rows_per_s": (len(stamps) - first_batch) / (last - first) if last > first else float("nan"),
+        }
+    finally:
+        ray.shutdown()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=200)
@@ -191,6 +248,9 @@ def main() -> int:
     parser.add_argument("--dashboard-port", type=int, default=18165)
     parser.add_argument("--kill-after-chunks", type=int, default=2)
     parser.add_argument("--skip-bare", action="store_true")
+    parser.add_argument("--skip-kill", action="store_true")
+    parser.add_argument("--compare-ray-data-llm", action="store_true",
+                        help="also run the items through ray.data.llm (first policy only) and our replica in-process")
     args = parser.parse_args()
     policy_names = [p.strip() for p in args.policies.split(",") if p.strip()]
 
@@ -217,9 +277,10 @@ def main() -> int:
         job = ray_job(hook, settings, run_id)
         print(f"ray job:     {job['items_per_s']:.2f} items/s (label {job['label_s']:.1f}s, engine load "
               f"{job['engine_load_s']:.1f}s, submit-to-done {job['submit_to_done_s']:.1f}s)", flush=True)
-        kr = kill_and_resume(hook, settings, policies, len(texts), args.kill_after_chunks)
+        kr = None if args.skip_kill else kill_and_resume(hook, settings, policies, len(texts), args.kill_after_chunks)
+        cmp = compare_ray_data_llm(settings, policies[:1], texts, head) if args.compare_ray_data_llm else None
     finally:
-        local_head.stop_head(head)
+        local_head.stop_head(head, remove_temp_dir=True)
 
     print("\n== results ==")
     rows = []
@@ -233,11 +294,17 @@ def main() -> int:
         rows.append(("ratio ray/bare (end to end)", f"{(len(texts) / job['submit_to_done_s']) / bare['e2e_items_per_s']:.2f}"))
         rows.append(("prompt / completion tokens per item", f"{bare['prompt_tokens_per_item']:.0f} / {bare['completion_tokens_per_item']:.1f}"))
     rows.append(("ray job tokens per item", f"{job['tokens_per_item']:.0f}"))
-    rows.append(("kill-and-resume: chunks (staged before kill / by resume)",
-                 f"{kr['chunks']} ({kr['staged_before_kill']} / {kr['labelled_by_resume']})"))
-    rows.append(("kill-and-resume: items labelled twice (target 0)", str(kr["items_labelled_twice"])))
-    rows.append(("kill-and-resume: duplicate staged rows", str(kr["duplicate_rows"])))
-    rows.append(("kill-and-resume: missing (item, policy)", str(kr["missing"])))
+    if kr:
+        rows.append(("kill-and-resume: chunks (staged before kill / by resume)",
+                     f"{kr['chunks']} ({kr['staged_before_kill']} / {kr['labelled_by_resume']})"))
+        rows.append(("kill-and-resume: items labelled twice (target 0)", str(kr["items_labelled_twice"])))
+        rows.append(("kill-and-resume: duplicate staged rows", str(kr["duplicate_rows"])))
+        rows.append(("kill-and-resume: missing (item, policy)", str(kr["missing"])))
+    if cmp:
+        rows.append(("map_batches replica: start-up s / items/s / wall s",
+                     f"{cmp['ours_startup_s']:.1f} / {cmp['ours_items_per_s']:.2f} / {cmp['ours_wall_s']:.1f}"))
+        rows.append(("ray.data.llm processor: start-up s / rows/s / wall s",
+                     f"{cmp['rdllm_startup_s']:.1f} / {cmp['rdllm_rows_per_s']:.2f} / {cmp['rdllm_wall_s']:.1f}"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

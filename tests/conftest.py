@@ -56,9 +56,16 @@ def pg_server():
 
 
 @pytest.fixture
-def pg_url(pg_server) -> str:
-    """A fresh, empty database on the session's PostgreSQL server."""
-    return pg_server.create_database()
+def pg_url(pg_server):
+    """A fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+    import sqlalchemy as sa
+
+    url = pg_server.create_database()
+    yield url
+    admin = sa.create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)')
+    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

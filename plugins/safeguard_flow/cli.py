@@ -103,7 +103,12 @@ def cmd_policies_publish(args: argparse.Namespace) -> int:
         results = policy_store.publish_policies(engine, settings, policies, author=args.author)
     finally:
         engine.dispose()
-    print(table(["policy", "version", "changed"], [[r.policy.name, r.version, "new version" if r.changed else "unchanged"] for r in results]))
+    def outcome(r) -> str:
+        if r.created:
+            return "new version"
+        return f"current again (was v{r.previous_version})" if r.changed else "unchanged"
+
+    print(table(["policy", "version", "outcome"], [[r.policy.name, r.version, outcome(r)] for r in results]))
     return 0
 
 

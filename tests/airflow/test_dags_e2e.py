@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import DAGS
+from af_support import DAGS
 
 pytestmark = pytest.mark.slow
 
 UTC = dt.timezone.utc
 INTERVAL = (dt.datetime(2026, 11, 21, tzinfo=UTC), dt.datetime(2026, 11, 22, tzinfo=UTC))
-PER_DAY = 4
+PER_DAY = 2
 
 
 def _dag(dag_id: str):

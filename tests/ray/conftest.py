@@ -31,7 +31,7 @@ def ray_head(ray_settings):
     head = local_head.start_head(ray_settings)
     yield head
     local_head.stop_recorded_head(ray_settings)
-    local_head.stop_head(head)
+    local_head.stop_head(head, remove_temp_dir=True)
 
 
 @pytest.fixture

@@ -13,12 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 API_PORT = int(os.environ.get("SAFEGUARD_TEST_UI_PORT", "18220"))
 DEVTOOLS_PORT = int(os.environ.get("SAFEGUARD_TEST_DEVTOOLS_PORT", "18221"))
-SCREENSHOT_DIR = ROOT / "artifacts" / "ui"
 
 
 @pytest.fixture(scope="module")
 def seeded_warehouse(tmp_path_factory):
-    from seed import seed
+    from ui_seed import seed
 
     from safeguard_flow.airflow.demo import POSTS_SOURCE
     from safeguard_flow.settings import load_settings
@@ -54,7 +53,7 @@ def api_server(seeded_warehouse, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from browser import Browser, find_chromium
+    from ui_browser import Browser, find_chromium
 
     if find_chromium() is None:
         pytest.fail("chromium is not installed (apt-get install -y chromium); the UI test needs it")

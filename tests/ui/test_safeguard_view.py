@@ -8,7 +8,7 @@ import urllib.request
 from urllib.parse import quote
 
 import pytest
-from conftest import SCREENSHOT_DIR
+from ui_browser import SCREENSHOT_DIR
 
 pytestmark = pytest.mark.slow
 

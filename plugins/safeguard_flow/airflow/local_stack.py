@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# Four processes and the task workers share one SQLite file: wait for the write lock instead of
+# failing after SQLite's default 5 s (a busy laptop or CI box easily holds it longer).
+SQLITE_CONNECT_ARGS = {"timeout": 60}
 _TERMINAL = {"success", "failed"}
 
 
@@ -60,6 +63,8 @@ class LocalAirflow:
             "AIRFLOW__CORE__PARALLELISM": str(parallelism),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{__name__}.SQLITE_CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": f"{__name__}.SQLITE_CONNECT_ARGS",
             "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -69,11 +74,9 @@ class LocalAirflow:
             "AIRFLOW__API_AUTH__JWT_SECRET": "safeguard-local-stack-secret",
             "AIRFLOW__API__SECRET_KEY": "safeguard-local-stack-secret",
             # Short loops: the stack is for tests and demos, not for load.
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "16",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
-            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         })
@@ -89,6 +92,10 @@ class LocalAirflow:
         if template and Path(template).is_file():
             shutil.copyfile(template, db)
         self.cli("db", "migrate", timeout=300)
+        import sqlite3
+
+        with sqlite3.connect(db) as conn:  # WAL (kept in the file): readers stop blocking the writer
+            conn.execute("PRAGMA journal_mode=WAL")
 
     def start(self, timeout_s: float = 180.0) -> LocalAirflow:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
@@ -101,7 +108,7 @@ class LocalAirflow:
         self.wait_healthy(timeout_s)
         return self
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 15.0) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -195,6 +202,20 @@ class LocalAirflow:
         if pending:
             errors = self.api("GET", "importErrors").get("import_errors", [])
             raise LocalAirflowError(f"DAGs {sorted(pending)} not parsed after {timeout_s:.0f}s; import errors: {errors}")
+
+    def create_backfill(self, dag_id: str, from_date: str, to_date: str, attempts: int = 4) -> None:
+        """`airflow backfill create`, retried when SQLite refuses a write that raced the scheduler's
+        (Airflow removes a half-created backfill itself, so trying again is safe)."""
+        for attempt in range(1, attempts + 1):
+            proc = self.cli("backfill", "create", "--dag-id", dag_id, "--from-date", from_date, "--to-date", to_date,
+                            check=False)
+            if proc.returncode == 0:
+                return
+            output = proc.stdout + proc.stderr
+            existing = self.api("GET", f"backfills?dag_id={dag_id}").get("backfills", [])
+            if "database is locked" not in output or existing or attempt == attempts:
+                raise LocalAirflowError(f"`airflow backfill create` failed ({proc.returncode}), backfills now {existing}:\n{output[-3000:]}")
+            time.sleep(2 * attempt)
 
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self.api("PATCH", f"dags/{dag_id}", {"is_paused": paused})

@@ -17,7 +17,8 @@ import hashlib
 import logging
 import re
 from datetime import date, datetime, timezone
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
@@ -31,9 +32,6 @@ from safeguard_flow.airflow.assets import (
 )
 from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
 from safeguard_flow.settings import get_settings
-
-if TYPE_CHECKING:  # pragma: no cover
-    from airflow.sdk import BaseOperator
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +58,14 @@ def _stamp(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S")
 
 
-def _warehouse(conn_id: str):
+@contextmanager
+def _warehouse(conn_id: str) -> Iterator[tuple[Any, Any]]:
+    """(engine, settings) of the warehouse connection, disposed when the task is done with it."""
     hook = SafeguardWarehouseHook(safeguard_conn_id=conn_id)
-    return hook, hook.get_engine(), hook.settings
+    try:
+        yield hook.get_engine(), hook.settings
+    finally:
+        hook.close()
 
 
 def _run_info(engine, settings, run_id: str, items: int) -> dict[str, Any]:
@@ -117,27 +120,27 @@ def extract_interval(safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]
     start, end = ctx.get("data_interval_start"), ctx.get("data_interval_end")
     if start is None or end is None or not start < end:
         raise AirflowFailException(f"this DAG run has no data interval ({start} - {end}); trigger it with a logical date")
-    hook, engine, settings = _warehouse(safeguard_conn_id)
-    policies = policy_store.get_policies(engine, settings)
-    if not policies:
-        raise AirflowFailException(
-            "no policies are published in the warehouse: run the safeguard_policy_sync DAG or "
-            "`safeguard-flow policies publish DIR` first"
-        )
-    dag_run = ctx["dag_run"]
-    run_type = getattr(dag_run, "run_type", None)
-    kind = "backfill" if getattr(run_type, "value", run_type) == "backfill" else "nightly"
-    refs = [(p.name, int(p.version)) for p in policies]
-    run_id = interval_run_id(kind, start, end, refs)
-    runs.create_run(engine, settings, kind, policies, interval_start=start, interval_end=end,
-                    params={"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id}, run_id=run_id)
-    items = _has_work(engine, settings, run_id, lambda: extract.extract_interval(engine, settings, run_id, start, end))
-    if items is None:
-        return {}
-    log.info("run %s: %d item(s) to label in [%s, %s) against %s", run_id, items, start, end,
-             ", ".join(f"{n} v{v}" for n, v in refs))
-    ctx["ti"].xcom_push(key="run_id", value=run_id)
-    return _run_info(engine, settings, run_id, items)
+    with _warehouse(safeguard_conn_id) as (engine, settings):
+        policies = policy_store.get_policies(engine, settings)
+        if not policies:
+            raise AirflowFailException(
+                "no policies are published in the warehouse: run the safeguard_policy_sync DAG or "
+                "`safeguard-flow policies publish DIR` first"
+            )
+        dag_run = ctx["dag_run"]
+        run_type = getattr(dag_run, "run_type", None)
+        kind = "backfill" if getattr(run_type, "value", run_type) == "backfill" else "nightly"
+        refs = [(p.name, int(p.version)) for p in policies]
+        run_id = interval_run_id(kind, start, end, refs)
+        runs.create_run(engine, settings, kind, policies, interval_start=start, interval_end=end,
+                        params={"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id}, run_id=run_id)
+        items = _has_work(engine, settings, run_id, lambda: extract.extract_interval(engine, settings, run_id, start, end))
+        if items is None:
+            return {}
+        log.info("run %s: %d item(s) to label in [%s, %s) against %s", run_id, items, start, end,
+                 ", ".join(f"{n} v{v}" for n, v in refs))
+        ctx["ti"].xcom_push(key="run_id", value=run_id)
+        return _run_info(engine, settings, run_id, items)
 
 
 RELABEL_PARAMS = {
@@ -187,28 +190,28 @@ def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, 
 
     ctx = get_current_context()
     params = dict(ctx["params"])
-    hook, engine, settings = _warehouse(safeguard_conn_id)
-    active = {p.name: int(p.version) for p in policy_store.get_policies(engine, settings)}
-    try:
-        targets = relabel_targets(params, ctx.get("triggering_asset_events"), active)
-        since, limit = relabel_scope(params)
-    except ValueError as exc:
-        raise AirflowFailException(str(exc)) from None
-    dag_run = ctx["dag_run"]
-    out = []
-    for name, version in sorted(targets.items()):
-        policy = policy_store.get_policies(engine, settings, [(name, version)])[0]  # raises if unknown
-        run_id = relabel_run_id(dag_run.run_id, name, version)
-        runs.create_run(engine, settings, "relabel", [policy], params={
-            "dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id, "scope": params.get("scope") or "all",
-            "since": since.isoformat() if since else None, "limit": limit,
-        }, run_id=run_id)
-        items = _has_work(engine, settings, run_id, lambda: extract.extract_relabel(
-            engine, settings, run_id, name, version, since=since, limit=limit))
-        if items is not None:
-            log.info("run %s: %d item(s) to relabel with %s v%d", run_id, items, name, version)
-            out.append(_run_info(engine, settings, run_id, items))
-    return out
+    with _warehouse(safeguard_conn_id) as (engine, settings):
+        active = {p.name: int(p.version) for p in policy_store.get_policies(engine, settings)}
+        try:
+            targets = relabel_targets(params, ctx.get("triggering_asset_events"), active)
+            since, limit = relabel_scope(params)
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
+        dag_run = ctx["dag_run"]
+        out = []
+        for name, version in sorted(targets.items()):
+            policy = policy_store.get_policies(engine, settings, [(name, version)])[0]  # raises if unknown
+            run_id = relabel_run_id(dag_run.run_id, name, version)
+            runs.create_run(engine, settings, "relabel", [policy], params={
+                "dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id, "scope": params.get("scope") or "all",
+                "since": since.isoformat() if since else None, "limit": limit,
+            }, run_id=run_id)
+            items = _has_work(engine, settings, run_id, lambda: extract.extract_relabel(
+                engine, settings, run_id, name, version, since=since, limit=limit))
+            if items is not None:
+                log.info("run %s: %d item(s) to relabel with %s v%d", run_id, items, name, version)
+                out.append(_run_info(engine, settings, run_id, items))
+        return out
 
 
 # --- label ------------------------------------------------------------------------------------------
@@ -252,14 +255,14 @@ def validate(run: dict[str, Any], safeguard_conn_id: str = DEFAULT_CONN_ID) -> d
     """The Great Expectations gate. Failing quarantines the run and fails the task (no retries)."""
     from safeguard_flow.quality import QualityGateFailed, enforce_gate
 
-    hook, engine, settings = _warehouse(safeguard_conn_id)
-    try:
-        report = enforce_gate(engine, settings, run["run_id"])
-    except QualityGateFailed as exc:
-        log.error("%s\nfull validation result: %s", exc.report.summary, exc.report.path)
-        raise AirflowFailException(exc.report.summary) from None
-    log.info("%s\nfull validation result: %s", report.summary, report.path)
-    return {"run_id": run["run_id"], "success": True, "checks": len(report.checks), "report": report.path}
+    with _warehouse(safeguard_conn_id) as (engine, settings):
+        try:
+            report = enforce_gate(engine, settings, run["run_id"])
+        except QualityGateFailed as exc:
+            log.error("%s\nfull validation result: %s", exc.report.summary, exc.report.path)
+            raise AirflowFailException(exc.report.summary) from None
+        log.info("%s\nfull validation result: %s", report.summary, report.path)
+        return {"run_id": run["run_id"], "success": True, "checks": len(report.checks), "report": report.path}
 
 
 # --- publish ----------------------------------------------------------------------------------------
@@ -270,13 +273,13 @@ def publish(run: dict[str, Any], safeguard_conn_id: str = DEFAULT_CONN_ID) -> di
     """Merge the staged verdicts in one transaction (idempotent); an event on the verdict table asset."""
     from safeguard_flow.warehouse import publish as warehouse_publish
 
-    hook, engine, settings = _warehouse(safeguard_conn_id)
-    counts = warehouse_publish.publish_run(engine, settings, run["run_id"])
-    log.info("published run %s: %s", run["run_id"], counts)
-    extra = {k: counts.get(k) for k in ("run_id", "inserted", "updated", "unchanged", "errors", "positives")}
-    extra["policies"] = run["policies"]
-    get_current_context()["outlet_events"][verdicts_asset(get_settings())].extra = extra
-    return {k: v for k, v in counts.items() if isinstance(v, (int, float, str)) or v is None}
+    with _warehouse(safeguard_conn_id) as (engine, settings):
+        counts = warehouse_publish.publish_run(engine, settings, run["run_id"])
+        log.info("published run %s: %s", run["run_id"], counts)
+        extra = {k: counts.get(k) for k in ("run_id", "inserted", "updated", "unchanged", "errors", "positives")}
+        extra["policies"] = run["policies"]
+        get_current_context()["outlet_events"][verdicts_asset(get_settings())].extra = extra
+        return {k: v for k, v in counts.items() if isinstance(v, (int, float, str)) or v is None}
 
 
 # --- policy sync ------------------------------------------------------------------------------------
@@ -290,20 +293,20 @@ def sync_policies(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, An
     from safeguard_flow.warehouse import policy_store
 
     ctx = get_current_context()
-    hook, engine, settings = _warehouse(safeguard_conn_id)
-    directory = ctx["params"].get("directory") or settings.policies_dir
-    policies = load_policy_set(directory)
-    author = f"airflow:{ctx['dag_run'].dag_id}/{ctx['dag_run'].run_id}"
-    results = policy_store.publish_policies(engine, settings, policies, author=author)
-    announced = {(e.extra.get("policy"), e.extra.get("version")) for e in ctx["inlet_events"][policy_changes_alias()]}
-    alias = ctx["outlet_events"][policy_changes_alias()]
-    out = []
-    for result in results:
-        extra = policy_change_extra(result)
-        announce = result.changed or (result.policy.name, int(result.version)) not in announced
-        if announce:
-            alias.add(policy_asset(result.policy.name), extra=extra)
-        log.info("policy %s: v%s%s%s", result.policy.name, result.version, " (new version)" if result.created else "",
-                 " -> asset event" if announce else "")
-        out.append({**extra, "changed": bool(result.changed), "announced": announce})
-    return out
+    with _warehouse(safeguard_conn_id) as (engine, settings):
+        directory = ctx["params"].get("directory") or settings.policies_dir
+        policies = load_policy_set(directory)
+        author = f"airflow:{ctx['dag_run'].dag_id}/{ctx['dag_run'].run_id}"
+        results = policy_store.publish_policies(engine, settings, policies, author=author)
+        announced = {(e.extra.get("policy"), e.extra.get("version")) for e in ctx["inlet_events"][policy_changes_alias()]}
+        alias = ctx["outlet_events"][policy_changes_alias()]
+        out = []
+        for result in results:
+            extra = policy_change_extra(result)
+            announce = result.changed or (result.policy.name, int(result.version)) not in announced
+            if announce:
+                alias.add(policy_asset(result.policy.name), extra=extra)
+            log.info("policy %s: v%s%s%s", result.policy.name, result.version, " (new version)" if result.created else "",
+                     " -> asset event" if announce else "")
+            out.append({**extra, "changed": bool(result.changed), "announced": announce})
+        return out

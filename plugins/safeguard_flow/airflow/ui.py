@@ -59,12 +59,16 @@ class Dashboard:
         v = self._view("daily_policy_rates")
         cols = ["policy", "policy_version", "day", "verdicts", "labelled", "positives", "errors", "positive_rate", "error_rate"]
         since = (datetime.now(timezone.utc) - timedelta(days=days)).date()
-        query = sa.select(*[sa.column(c) for c in cols]).select_from(v).order_by(sa.column("day"), sa.column("policy"), sa.column("policy_version"))
+        query = (
+            sa.select(*[sa.column(c) for c in cols]).select_from(v)
+            .where(sa.column("day") >= sa.bindparam("since", since, type_=sa.Date))
+            .order_by(sa.column("day"), sa.column("policy"), sa.column("policy_version"))
+        )
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(query)]
         for row in rows:
             row["day"] = _as_date(row["day"])
-        return [r for r in rows if r["day"] is None or r["day"] >= since]
+        return rows
 
     def flip_summary(self) -> list[dict[str, Any]]:
         """Per policy and version pair: items compared, flips 0->1 and 1->0, and error changes."""

@@ -36,11 +36,7 @@ class ChunkLabeller:
         self.run_id = run_id
         self.policies = list(policies)
         self.db = db.make_engine(settings)
-        if settings.ray.num_gpus_per_replica == 0 and settings.engine.kind == "vllm":
-            # On CPU, keep vLLM's engine core in this process: its spawned engine-core and worker
-            # processes re-import torch and vLLM, which costs about a minute of start-up per replica
-            # on a small machine, and a killed replica would leave them behind.
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        settings = _replica_engine_settings(settings)
         start = time.perf_counter()
         self.engine = build_engine(settings)
         self.engine_load_s = time.perf_counter() - start
@@ -86,3 +82,20 @@ class ChunkLabeller:
                 engine.close()
             except Exception:  # closing at interpreter exit: nothing useful to do with an error
                 pass
+
+
+def _replica_engine_settings(settings: Settings) -> Settings:
+    """Engine placement inside a replica actor."""
+    if settings.engine.kind != "vllm":
+        return settings
+    if settings.ray.num_gpus_per_replica == 0:
+        # On CPU, keep vLLM's engine core in this process: its spawned engine-core and worker
+        # processes re-import torch and vLLM (about a minute of start-up per replica on a small
+        # machine), and a killed replica would leave them behind.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        return settings
+    if settings.model.tensor_parallel_size > 1 and "distributed_executor_backend" not in settings.model.engine_kwargs:
+        # The actor already holds the TP group's GPUs; vLLM's Ray executor would ask Ray for more.
+        settings = settings.model_copy(deep=True)
+        settings.model.engine_kwargs = {**settings.model.engine_kwargs, "distributed_executor_backend": "mp"}
+    return settings

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,6 +142,8 @@ def start_head(settings: Settings, timeout_s: float = 90.0) -> LocalHead:
     log_file = str(state.with_suffix(".log"))
     env = {**os.environ, **auth_env(settings)}
     env.pop("RAY_ADDRESS", None)  # a stale address would make `ray start` join another cluster
+    # Jobs run `python ...`: make that this interpreter (the venv with safeguard-flow), activated or not.
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(head_command(settings, temp_dir), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -172,26 +175,32 @@ def ensure_head(settings: Settings) -> LocalHead:
     return load_head(settings) or start_head(settings)
 
 
-def stop_head(head: LocalHead, timeout_s: float = 40.0) -> None:
-    """SIGTERM the `ray start --block` process (it drains and stops its head), SIGKILL its group if stuck."""
+def stop_head(head: LocalHead, timeout_s: float = 40.0, remove_temp_dir: bool = False) -> None:
+    """SIGTERM the `ray start --block` process (it drains and stops its head), SIGKILL its group if stuck.
+
+    remove_temp_dir: also delete the head's session logs (tests and benchmarks; keep them otherwise).
+    """
     try:
         os.kill(head.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _pid_alive(head.pid):
-        time.sleep(0.2)
+        pass
+    else:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _pid_alive(head.pid):
+            time.sleep(0.2)
     try:
         os.killpg(head.pid, signal.SIGKILL)  # its own session: only processes of this head
     except (ProcessLookupError, PermissionError):
         pass
+    if remove_temp_dir:
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
-def stop_recorded_head(settings: Settings) -> bool:
+def stop_recorded_head(settings: Settings, remove_temp_dir: bool = False) -> bool:
     """Stop the head recorded for these settings (CLI / tests). True if one was running."""
     head = load_head(settings)
     _state_file(settings).unlink(missing_ok=True)
     if head is None:
         return False
-    stop_head(head)
+    stop_head(head, remove_temp_dir=remove_temp_dir)
     return True

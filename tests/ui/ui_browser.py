@@ -20,6 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+# Screenshots of the UI tests (gitignored; CI keeps them as artifacts).
+SCREENSHOT_DIR = Path(__file__).resolve().parents[2] / "artifacts" / "ui"
+
 FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps",

@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: demo test install model bench clean
+.PHONY: demo test install model browser bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -30,13 +30,19 @@ model: $(STAMP)
 	$(BIN)/safeguard-flow model prepare
 
 demo: model
-	$(BIN)/python -m safeguard_flow.demo
+	$(BIN)/python -m safeguard_flow.airflow.demo
 
-test: model
+# The UI test drives Debian's Chromium headless; install it when missing (needs root, as on CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: model browser
 	$(BIN)/python -m pytest tests -v --durations=25
 
 bench: model
 	$(BIN)/python bench/engine_throughput.py
+	$(BIN)/python bench/ray_job_bench.py
+	$(BIN)/python bench/warehouse_bench.py
 
 clean:
 	rm -rf $(VENV) .safeguard artifacts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,20 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Airflow reads its configuration once, at first import: give every test process one isolated
+# AIRFLOW_HOME (SQLite metadata DB in a temporary folder) before any test imports airflow.
+if "_SG_TEST_AIRFLOW_HOME" not in os.environ:
+    _home = tempfile.mkdtemp(prefix="sg-airflow-tests-")
+    os.environ.update({
+        "_SG_TEST_AIRFLOW_HOME": _home,
+        "AIRFLOW_HOME": _home,
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_home}/airflow.db",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "GX_ANALYTICS_ENABLED": "false",
+    })
 
 
 @pytest.fixture

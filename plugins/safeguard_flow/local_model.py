@@ -465,3 +465,38 @@ def _lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m safeguard_flow.local_model prepare|info|verify [--key KEY] [--force]` (the CLI wraps the same)."""
+    import argparse
+
+    from safeguard_flow.settings import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m safeguard_flow.local_model")
+    parser.add_argument("command", choices=["prepare", "info", "verify"])
+    parser.add_argument("--key", help=f"one of {', '.join(KNOWN_MODELS)} (default: model.name)")
+    parser.add_argument("--force", action="store_true", help="prepare again even if a finished folder exists")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    if args.key:
+        settings = settings.model_copy(update={"model": settings.model.model_copy(update={"name": args.key})})
+    try:
+        if args.command == "prepare":
+            started = time.monotonic()
+            path = prepare(settings, force=args.force)
+            print(f"{path}  ({time.monotonic() - started:.1f}s)")
+        elif args.command == "info":
+            print(json.dumps(info(settings), indent=2))
+        else:
+            problems = verify(settings)
+            print("\n".join(problems) if problems else "ok: every file matches the manifest")
+            return 1 if problems else 0
+    except ModelPrepareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -130,6 +130,8 @@ def _parse_json(text: str, require_rationale: bool) -> ParsedOutput:
         if not isinstance(rule_ids, list):
             raise ValueError("rule_ids is not a list")
         rule_ids = [str(r) for r in rule_ids]
+    if label == 0:
+        category = None  # a category only names what was violated; small models sometimes fill it anyway
     return ParsedOutput(
         label,
         OK,

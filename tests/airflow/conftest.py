@@ -9,25 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from af_support import DAGS, RAY_DASHBOARD_PORT, RAY_PORT, ROOT, TEST_POLICIES, VLLM_PORT, pipeline_env
-
-if "_SG_TEST_AIRFLOW_HOME" not in os.environ:
-    _home = tempfile.mkdtemp(prefix="sg-airflow-tests-")
-    os.environ.update({
-        "_SG_TEST_AIRFLOW_HOME": _home,
-        "AIRFLOW_HOME": _home,
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_home}/airflow.db",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "GX_ANALYTICS_ENABLED": "false",
-    })
-
+from af_support import RAY_DASHBOARD_PORT, RAY_PORT, ROOT, TEST_POLICIES, VLLM_PORT, pipeline_env
 
 @pytest.fixture(scope="session")
 def airflow_db():

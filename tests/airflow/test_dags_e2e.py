@@ -45,6 +45,16 @@ def _count(engine, settings, table: str = "verdicts") -> int:
         return conn.execute(sa.select(sa.func.count()).select_from(getattr(schema.tables(settings), table))).scalar_one()
 
 
+def _xcom(dag_run, task_id: str, key: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.scalar(sa.select(XComModel.value).where(
+            XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id,
+            XComModel.task_id == task_id, XComModel.key == key))
+
+
 def _verdict_events() -> list[dict]:
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
@@ -68,6 +78,7 @@ def test_nightly_labels_its_interval_and_reruns_are_idempotent(airflow_db, dag_e
 
     dr = dag.test(logical_date=INTERVAL[1])
     assert dr.state == "success", [(ti.task_id, ti.state) for ti in dr.get_task_instances()]
+    assert _xcom(dr, "label", "ray_job_id")  # labelled by a submitted Ray job (the deferral ran in-line)
 
     (run,) = runs.list_runs(wh_engine, wh_settings)
     assert run["kind"] == "nightly" and run["status"] == "published"

@@ -120,9 +120,18 @@ def test_policy_change_relabels_with_the_new_version_and_keeps_the_old(flow, bac
     assert all((f["policy"], f["old_version"], f["new_version"]) == ("spam", 1, 2) for f in flips)
 
 
-def test_relabel_params_are_validated_when_triggered_by_hand(flow):
+def test_relabel_by_hand_with_params(flow, backfilled):
     from safeguard_flow.airflow.local_stack import LocalAirflowError
+    from safeguard_flow.warehouse import runs
 
-    af, *_ = flow
-    with pytest.raises(LocalAirflowError, match="400"):
+    af, settings, engine, rows = flow
+    with pytest.raises(LocalAirflowError, match="400"):  # Airflow validates params when the run is triggered
         af.trigger("safeguard_relabel", conf={"policy": "spam", "scope": "everything"})
+    af.set_paused("safeguard_relabel", False)
+    run_id = af.trigger("safeguard_relabel", conf={"policy": "self-harm", "scope": "since", "since": DAYS[1], "limit": 1})
+    (manual,) = [r for r in af.wait_for_runs("safeguard_relabel", 1, run_type="manual", timeout_s=300) if r["dag_run_id"] == run_id]
+    assert manual["state"] == "success"
+    (wh_run,) = [r for r in runs.list_runs(engine, settings, kind="relabel") if r["params"].get("dag_run_id") == run_id]
+    assert wh_run["policy_refs"] == [("self-harm", 1)]
+    assert wh_run["params"]["scope"] == "since" and wh_run["params"]["since"].startswith(DAYS[1]) and wh_run["params"]["limit"] == 1
+    assert wh_run["items"] == 0 and wh_run["status"] == "published"  # everything in scope already has a v1 verdict

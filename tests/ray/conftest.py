@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
-
-RAY_TEST_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_PORT", "18101"))
-RAY_TEST_DASHBOARD_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_DASHBOARD_PORT", "18165"))
-RAY_TEST_SERVE_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_SERVE_PORT", "18180"))
+from label_helpers import RAY_TEST_DASHBOARD_PORT, RAY_TEST_PORT
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,19 @@
-"""Build a real warehouse run (source table, published policies, extracted work list) for the Ray tests."""
+"""Ray test helpers: ports, and a real warehouse run (source table, published policies, extracted work list)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[2]
+# The session's local Ray head (GCS port; its other ports follow it), its dashboard, and Serve's HTTP port.
+RAY_TEST_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_PORT", "18101"))
+RAY_TEST_DASHBOARD_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_DASHBOARD_PORT", "18165"))
+RAY_TEST_SERVE_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_SERVE_PORT", "18180"))
 SOURCE = {"name": "posts", "table": "posts", "id_column": "id", "text_column": "body", "updated_at_column": "updated_at"}
 T0 = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
 DAY = dt.timedelta(days=1)

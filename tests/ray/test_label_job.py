@@ -3,7 +3,6 @@ model, SQLite warehouse. Fault tolerance: bad rows, a killed replica, a killed a
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -18,8 +17,9 @@ pytestmark = pytest.mark.slow
 def label_settings(settings_factory, model_settings, prepared_model, ray_head, ray_settings):
     """Settings for a labelling run on the session's head; one small replica unless overridden."""
 
-    def make(**ray_overrides):
+    def make(db_url: str | None = None, **ray_overrides):
         return settings_factory(
+            db_url,
             sources=[SOURCE],
             warehouse={"chunk_size": 4},
             model={**model_settings.model.model_dump(), "max_model_len": 2048, "max_tokens": 48},
@@ -99,12 +99,15 @@ def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small
     assert again.chunks_pending == 0 and again.items == 0
 
 
-def test_a_killed_job_resubmitted_with_the_same_run_id_skips_staged_chunks(label_settings, small_policies, ray_conn_env):
+@pytest.mark.postgres
+def test_a_killed_job_resubmitted_with_the_same_run_id_skips_staged_chunks(label_settings, small_policies, ray_conn_env,
+                                                                          pg_url):
+    """Through Airflow's operator and the Jobs API, on PostgreSQL (the other test runs on SQLite)."""
     from airflow.sdk.exceptions import TaskDeferred
 
     from safeguard_flow.airflow.ray_operator import RayLabelJobOperator
 
-    settings = label_settings()
+    settings = label_settings(pg_url)
     policies = _spam(small_policies)
     texts = sample_texts(16)
     run_id = make_run(settings, policies, texts)

@@ -7,8 +7,7 @@ import time
 
 import httpx
 import pytest
-from conftest import RAY_TEST_SERVE_PORT
-from label_helpers import sample_texts
+from label_helpers import RAY_TEST_SERVE_PORT, sample_texts
 
 pytestmark = pytest.mark.slow
 

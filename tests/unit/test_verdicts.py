@@ -59,3 +59,8 @@ def test_truncated():
     out = parse_output('{"violation": 1, "policy_cat', J, finish_reason="length")
     assert out.parse_status == TRUNCATED and out.label is None
     assert parse_output("", J, finish_reason="length").parse_status == TRUNCATED
+
+
+def test_safe_label_drops_category():
+    out = parse_output('{"violation":0,"policy_category":"SH-1"}', J)
+    assert (out.label, out.category) == (0, None)

@@ -108,7 +108,7 @@ class LocalAirflow:
         self.wait_healthy(timeout_s)
         return self
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)

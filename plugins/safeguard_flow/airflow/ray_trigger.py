@@ -17,6 +17,8 @@ from safeguard_flow.airflow.ray_hook import TERMINAL_STATUSES, LogFollower, RayH
 
 
 class RayJobTrigger(BaseTrigger):
+    MAX_POLL_FAILURES = 5  # consecutive failed polls before the task is told
+
     def __init__(
         self,
         job_id: str,
@@ -70,9 +72,20 @@ class RayJobTrigger(BaseTrigger):
             hook = await self._hook()
             follower = LogFollower(self.log_offset)
             emit = self.log.info
+            failures = 0
             while True:
-                status = await asyncio.to_thread(hook.get_job_status, self.job_id)
-                logs = await asyncio.to_thread(hook.get_job_logs, self.job_id)
+                try:
+                    status = await asyncio.to_thread(hook.get_job_status, self.job_id)
+                    logs = await asyncio.to_thread(hook.get_job_logs, self.job_id)
+                    failures = 0
+                except Exception as exc:  # a dashboard restart or network blip: retry a few times
+                    failures += 1
+                    if failures > self.MAX_POLL_FAILURES:
+                        raise
+                    self.log.warning("polling Ray job %s failed (%s: %s); retry %d/%d", self.job_id,
+                                     type(exc).__name__, exc, failures, self.MAX_POLL_FAILURES)
+                    await asyncio.sleep(self.poll_interval * 2 ** failures)
+                    continue
                 follower.feed(logs, emit)
                 if status in TERMINAL_STATUSES:
                     follower.flush(logs, emit)

@@ -1,0 +1,56 @@
+"""The harmony (gpt-oss) branch of VLLMEngine: prompt token ids, stop tokens, length check, and the
+split of completion tokens into final/analysis.
+
+No gpt-oss model fits this machine, so this drives the adapter's own methods without a loaded
+vllm.LLM; the model-independent parts (SamplingParams, StructuredOutputsParams, TokensPrompt) are
+vLLM's real classes. The chat branch runs end to end in test_vllm_engine.py.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from safeguard_flow import prompts
+from safeguard_flow.engines.base import LabelRequest
+from safeguard_flow.engines.vllm_local import VLLMEngine
+
+
+def _harmony_engine(settings_factory, max_model_len=4096):
+    settings = settings_factory(model={"name": "openai/gpt-oss-safeguard-20b", "max_model_len": max_model_len})
+    engine = object.__new__(VLLMEngine)  # no vllm.LLM: only the request/response mapping is exercised
+    engine.settings, engine.model_name, engine.harmony = settings, settings.model.name, True
+    engine._max_model_len = max_model_len
+    engine._harmony_stop = prompts.harmony_stop_tokens()
+    return engine
+
+
+def test_harmony_prompt_and_params(settings_factory, small_policies):
+    engine = _harmony_engine(settings_factory)
+    policy = next(p for p in small_policies if p.name == "spam")
+    prep = engine._prepare(0, LabelRequest(0, policy, "buy now"))
+    assert prep.error is None
+    assert prep.prompt["prompt_token_ids"] == prompts.harmony_prompt_tokens(policy, "buy now")
+    assert prep.prompt_tokens == len(prep.prompt["prompt_token_ids"])
+    assert set(prep.params.stop_token_ids) == set(prompts.harmony_stop_tokens())
+    assert prep.params.skip_special_tokens is False
+    assert prep.params.structured_outputs.choice == ["0", "1"]
+    harm = next(p for p in small_policies if p.name == "self-harm")
+    assert engine._prepare(1, LabelRequest(1, harm, "x")).params.structured_outputs.json["required"][0] == "violation"
+
+
+def test_harmony_prompt_too_long_is_a_request_error(settings_factory, small_policies):
+    engine = _harmony_engine(settings_factory, max_model_len=256)
+    prep = engine._prepare(0, LabelRequest(0, small_policies[0], "hello"))
+    assert prep.error and "longer than model.max_model_len=256" in prep.error
+
+
+def test_harmony_completion_split(settings_factory):
+    engine = _harmony_engine(settings_factory)
+    enc = prompts._harmony_encoding()
+    tokens = enc.encode("<|channel|>analysis<|message|>an ad for pills<|end|><|start|>assistant<|channel|>final"
+                        "<|message|>1<|return|>", allowed_special="all")
+    out = SimpleNamespace(prompt_token_ids=[1] * 700, num_cached_tokens=640,
+                          outputs=[SimpleNamespace(token_ids=tokens, text="ignored", finish_reason="stop")])
+    c = engine._to_completion(out)
+    assert (c.text, c.analysis, c.finish_reason) == ("1", "an ad for pills", "stop")
+    assert (c.prompt_tokens, c.completion_tokens, c.cached_prompt_tokens) == (700, len(tokens), 640)

@@ -51,7 +51,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 def cmd_model_prepare(args: argparse.Namespace) -> int:
     from safeguard_flow import local_model
 
-    path = local_model.prepare(_settings(args), key=args.key)
+    path = local_model.prepare(_settings(args), key=args.key, force=args.force)
     print(path)
     return 0
 
@@ -61,6 +61,16 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
     print(json.dumps(local_model.info(_settings(args)), indent=2, default=str))
     return 0
+
+
+def cmd_model_verify(args: argparse.Namespace) -> int:
+    from safeguard_flow import local_model
+
+    problems = local_model.verify(_settings(args), key=args.key)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print("ok" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -157,7 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="the local model").add_subparsers(dest="model_command", required=True)
     p = model.add_parser("prepare", help="convert the packaged GGUF model into a cached HF folder")
     p.add_argument("--key", help="which known local model (default: settings model.name)")
+    p.add_argument("--force", action="store_true", help="convert again even if a verified folder exists")
     p.set_defaults(func=cmd_model_prepare)
+    p = model.add_parser("verify", help="re-hash the prepared model's files against its manifest")
+    p.add_argument("--key", help="which known local model (default: settings model.name)")
+    p.set_defaults(func=cmd_model_verify)
     model.add_parser("info", help="show what is in the model cache").set_defaults(func=cmd_model_info)
 
     db = sub.add_parser("db", help="warehouse schema").add_subparsers(dest="db_command", required=True)

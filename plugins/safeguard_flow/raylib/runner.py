@@ -41,7 +41,10 @@ def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
             return summary
         log.info("run %s: %d pending chunks, %d policies (%s), %d replicas", run_id, len(chunks), len(policies),
                  ", ".join(f"{p.name} v{p.version}" for p in policies), min(settings.ray.num_replicas, len(chunks)))
-        runs.update_run(engine, settings, run_id, status="labelling")
+        # A resumed run keeps the start of its first label job.
+        start_fields = {} if run.get("label_started_at") else {"label_started_at": db.utcnow()}
+        runs.update_run(engine, settings, run_id, status="labelling", model=settings.model.name,
+                        engine=f"{settings.engine.kind} on ray", **start_fields)
 
         with ray_session(settings), progress_bar(len(chunks), run_id) as bar:
             for row in label_chunks(settings, run_id, policies, chunks):
@@ -55,7 +58,9 @@ def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
         summary.wall_s = time.perf_counter() - started
         if left:
             raise LabelJobError(f"run {run_id}: {len(left)} chunks still pending after the job: {left[:20]}")
-        runs.update_run(engine, settings, run_id, status="labelled")
+        totals = staging.progress(engine, settings, run_id)  # the whole run, earlier (killed) jobs included
+        runs.update_run(engine, settings, run_id, status="labelled", label_finished_at=db.utcnow(),
+                        prompt_tokens=totals["prompt_tokens"], completion_tokens=totals["completion_tokens"])
         return summary
     finally:
         engine.dispose()

@@ -4,7 +4,6 @@ model (the shared vLLM server) in the Airflow workers (ray.label_mode = in_proce
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 from collections import Counter
 

@@ -115,7 +115,6 @@ class RaySettings(_Section):
     dashboard_url: str = ""  # for job submission, e.g. http://head:8265
     auth_mode: Literal["disabled", "token"] = "disabled"
     num_replicas: int = Field(default=1, ge=1)
-    batch_size: int = Field(default=32, ge=1)
     num_cpus_per_replica: float = Field(default=1.0, ge=0)
     num_gpus_per_replica: float = Field(default=0.0, ge=0)
     runtime_env: dict[str, Any] = Field(default_factory=dict)

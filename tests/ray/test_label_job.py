@@ -33,14 +33,16 @@ def _spam(small_policies):
     return [p for p in small_policies if p.name == "spam"]
 
 
-def _replica_pids() -> list[int]:
+def _replica_pids(dashboard_url: str) -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False)
+    # Name the head: other test packages may keep their own Ray head running (auto-detection refuses).
+    actors = list_actors(address=dashboard_url, filters=[("state", "=", "ALIVE")], detail=True,
+                         raise_on_missing_output=False)
     return [a.pid for a in actors if "ChunkLabeller" in (a.repr_name or "") + (a.class_name or "")]
 
 
-def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small_policies, ray_driver):
+def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small_policies, ray_driver, ray_head):
     """In-process job (the local default): rows the engine rejects become error verdicts and the job goes
     on; the replica is SIGKILLed mid-run, Ray restarts it, and every item ends up staged exactly once."""
     import psutil
@@ -67,7 +69,7 @@ def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small
     while time.monotonic() < deadline and not any(d for d, _ in chunk_marks(settings, run_id).values()):
         assert runner.is_alive(), result
         time.sleep(0.2)
-    pids = _replica_pids()
+    pids = _replica_pids(ray_head.dashboard_url)
     assert len(pids) == 1, f"expected one live replica, found {pids}"
     victim = psutil.Process(pids[0])
     engine_children = victim.children(recursive=True)

@@ -23,7 +23,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def sql_dir() -> Path:
-    """The sql/ folder: SAFEGUARD_SQL_DIR, else packaged (safeguard_flow/sql), else the repo checkout."""
+    """The sql/ folder: SAFEGUARD_SQL_DIR, else the copy a wheel ships (safeguard_flow/sql), else the
+    checkout an editable install points at."""
     candidates = [os.environ.get("SAFEGUARD_SQL_DIR"), _PACKAGE_DIR / "sql", _PACKAGE_DIR.parents[1] / "sql"]
     for c in candidates:
         if c and (Path(c) / "migrations" / "env.py").is_file():

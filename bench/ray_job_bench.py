@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from safeguard_flow.sample_data import POSTS_SOURCE, sample_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -32,13 +33,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 T0 = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
 
 
-def demo_texts(n: int) -> list[str]:
-    lines = (ROOT / "data" / "moderation-sample.jsonl").read_text().splitlines()
-    if n > len(lines):
-        sys.exit(f"--items {n}: the demo data has {len(lines)} rows")
-    return [json.loads(line)["text"] for line in lines[:n]]
-
-
 def make_settings(args, home: Path):
     from safeguard_flow.settings import load_settings
 
@@ -46,7 +40,7 @@ def make_settings(args, home: Path):
     return load_settings(environ={},
                          home=str(home), policies_dir=str(ROOT / "policies"),
                          warehouse={"url": f"sqlite:///{home / 'warehouse.db'}", "chunk_size": args.chunk_size},
-                         sources=[{"name": "posts", "table": "posts", "text_column": "body", "updated_at_column": "updated_at"}],
+                         sources=[POSTS_SOURCE],
                          model={**base.model.model_dump(), "max_tokens": args.max_tokens},
                          ray={"num_replicas": args.replicas, "num_cpus_per_replica": 1.0 if args.replicas == 1 else 0.5,
                               "local_port": args.ray_port, "local_dashboard_port": args.dashboard_port,
@@ -55,20 +49,13 @@ def make_settings(args, home: Path):
 
 def load_source(settings, texts: list[str], policy_names: list[str]) -> list:
     """Migrate, create the posts table and publish the chosen policies; returns the published policies."""
-    import sqlalchemy as sa
-
     from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.sample_data import load_sample, posts_rows
     from safeguard_flow.warehouse import db, policy_store, schema
 
     schema.upgrade(settings)
     engine = db.make_engine(settings)
-    md = sa.MetaData()
-    posts = sa.Table("posts", md, sa.Column("id", sa.String(50), primary_key=True), sa.Column("body", sa.Text),
-                     sa.Column("updated_at", sa.DateTime))
-    md.create_all(engine)
-    stamp = (T0 + dt.timedelta(hours=1)).replace(tzinfo=None)
-    with engine.begin() as conn:
-        conn.execute(posts.insert(), [dict(id=f"p{i:04d}", body=t, updated_at=stamp) for i, t in enumerate(texts)])
+    load_sample(engine, posts_rows(texts, T0 + dt.timedelta(hours=1)))
     policies = [p for p in load_policy_set(settings.policies_dir) if p.name in set(policy_names)]
     if len(policies) != len(set(policy_names)):
         sys.exit(f"--policies: unknown policy in {policy_names}")
@@ -263,7 +250,10 @@ def main() -> int:
 
     home = Path(tempfile.mkdtemp(prefix="sg-raybench-"))
     settings = make_settings(args, home)
-    texts = demo_texts(args.items)
+    try:
+        texts = sample_texts(args.items)
+    except ValueError as exc:
+        sys.exit(f"--items: {exc}")
     policies = load_source(settings, texts, policy_names)
     print(f"bench: {len(texts)} items x {len(policies)} policies ({', '.join(p.name for p in policies)}), "
           f"model {settings.model.name}, {args.replicas} replica(s), chunk size {args.chunk_size}, {os.cpu_count()} cores",

@@ -35,7 +35,7 @@ def policies_dir(tmp_path) -> Path:
 
 
 def _warehouse_settings(url: str, tmp_path: Path, policies_dir: Path):
-    from safeguard_flow.airflow.demo import POSTS_SOURCE
+    from safeguard_flow.sample_data import POSTS_SOURCE
     from safeguard_flow.settings import load_settings
     from safeguard_flow.warehouse import db, schema
 

@@ -28,7 +28,7 @@ def _dag(dag_id: str):
 
 
 def _seed(engine, settings) -> list[dict]:
-    from safeguard_flow.airflow.demo import load_sample, read_sample
+    from safeguard_flow.sample_data import load_sample, read_sample
     from safeguard_flow.policies import load_policy_set
     from safeguard_flow.warehouse import policy_store
 
@@ -130,7 +130,7 @@ def test_failing_gate_quarantines_the_run_and_publishes_nothing(airflow_db, dag_
 
 def test_an_empty_interval_closes_its_run_and_skips_the_rest(airflow_db, monkeypatch, sqlite_wh_settings):
     """No content in the interval: the run is published empty at once; no Ray job, no gate, no publish."""
-    from safeguard_flow.airflow.demo import POSTS_SOURCE
+    from safeguard_flow.sample_data import POSTS_SOURCE
     from safeguard_flow.settings import get_settings
     from safeguard_flow.warehouse import db, runs
 

@@ -58,7 +58,7 @@ def test_frame_suite_passes_clean_runs_and_empty_intervals():
 
 def _staged_run(engine, settings, labeller, n_days: int = 1):
     """Publish the test policies, extract one day of the sample and stage verdicts from `labeller`."""
-    from safeguard_flow.airflow.demo import load_sample, read_sample
+    from safeguard_flow.sample_data import load_sample, read_sample
     from safeguard_flow.policies import load_policy_set
     from safeguard_flow.warehouse import extract, policy_store, runs, staging
 

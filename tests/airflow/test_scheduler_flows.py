@@ -20,7 +20,7 @@ PER_DAY = 2
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory, vllm_server, af_ray_head):
     """A seeded warehouse, policies published by the policy-sync DAG, and a running Airflow."""
-    from safeguard_flow.airflow.demo import POSTS_SOURCE, load_sample, read_sample
+    from safeguard_flow.sample_data import POSTS_SOURCE, load_sample, read_sample
     from safeguard_flow.airflow.local_stack import LocalAirflow
     from safeguard_flow.settings import load_settings
     from safeguard_flow.warehouse import db, schema

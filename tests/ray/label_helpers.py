@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from pathlib import Path
 
 import sqlalchemy as sa
+
+from safeguard_flow.sample_data import POSTS_SOURCE, load_sample, posts_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 # The session's local Ray head (GCS port; its other ports follow it), its dashboard, and Serve's HTTP port.
 RAY_TEST_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_PORT", "18101"))
 RAY_TEST_DASHBOARD_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_DASHBOARD_PORT", "18165"))
 RAY_TEST_SERVE_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_SERVE_PORT", "18180"))
-SOURCE = {"name": "posts", "table": "posts", "id_column": "id", "text_column": "body", "updated_at_column": "updated_at"}
+SOURCE = POSTS_SOURCE
 T0 = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
 DAY = dt.timedelta(days=1)
-
-
-def sample_texts(n: int) -> list[str]:
-    """The first n rows of the demo data (real moderation-style text, up to 1,200 characters)."""
-    rows = [json.loads(line) for line in (ROOT / "data" / "moderation-sample.jsonl").read_text().splitlines()[:n]]
-    return [r["text"] for r in rows]
 
 
 def make_run(settings, policies, texts, run_id: str | None = None) -> str:
@@ -32,13 +27,7 @@ def make_run(settings, policies, texts, run_id: str | None = None) -> str:
     schema.upgrade(settings)
     engine = db.make_engine(settings)
     try:
-        md = sa.MetaData()
-        posts = sa.Table("posts", md, sa.Column("id", sa.String(50), primary_key=True), sa.Column("body", sa.Text),
-                         sa.Column("updated_at", sa.DateTime))
-        md.create_all(engine)
-        stamp = (T0 + dt.timedelta(hours=1)).replace(tzinfo=None)
-        with engine.begin() as conn:
-            conn.execute(posts.insert(), [dict(id=f"p{i:04d}", body=t, updated_at=stamp) for i, t in enumerate(texts)])
+        load_sample(engine, posts_rows(texts, T0 + dt.timedelta(hours=1)))
         published = policy_store.publish_policies(engine, settings, policies, author="ray-tests")
         run_id = runs.create_run(engine, settings, "manual", [r.policy for r in published], T0, T0 + DAY, run_id=run_id)
         extract.extract_interval(engine, settings, run_id, T0, T0 + DAY)

@@ -7,7 +7,9 @@ import time
 
 import httpx
 import pytest
-from label_helpers import RAY_TEST_SERVE_PORT, sample_texts
+from label_helpers import RAY_TEST_SERVE_PORT
+
+from safeguard_flow.sample_data import sample_texts
 
 pytestmark = pytest.mark.slow
 

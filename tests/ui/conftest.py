@@ -19,7 +19,7 @@ DEVTOOLS_PORT = int(os.environ.get("SAFEGUARD_TEST_DEVTOOLS_PORT", "18221"))
 def seeded_warehouse(tmp_path_factory):
     from ui_seed import seed
 
-    from safeguard_flow.airflow.demo import POSTS_SOURCE
+    from safeguard_flow.sample_data import POSTS_SOURCE
     from safeguard_flow.settings import load_settings
     from safeguard_flow.warehouse import db
 

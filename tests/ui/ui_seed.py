@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from safeguard_flow.airflow.demo import load_sample, read_sample
+from safeguard_flow.sample_data import load_sample, read_sample
 from safeguard_flow.policies import load_policy
 from safeguard_flow.quality import QualityGateFailed, enforce_gate
 from safeguard_flow.verdicts import MALFORMED, OK, Verdict

@@ -7,7 +7,7 @@
    (SQLite metadata DB): extract -> label (local Ray, vLLM on CPU) -> validate (GX) -> publish;
 4. print rows from the BI views.
 
-Also used by the tests to load sample content (:func:`load_sample`) and print views.
+The sample content and its `posts` table live in :mod:`safeguard_flow.sample_data`.
 """
 
 from __future__ import annotations
@@ -21,50 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-POSTS_SOURCE = {"name": "posts", "table": "posts", "id_column": "id", "text_column": "body", "updated_at_column": "updated_at"}
+from safeguard_flow.sample_data import POSTS_SOURCE, SAMPLE, load_sample, read_sample
+
 REPO = Path(__file__).resolve().parents[3]
-SAMPLE = REPO / "data" / "moderation-sample.jsonl"
 DEMO_DAY = "2026-11-20"  # the sample's first day: 144 rows
-
-
-def read_sample(path: str | Path = SAMPLE, per_day: int | None = None, days: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Rows {id, text, updated_at} of the sample, optionally the first `per_day` rows of some days."""
-    rows, seen = [], defaultdict(int)
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            day = row["updated_at"][:10]
-            if days is not None and day not in days:
-                continue
-            if per_day is not None and seen[day] >= per_day:
-                continue
-            seen[day] += 1
-            rows.append(row)
-    return rows
-
-
-def load_sample(engine, rows: Iterable[dict[str, Any]], table: str = "posts") -> int:
-    """(Re)create the source table and insert the rows; returns how many."""
-    import sqlalchemy as sa
-
-    md = sa.MetaData()
-    posts = sa.Table(
-        table, md,
-        sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column("body", sa.Text),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    )
-    values = [{"id": r["id"], "body": r["text"], "updated_at": dt.datetime.fromisoformat(r["updated_at"])} for r in rows]
-    with engine.begin() as conn:
-        posts.drop(conn, checkfirst=True)
-        posts.create(conn)
-        if values:
-            conn.execute(posts.insert(), values)
-    return len(values)
 
 
 def view_rows(engine, settings, view: str, limit: int = 10, order_by: Sequence[str] = ()) -> list[dict[str, Any]]:

@@ -113,12 +113,18 @@ def cmd_policies_publish(args: argparse.Namespace) -> int:
         results = policy_store.publish_policies(engine, settings, policies, author=args.author)
     finally:
         engine.dispose()
+
     def outcome(r) -> str:
         if r.created:
             return "new version"
         return f"current again (was v{r.previous_version})" if r.changed else "unchanged"
 
     print(table(["policy", "version", "outcome"], [[r.policy.name, r.version, outcome(r)] for r in results]))
+    if any(r.changed for r in results):
+        # The asset events that start safeguard_relabel come from the sync DAG, which announces
+        # every version it has not announced yet (including these) at its next run.
+        print("changed versions are announced to Airflow by the next safeguard_policy_sync run (hourly); "
+              "to relabel now: airflow dags trigger safeguard_policy_sync")
     return 0
 
 

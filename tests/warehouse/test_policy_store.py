@@ -2,6 +2,7 @@
 
 import dataclasses
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -9,6 +10,8 @@ import sqlalchemy as sa
 from safeguard_flow.policies import Policy
 from safeguard_flow.warehouse import policy_store, schema
 from safeguard_flow.warehouse.errors import WarehouseError
+
+POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
 
 
 def edited(policy: Policy, extra: str) -> Policy:
@@ -93,3 +96,36 @@ def test_concurrent_publishers_of_the_same_new_text_make_one_version(make_wareho
     pv = schema.tables(wh.settings).policy_versions
     with wh.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).where(pv.c.name == "spam")).scalar_one() == 2
+
+
+def test_cli_publish_reports_versions_and_db_current(warehouse_url, tmp_path, capsys):
+    """`safeguard-flow policies publish DIR` and `db current` through a settings file, as a user runs them."""
+    import shutil
+
+    import yaml
+
+    from safeguard_flow import cli
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    shutil.copy(POLICIES_DIR / "spam.md", policies)
+    config = tmp_path / "safeguard.yaml"
+    config.write_text(yaml.safe_dump({"home": str(tmp_path / "home"), "warehouse": {"url": warehouse_url}}))
+
+    assert cli.main(["--config", str(config), "policies", "publish", str(policies)]) == 0
+    out = capsys.readouterr().out
+    assert "spam" in out and "new version" in out and "airflow dags trigger safeguard_policy_sync" in out
+    assert cli.main(["--config", str(config), "policies", "publish", str(policies)]) == 0
+    out = capsys.readouterr().out
+    assert "unchanged" in out and "airflow dags trigger" not in out  # nothing to announce
+
+    spam = policies / "spam.md"
+    spam.write_text(spam.read_text() + "\nPromotional links in signatures count as spam.\n")
+    assert cli.main(["--config", str(config), "policies", "publish", str(policies)]) == 0
+    assert "new version" in capsys.readouterr().out
+    assert cli.main(["--config", str(config), "db", "current"]) == 0
+    assert "0002" in capsys.readouterr().out
+
+    (policies / "broken.md").write_text("no front matter here\n")
+    assert cli.main(["--config", str(config), "policies", "publish", str(policies)]) == 2
+    assert "broken.md" in capsys.readouterr().err  # the file is named, nothing half-published

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,8 @@ if "_SG_TEST_AIRFLOW_HOME" not in os.environ:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_home}/airflow.db",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "GX_ANALYTICS_ENABLED": "false",
+        # Airflow's generated default is 16 bytes, below what PyJWT wants for HS512.
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
     })
 
 

@@ -153,6 +153,7 @@ def test_provider_info_and_connection_types():
 
     import jsonschema
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     from safeguard_flow.airflow.provider import get_provider_info
 
@@ -160,6 +161,6 @@ def test_provider_info_and_connection_types():
     jsonschema.validate(get_provider_info(), schema)
     pm = ProvidersManager()
     assert "safeguard-flow" in pm.providers
-    hooks = pm.hooks
+    hooks = ProvidersManagerTaskRuntime().hooks  # what a task resolves a conn_type to
     assert hooks["safeguard_warehouse"].hook_class_name == "safeguard_flow.airflow.warehouse_hook.SafeguardWarehouseHook"
     assert hooks["safeguard_ray"].hook_class_name == "safeguard_flow.airflow.ray_hook.RayHook"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -55,6 +56,7 @@ class LocalAirflow:
 
     def _environment(self, extra: Mapping[str, str], parallelism: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        secret = secrets.token_urlsafe(64)
         env.update({
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
@@ -71,8 +73,10 @@ class LocalAirflow:
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__BASE_URL": self.base_url,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
-            "AIRFLOW__API_AUTH__JWT_SECRET": "safeguard-local-stack-secret",
-            "AIRFLOW__API__SECRET_KEY": "safeguard-local-stack-secret",
+            # One random secret per stack, shared by its components (tokens of one stack are
+            # worthless to another); 64 bytes because PyJWT wants that much for HS512.
+            "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+            "AIRFLOW__API__SECRET_KEY": secret,
             # Short loops: the stack is for tests and demos, not for load.
             "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "16",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",

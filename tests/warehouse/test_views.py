@@ -61,14 +61,23 @@ def test_current_verdicts_follow_the_active_version(labelled, small_policies):
     assert {cid for cid, r in rows.items() if r["is_positive"]} == {"2", "3"}
 
 
-def test_daily_rates_per_policy_version(labelled):
+def test_daily_rates_per_policy_version(labelled, small_policies):
     rows = labelled.view("daily_policy_rates", "policy")
     assert [r["policy"] for r in rows] == ["self-harm", "spam"]
     spam = rows[1]
-    today = dt.datetime.now(dt.timezone.utc).date()
-    assert str(spam["day"])[:10] == today.isoformat()
+    assert str(spam["day"])[:10] == at(0).date().isoformat()  # the run's data interval, not today
     assert (spam["policy_version"], spam["verdicts"], spam["labelled"], spam["positives"], spam["errors"]) == (1, 5, 4, 1, 1)
     assert spam["positive_rate"] == pytest.approx(0.25) and spam["error_rate"] == pytest.approx(0.2)
+
+    # A backfill of the next interval lands on its own day; a relabel (no interval) on the day it ran.
+    wh = labelled
+    wh.add_posts([("6", "buy buy", at(30))])
+    wh.run_all(start=at(24), end=at(48))
+    relabel(wh, publish_spam_v2(wh, small_policies), model=KeywordModel("post"))
+    spam_days = {(r["policy_version"], str(r["day"])[:10]): r["verdicts"]
+                 for r in wh.view("daily_policy_rates", "day") if r["policy"] == "spam"}
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    assert spam_days == {(1, at(0).date().isoformat()): 5, (1, at(24).date().isoformat()): 1, (2, today): 6}
 
 
 def test_flips_between_two_versions(labelled, small_policies):

@@ -58,6 +58,22 @@ def print_views(engine, settings, limit: int = 10, out=sys.stdout) -> None:
         print(table(cols, [["" if r.get(c) is None else r.get(c) for c in cols] for r in rows]) if rows else "(no rows)", file=out)
 
 
+def print_run(engine, settings, day: dt.date, out=sys.stdout) -> None:
+    """One line on the interval's latest run: a rerun of the demo finds the interval labelled
+    already and labels nothing (unchanged content is never labelled twice)."""
+    from safeguard_flow.warehouse import runs
+
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    mine = [r for r in runs.list_runs(engine, settings, limit=200) if r["interval_start"] == start]
+    if not mine:
+        print(f"\nno run for the interval {day}: see the DAG log above", file=out)
+        return
+    r = mine[0]
+    print(f"\nrun {r['id']}: {r['status']}; {r['items'] or 0} item(s) extracted, "
+          f"{r['skipped_unchanged'] or 0} unchanged skipped, {r['verdicts'] or 0} verdict(s), "
+          f"{r['errors'] or 0} error(s)", file=out)
+
+
 def print_agreement(engine, settings, out=sys.stdout) -> None:
     """How the published verdicts agree with the sample's human labels (where the policy has a column)."""
     import sqlalchemy as sa
@@ -126,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"airflow dags test safeguard_nightly {logical_date}  (labels {day}, AIRFLOW_HOME={home})", flush=True)
     proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", "safeguard_nightly", logical_date], env=env)
     print(f"dags test finished with {proc.returncode} in {time.monotonic() - started:.0f}s")
+    print_run(engine, settings, day)
     print_views(engine, settings)
     print_agreement(engine, settings)
     if not args.airflow_home:

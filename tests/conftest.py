@@ -118,3 +118,13 @@ def small_policies():
     policies = [p for p in load_policy_set(POLICIES_DIR) if p.name in wanted]
     assert {p.name for p in policies} == wanted
     return [p.with_version(1) for p in policies]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a test's own teardown: free the vLLM engines and Ray heads of a folder the run leaves."""
+    from safeguard_flow.testing.folder_scope import release_left_folders
+
+    result = yield
+    release_left_folders(item, nextitem)
+    return result

@@ -15,6 +15,10 @@ import pytest
 
 from af_support import RAY_DASHBOARD_PORT, RAY_PORT, ROOT, TEST_POLICIES, VLLM_PORT, pipeline_env
 
+from safeguard_flow.testing.folder_scope import release_when_leaving
+
+HERE = Path(__file__).parent
+
 @pytest.fixture(scope="session")
 def airflow_db():
     """The in-process Airflow metadata DB, migrated once per session (dag.test needs it)."""
@@ -88,6 +92,15 @@ def vllm_server(prepared_model, tmp_path_factory):
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{VLLM_PORT}"
+
+    def stop() -> None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    stop = release_when_leaving(HERE, stop)  # gigabytes: not kept for the other test folders
     deadline = time.monotonic() + 420
     try:
         while True:
@@ -104,11 +117,7 @@ def vllm_server(prepared_model, tmp_path_factory):
             time.sleep(1)
         yield f"{url}/v1"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop()
 
 
 @pytest.fixture(scope="session")
@@ -120,8 +129,9 @@ def af_ray_head(tmp_path_factory):
     settings = load_settings(environ={}, home=str(tmp_path_factory.mktemp("ray-home")), ray={
         "local_port": RAY_PORT, "local_dashboard_port": RAY_DASHBOARD_PORT, "local_num_cpus": 2})
     head = local_head.start_head(settings)
+    stop = release_when_leaving(HERE, lambda: local_head.stop_head(head))
     yield head
-    local_head.stop_head(head)
+    stop()
 
 
 @pytest.fixture

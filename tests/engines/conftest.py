@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from safeguard_flow.testing.folder_scope import release_when_leaving
 
 
 @pytest.fixture(scope="session")
@@ -18,5 +22,6 @@ def vllm_engine(engine_settings):
     from safeguard_flow.engines import build_engine
 
     engine = build_engine(engine_settings)
+    close = release_when_leaving(Path(__file__).parent, engine.close)  # gigabytes: not kept for other folders
     yield engine
-    engine.close()
+    close()

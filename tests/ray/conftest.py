@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from label_helpers import RAY_TEST_DASHBOARD_PORT, RAY_TEST_PORT
+
+from safeguard_flow.testing.folder_scope import release_when_leaving
+
+HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +30,14 @@ def ray_head(ray_settings):
     from safeguard_flow.raylib import local_head
 
     head = local_head.start_head(ray_settings)
+
+    def stop() -> None:
+        local_head.stop_recorded_head(ray_settings)
+        local_head.stop_head(head, remove_temp_dir=True)
+
+    stop = release_when_leaving(HERE, stop)
     yield head
-    local_head.stop_recorded_head(ray_settings)
-    local_head.stop_head(head, remove_temp_dir=True)
+    stop()
 
 
 @pytest.fixture
@@ -48,5 +59,6 @@ def ray_driver(ray_head):
     from safeguard_flow.raylib.settings_env import worker_env
 
     ray.init(address=ray_head.gcs_address, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
+    shutdown = release_when_leaving(HERE, ray.shutdown)  # released before the head (newest first)
     yield
-    ray.shutdown()
+    shutdown()

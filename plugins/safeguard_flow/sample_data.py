@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -15,8 +16,30 @@ from typing import Any, Iterable, Sequence
 # The source definition of the table that load_sample writes (settings `sources` entry).
 POSTS_SOURCE = {"name": "posts", "table": "posts", "id_column": "id", "text_column": "body",
                 "updated_at_column": "updated_at"}
-# In a checkout only (a wheel does not ship demo data).
-SAMPLE = Path(__file__).resolve().parents[2] / "data" / "moderation-sample.jsonl"
+# In a checkout only (a wheel ships neither the demo data nor the example policies).
+_REPO = Path(__file__).resolve().parents[2]
+SAMPLE = _REPO / "data" / "moderation-sample.jsonl"
+POLICIES = _REPO / "policies"
+
+
+def copy_policies(folder: str | Path, names: Sequence[str]) -> Path:
+    """A private copy of some example policies (callers may edit them); returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(POLICIES / f"{name}.md", folder)
+    return folder
+
+
+def demo_settings(folder: str | Path, policies_dir: str | Path, warehouse_url: str | None = None):
+    """Settings of a throwaway workspace in `folder`: home, the given policies, the `posts` source,
+    and a SQLite warehouse in the folder unless `warehouse_url` names another."""
+    from safeguard_flow.settings import load_settings
+
+    folder = Path(folder)
+    return load_settings(environ={}, home=str(folder / "home"), policies_dir=str(policies_dir),
+                         warehouse={"url": warehouse_url or f"sqlite:///{folder / 'warehouse.db'}"},
+                         sources=[POSTS_SOURCE])
 
 
 def read_sample(path: str | Path = SAMPLE, per_day: int | None = None,

@@ -8,12 +8,11 @@ temporary folder; the warehouse under test is SQLite or PostgreSQL (``warehouse_
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from af_support import RAY_DASHBOARD_PORT, RAY_PORT, ROOT, TEST_POLICIES, VLLM_PORT, pipeline_env
+from af_support import RAY_DASHBOARD_PORT, RAY_PORT, TEST_POLICIES, VLLM_PORT, pipeline_env
 
 from safeguard_flow.testing.folder_scope import release_when_leaving
 
@@ -31,20 +30,16 @@ def airflow_db():
 @pytest.fixture
 def policies_dir(tmp_path) -> Path:
     """A private copy of two repo policies (tests edit them)."""
-    folder = tmp_path / "policies"
-    folder.mkdir()
-    for name in TEST_POLICIES:
-        shutil.copy(ROOT / "policies" / f"{name}.md", folder)
-    return folder
+    from safeguard_flow.sample_data import copy_policies
+
+    return copy_policies(tmp_path / "policies", TEST_POLICIES)
 
 
 def _warehouse_settings(url: str, tmp_path: Path, policies_dir: Path):
-    from safeguard_flow.sample_data import POSTS_SOURCE
-    from safeguard_flow.settings import load_settings
+    from safeguard_flow.sample_data import demo_settings
     from safeguard_flow.warehouse import db, schema
 
-    settings = load_settings(environ={}, home=str(tmp_path / "home"), policies_dir=str(policies_dir),
-                             warehouse={"url": url}, sources=[POSTS_SOURCE])
+    settings = demo_settings(tmp_path, policies_dir, url)
     engine = db.make_engine(settings)
     schema.upgrade(settings, engine=engine)
     engine.dispose()

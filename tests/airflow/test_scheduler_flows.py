@@ -4,12 +4,11 @@ model (the shared vLLM server) in the Airflow workers (ray.label_mode = in_proce
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 
 import pytest
 import sqlalchemy as sa
-from af_support import DAGS, ROOT, STACK_PORT, pipeline_env
+from af_support import DAGS, STACK_PORT, pipeline_env
 
 pytestmark = pytest.mark.slow
 
@@ -20,18 +19,13 @@ PER_DAY = 2
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory, vllm_server, af_ray_head):
     """A seeded warehouse, policies published by the policy-sync DAG, and a running Airflow."""
-    from safeguard_flow.sample_data import POSTS_SOURCE, load_sample, read_sample
     from safeguard_flow.airflow.local_stack import LocalAirflow
-    from safeguard_flow.settings import load_settings
+    from safeguard_flow.sample_data import copy_policies, demo_settings, load_sample, read_sample
     from safeguard_flow.warehouse import db, schema
 
     tmp = tmp_path_factory.mktemp("flow")
-    policies = tmp / "policies"
-    policies.mkdir()
-    for name in ("spam", "self-harm"):
-        shutil.copy(ROOT / "policies" / f"{name}.md", policies)
-    settings = load_settings(environ={}, home=str(tmp / "home"), policies_dir=str(policies),
-                             warehouse={"url": f"sqlite:///{tmp / 'warehouse.db'}"}, sources=[POSTS_SOURCE])
+    policies = copy_policies(tmp / "policies", ("spam", "self-harm"))
+    settings = demo_settings(tmp, policies)
     engine = db.make_engine(settings)
     schema.upgrade(settings, engine=engine)
     rows = read_sample(per_day=PER_DAY, days=DAYS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,12 @@ DEVTOOLS_PORT = int(os.environ.get("SAFEGUARD_TEST_DEVTOOLS_PORT", "18221"))
 def seeded_warehouse(tmp_path_factory):
     from ui_seed import seed
 
-    from safeguard_flow.sample_data import POSTS_SOURCE
-    from safeguard_flow.settings import load_settings
+    from safeguard_flow.sample_data import copy_policies, demo_settings
     from safeguard_flow.warehouse import db
 
     tmp = tmp_path_factory.mktemp("ui")
-    policies = tmp / "policies"
-    policies.mkdir()
-    for name in ("self-harm", "violence"):
-        shutil.copy(ROOT / "policies" / f"{name}.md", policies)
-    settings = load_settings(environ={}, home=str(tmp / "home"), policies_dir=str(policies),
-                             warehouse={"url": f"sqlite:///{tmp / 'warehouse.db'}"}, sources=[POSTS_SOURCE])
+    policies = copy_policies(tmp / "policies", ("self-harm", "violence"))
+    settings = demo_settings(tmp, policies)
     engine = db.make_engine(settings)
     facts = seed(engine, settings, policies)
     yield settings, facts

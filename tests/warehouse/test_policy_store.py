@@ -2,7 +2,6 @@
 
 import dataclasses
 import threading
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -10,8 +9,6 @@ import sqlalchemy as sa
 from safeguard_flow.policies import Policy
 from safeguard_flow.warehouse import policy_store, schema
 from safeguard_flow.warehouse.errors import WarehouseError
-
-POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
 
 
 def edited(policy: Policy, extra: str) -> Policy:
@@ -100,15 +97,12 @@ def test_concurrent_publishers_of_the_same_new_text_make_one_version(make_wareho
 
 def test_cli_publish_reports_versions_and_db_current(warehouse_url, tmp_path, capsys):
     """`safeguard-flow policies publish DIR` and `db current` through a settings file, as a user runs them."""
-    import shutil
-
     import yaml
 
     from safeguard_flow import cli
+    from safeguard_flow.sample_data import copy_policies
 
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    shutil.copy(POLICIES_DIR / "spam.md", policies)
+    policies = copy_policies(tmp_path / "policies", ["spam"])
     config = tmp_path / "safeguard.yaml"
     config.write_text(yaml.safe_dump({"home": str(tmp_path / "home"), "warehouse": {"url": warehouse_url}}))
 

@@ -74,16 +74,28 @@ def pg_server():
 
 
 @pytest.fixture
-def pg_url(pg_server):
-    """A fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+def pg_url_factory(pg_server):
+    """Make fresh, empty databases on the session's PostgreSQL server; all dropped after the test."""
     import sqlalchemy as sa
 
-    url = pg_server.create_database()
-    yield url
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(pg_server.create_database())
+        return made[-1]
+
+    yield make
     admin = sa.create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)')
+        for url in made:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_url_factory):
+    """A fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+    return pg_url_factory()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

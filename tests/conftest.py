@@ -14,7 +14,6 @@ POLICIES_DIR = ROOT / "policies"
 
 # Local defaults for every test process and the subprocesses it starts (Ray workers, vLLM servers).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -107,10 +106,12 @@ def warehouse_url(request, tmp_path) -> str:
 
 @pytest.fixture(scope="session")
 def model_settings():
-    """Settings pointing at the small local model (prepared once, cached across runs)."""
+    """Settings pointing at the small local model (prepared once, cached across runs), with a 1 GiB KV
+    cache (the suite's memory budget; SAFEGUARD_MODEL__KV_CACHE_GIB overrides it)."""
     from safeguard_flow.settings import load_settings
 
-    return load_settings(environ={k: v for k, v in os.environ.items() if k.startswith("SAFEGUARD_MODEL__")})
+    model_env = {k: v for k, v in os.environ.items() if k.startswith("SAFEGUARD_MODEL__")}
+    return load_settings(environ={"SAFEGUARD_MODEL__KV_CACHE_GIB": "1", **model_env})
 
 
 @pytest.fixture(scope="session")

@@ -252,7 +252,7 @@ def main() -> None:
         print(json.dumps(phase(args.phase, args.url, args.chunk_size, args.run_id)))
         return
 
-    from safeguard_flow.testing.postgres import PostgresServer
+    from dev.postgres import PostgresServer
 
     server = None
     if args.url:

@@ -1,4 +1,9 @@
-"""Shared fixtures: settings, SQLite and real PostgreSQL warehouses, the small local model, policies."""
+"""Shared fixtures: settings, SQLite and real PostgreSQL warehouses, the small local model, policies.
+
+tests/ is a package (every folder has an __init__.py): helpers are imported by package
+(``from tests.ray.label_helpers import make_run``), and a folder's heavy resources (a vLLM engine or
+server, a Ray head) are ``package``-scoped fixtures, released when the run leaves the folder.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +70,7 @@ def sqlite_url(tmp_path) -> str:
 @pytest.fixture(scope="session")
 def pg_server():
     """One real PostgreSQL 15 server per test session, from the installed binaries."""
-    from safeguard_flow.testing.postgres import PostgresServer
+    from dev.postgres import PostgresServer
 
     server = PostgresServer().start()
     yield server
@@ -131,13 +136,3 @@ def small_policies():
     policies = [p for p in load_policy_set(POLICIES_DIR) if p.name in wanted]
     assert {p.name for p in policies} == wanted
     return [p.with_version(1) for p in policies]
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item, nextitem):
-    """After a test's own teardown: free the vLLM engines and Ray heads of a folder the run leaves."""
-    from safeguard_flow.testing.folder_scope import release_left_folders
-
-    result = yield
-    release_left_folders(item, nextitem)
-    return result

@@ -7,7 +7,7 @@ from safeguard_flow.warehouse import extract, runs, staging
 from safeguard_flow.warehouse.errors import SourceError
 from safeguard_flow.warehouse.sources import check_sources
 
-from warehouse_helpers import DAY, SOURCE, T0, at
+from tests.warehouse.warehouse_helpers import DAY, SOURCE, T0, at
 
 
 def test_missing_table_is_named(make_warehouse):

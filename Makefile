@@ -37,6 +37,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: model browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -v --durations=25
 
 bench: model

@@ -252,6 +252,7 @@ def main() -> None:
         print(json.dumps(phase(args.phase, args.url, args.chunk_size, args.run_id)))
         return
 
+    sys.path.insert(0, str(ROOT))  # dev/ lives at the repository root
     from dev.postgres import PostgresServer
 
     server = None

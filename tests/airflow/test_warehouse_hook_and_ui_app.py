@@ -45,13 +45,13 @@ def test_bad_connections_name_the_problem(monkeypatch, settings_factory):
 
     _conn_env(monkeypatch, "sg_wh_bad", {"conn_type": "safeguard_warehouse", "extra": {"uri": "sqlite://"}})
     with pytest.raises(SettingsError, match=r"connection 'sg_wh_bad': unknown extra field\(s\) \['uri'\]"):
-        SafeguardWarehouseHook("sg_wh_bad", settings=settings_factory()).settings
+        _ = SafeguardWarehouseHook("sg_wh_bad", settings=settings_factory()).settings
     _conn_env(monkeypatch, "sg_wh_empty", {"conn_type": "safeguard_warehouse"})
     with pytest.raises(SettingsError, match="set extra.url"):
-        SafeguardWarehouseHook("sg_wh_empty", settings=settings_factory()).settings
+        _ = SafeguardWarehouseHook("sg_wh_empty", settings=settings_factory()).settings
     _conn_env(monkeypatch, "sg_wh_prefix", {"conn_type": "safeguard_warehouse", "extra": {"url": "sqlite://", "table_prefix": "no-dash"}})
     with pytest.raises(SettingsError, match="table_prefix"):
-        SafeguardWarehouseHook("sg_wh_prefix", settings=settings_factory()).settings
+        _ = SafeguardWarehouseHook("sg_wh_prefix", settings=settings_factory()).settings
 
 
 def test_ui_app_requires_a_login_and_renders_an_empty_warehouse(airflow_db, wh_engine, wh_settings):

@@ -100,6 +100,26 @@ class SafeguardWarehouseHook(BaseHook):
                 f"connection whose hook has sqlalchemy_url (postgres, ...) or type {WAREHOUSE_CONN_TYPE!r} with extra.url")
         return url.render_as_string(hide_password=False) if hasattr(url, "render_as_string") else str(url)
 
+    def _url(self, conn, extra: dict[str, Any]) -> str:
+        if extra.get("url"):
+            return str(extra["url"])
+        if not conn.host:
+            raise SettingsError(
+                f"connection {self.safeguard_conn_id!r}: set extra.url to a SQLAlchemy URL, or fill host (and schema = database)"
+            )
+        import sqlalchemy as sa
+
+        url = sa.engine.URL.create(
+            drivername=extra.get("drivername") or "postgresql+psycopg",
+            username=conn.login or None,
+            password=conn.password or None,
+            host=conn.host,
+            port=conn.port or None,
+            database=conn.schema or None,
+            query=extra.get("query") or {},
+        )
+        return url.render_as_string(hide_password=False)
+
     def get_url(self) -> str:
         return self.settings.warehouse_url
 

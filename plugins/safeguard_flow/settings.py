@@ -220,6 +220,11 @@ class Settings(BaseSettings):
         for name, value in super().__repr_args__():
             yield name, mask_value(str(name), value)
 
+    def __eq__(self, other: object) -> bool:  # the same values are the same settings, whatever their origin
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
     def origin(self, dotted: str) -> str:
         """Where the value of setting `dotted` (e.g. ``warehouse.url``) came from: ``default``,
         ``yaml PATH``, ``env SAFEGUARD_...``, ``override`` or ``connection ID``."""

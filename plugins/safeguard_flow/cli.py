@@ -175,7 +175,10 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def _with_warehouse_connection(settings, conn_id: str):
     """The settings as an Airflow task sees them: the warehouse connection's fields applied."""
-    from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
+    try:
+        from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
+    except ImportError as exc:
+        raise SystemExit(f"--airflow-connection needs Airflow (pip install 'safeguard-flow[airflow]'): {exc}") from None
 
     return SafeguardWarehouseHook(conn_id, settings=settings).settings
 

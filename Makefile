@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS := airflow,ray,postgres,cpu,dev
 
-# Local defaults: a local Ray without auth, vLLM's CPU build on both cores.
+# Local defaults: a local Ray without auth, vLLM's CPU build on both cores. (The KV cache size is
+# the typed setting model.kv_cache_gib, never a raw VLLM_CPU_KVCACHE_SPACE here.)
 export RAY_AUTH_MODE ?= disabled
-export VLLM_CPU_KVCACHE_SPACE ?= 2
 export VLLM_CPU_OMP_THREADS_BIND ?= 0-1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -37,6 +37,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: model browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -v --durations=25
 
 bench: model

@@ -24,7 +24,6 @@ from safeguard_flow.sample_data import POSTS_SOURCE, sample_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,12 +35,12 @@ T0 = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
 def make_settings(args, home: Path):
     from safeguard_flow.settings import load_settings
 
-    base = load_settings()  # model key / cache from SAFEGUARD_MODEL__* or safeguard.yaml
+    base = load_settings()  # model key / cache from SAFEGUARD_MODEL__* or SAFEGUARD_CONFIG
     return load_settings(environ={},
                          home=str(home), policies_dir=str(ROOT / "policies"),
                          warehouse={"url": f"sqlite:///{home / 'warehouse.db'}", "chunk_size": args.chunk_size},
                          sources=[POSTS_SOURCE],
-                         model={**base.model.model_dump(), "max_tokens": args.max_tokens},
+                         model={**base.model.model_dump(), "max_tokens": args.max_tokens, "kv_cache_gib": 1},
                          ray={"num_replicas": args.replicas, "num_cpus_per_replica": 1.0 if args.replicas == 1 else 0.5,
                               "local_port": args.ray_port, "local_dashboard_port": args.dashboard_port,
                               "local_num_cpus": os.cpu_count() or 2, "poll_interval_s": 1.0})
@@ -207,6 +206,8 @@ def compare_ray_data_llm(settings, policies, texts: list[str], head) -> dict:
             placement_group_config={"bundles": [{"CPU": 1}]},
             chat_template_stage={"num_cpus": 0.25}, tokenize_stage={"num_cpus": 0.25},
             detokenize_stage={"num_cpus": 0.25},
+            # the same KV cache as ours, from the typed setting (vLLM's CPU build reads it from env)
+            runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(settings.model.kv_cache_gib)}},
         )
         # Every stage small on CPU, or the 1-CPU default of the pre/post-process tasks starves the engine.
         small = {"num_cpus": 0.25}

@@ -252,7 +252,8 @@ def main() -> None:
         print(json.dumps(phase(args.phase, args.url, args.chunk_size, args.run_id)))
         return
 
-    from safeguard_flow.testing.postgres import PostgresServer
+    sys.path.insert(0, str(ROOT))  # dev/ lives at the repository root
+    from dev.postgres import PostgresServer
 
     server = None
     if args.url:

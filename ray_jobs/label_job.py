@@ -18,7 +18,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id", required=True, help="the run whose work list to label")
-    parser.add_argument("--config", default=None, help="settings YAML (default: SAFEGUARD_CONFIG or ./safeguard.yaml)")
+    parser.add_argument("--config", default=None, help="settings YAML (default: $SAFEGUARD_CONFIG; no file is read implicitly)")
     parser.add_argument("--replicas", type=int, default=None, help="override ray.num_replicas")
     args = parser.parse_args(argv)
 

@@ -31,7 +31,7 @@ def app(args: dict[str, Any] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="settings YAML (default: SAFEGUARD_CONFIG or ./safeguard.yaml)")
+    parser.add_argument("--config", default=None, help="settings YAML (default: $SAFEGUARD_CONFIG; no file is read implicitly)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: ray.address, or the job's cluster)")
     parser.add_argument("--delete", action="store_true", help="remove the app instead of deploying it")
     args = parser.parse_args(argv)

@@ -1,4 +1,9 @@
-"""Shared fixtures: settings, SQLite and real PostgreSQL warehouses, the small local model, policies."""
+"""Shared fixtures: settings, SQLite and real PostgreSQL warehouses, the small local model, policies.
+
+tests/ is a package (every folder has an __init__.py): helpers are imported by package
+(``from tests.ray.label_helpers import make_run``), and a folder's heavy resources (a vLLM engine or
+server, a Ray head) are ``package``-scoped fixtures, released when the run leaves the folder.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ POLICIES_DIR = ROOT / "policies"
 
 # Local defaults for every test process and the subprocesses it starts (Ray workers, vLLM servers).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,7 +70,7 @@ def sqlite_url(tmp_path) -> str:
 @pytest.fixture(scope="session")
 def pg_server():
     """One real PostgreSQL 15 server per test session, from the installed binaries."""
-    from safeguard_flow.testing.postgres import PostgresServer
+    from dev.postgres import PostgresServer
 
     server = PostgresServer().start()
     yield server
@@ -74,16 +78,28 @@ def pg_server():
 
 
 @pytest.fixture
-def pg_url(pg_server):
-    """A fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+def pg_url_factory(pg_server):
+    """Make fresh, empty databases on the session's PostgreSQL server; all dropped after the test."""
     import sqlalchemy as sa
 
-    url = pg_server.create_database()
-    yield url
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(pg_server.create_database())
+        return made[-1]
+
+    yield make
     admin = sa.create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)')
+        for url in made:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_url_factory):
+    """A fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+    return pg_url_factory()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -95,10 +111,12 @@ def warehouse_url(request, tmp_path) -> str:
 
 @pytest.fixture(scope="session")
 def model_settings():
-    """Settings pointing at the small local model (prepared once, cached across runs)."""
+    """Settings pointing at the small local model (prepared once, cached across runs), with a 1 GiB KV
+    cache (the suite's memory budget; SAFEGUARD_MODEL__KV_CACHE_GIB overrides it)."""
     from safeguard_flow.settings import load_settings
 
-    return load_settings(environ={k: v for k, v in os.environ.items() if k.startswith("SAFEGUARD_MODEL__")})
+    model_env = {k: v for k, v in os.environ.items() if k.startswith("SAFEGUARD_MODEL__")}
+    return load_settings(environ={"SAFEGUARD_MODEL__KV_CACHE_GIB": "1", **model_env})
 
 
 @pytest.fixture(scope="session")
@@ -118,13 +136,3 @@ def small_policies():
     policies = [p for p in load_policy_set(POLICIES_DIR) if p.name in wanted]
     assert {p.name for p in policies} == wanted
     return [p.with_version(1) for p in policies]
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item, nextitem):
-    """After a test's own teardown: free the vLLM engines and Ray heads of a folder the run leaves."""
-    from safeguard_flow.testing.folder_scope import release_left_folders
-
-    result = yield
-    release_left_folders(item, nextitem)
-    return result

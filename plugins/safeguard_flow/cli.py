@@ -149,9 +149,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from safeguard_flow import settings as settings_mod
+    from safeguard_flow.redact import mask_url
+    from safeguard_flow.report import table
+
+    settings = _settings(args)
+    if args.airflow_connection:
+        settings = _with_warehouse_connection(settings, args.airflow_connection)
+    rows = settings_mod.describe(settings)
+    if args.json:
+        print(json.dumps([{"setting": k, "value": v, "source": o} for k, v, o in rows], indent=2, default=str))
+    else:
+        print(table(["setting", "value", "source"], [[k, json.dumps(v) if not isinstance(v, str) else v, o]
+                                                    for k, v, o in rows]))
+        print(f"in force: home {settings.home_path}, warehouse {mask_url(settings.warehouse_url)}")
+    in_use = {o.removeprefix("yaml ") for _, _, o in rows if o.startswith("yaml ")}
+    local = Path("safeguard.yaml").resolve()
+    if local.is_file() and str(local) not in in_use:
+        print(f"note: {local} is not read (name it with --config or SAFEGUARD_CONFIG)", file=sys.stderr)
+    return 0
+
+
+def _with_warehouse_connection(settings, conn_id: str):
+    """The settings as an Airflow task sees them: the warehouse connection's fields applied."""
+    try:
+        from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
+    except ImportError as exc:
+        raise SystemExit(f"--airflow-connection needs Airflow (pip install 'safeguard-flow[airflow]'): {exc}") from None
+
+    return SafeguardWarehouseHook(conn_id, settings=settings).settings
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safeguard-flow", description=__doc__)
-    parser.add_argument("--config", help="settings YAML file (default: $SAFEGUARD_CONFIG or ./safeguard.yaml)")
+    parser.add_argument("--config", help="settings YAML file (default: $SAFEGUARD_CONFIG; no file is read implicitly)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("label", help="label a JSONL/CSV file against a policy directory")
@@ -192,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", nargs="?", help="default: settings policies_dir")
     p.add_argument("--author", default="cli")
     p.set_defaults(func=cmd_policies_publish)
+
+    cfg = sub.add_parser("config", help="the settings in force").add_subparsers(dest="config_command", required=True)
+    p = cfg.add_parser("show", help="every setting, its value (secrets masked) and where it came from")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.add_argument("--airflow-connection", metavar="CONN_ID", nargs="?", const="safeguard_warehouse_default",
+                   help="also apply this Airflow warehouse connection, as tasks do (default id: %(const)s)")
+    p.set_defaults(func=cmd_config_show)
     return parser
 
 

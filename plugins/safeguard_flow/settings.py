@@ -1,10 +1,27 @@
-"""Typed settings, in one place.
+"""Typed settings, in one place, with one precedence.
 
-Sources, later ones winning: defaults below < a YAML file (``SAFEGUARD_CONFIG``, else
-``./safeguard.yaml`` if present) < environment variables ``SAFEGUARD_<SECTION>__<FIELD>``
-(for example ``SAFEGUARD_WAREHOUSE__URL`` or ``SAFEGUARD_RAY__NUM_REPLICAS=4``).
+Each setting is resolved from these sources, later ones winning:
 
-Errors name the setting to fix, in the same dotted/env form the user would edit.
+1. the defaults declared below;
+2. a YAML file, only when one is named: ``--config PATH`` (CLI, Ray jobs) or ``SAFEGUARD_CONFIG``.
+   No file is picked up implicitly: a ``safeguard.yaml`` in the working directory is ignored unless
+   named, so a process means the same wherever it starts (`config show` notes an unused one).
+   Relative paths inside the file (``home``, ``policies_dir``, ``model.cache_dir``, a relative
+   ``sqlite:///file.db`` URL) are relative to the file's folder, not to the working directory;
+3. environment variables ``SAFEGUARD_<SECTION>__<FIELD>`` (``SAFEGUARD_WAREHOUSE__URL``,
+   ``SAFEGUARD_RAY__NUM_REPLICAS=4``; top-level fields: ``SAFEGUARD_HOME``). A value is parsed by
+   the field's type (pydantic-settings): ``SAFEGUARD_WAREHOUSE__DB_SCHEMA=no`` is the string "no",
+   ``SAFEGUARD_MODEL__DTYPE=16`` the string "16"; lists and dicts are JSON
+   (``SAFEGUARD_SOURCES='[{"table": "posts"}]'``). Relative paths are relative to the working dir;
+4. keyword overrides of :func:`load_settings` (code and tests);
+5. an Airflow connection, for the fields it owns (:data:`CONNECTION_FIELDS`: the warehouse URL,
+   table prefix and schema of ``safeguard_warehouse_default``), applied by the hook through
+   :func:`apply_connection`.
+
+Nothing else reads ``SAFEGUARD_*`` or another raw variable to change a typed setting.
+``safeguard-flow config show`` prints the settings in force and where each value came from;
+secrets never print (``repr``, ``config show``, hooks and the UI go through ``redact.mask_value``).
+Errors name the setting to fix, in the dotted and the environment form the user would edit.
 """
 
 from __future__ import annotations
@@ -16,7 +33,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+from safeguard_flow.redact import mask_value
 
 ENV_PREFIX = "SAFEGUARD_"
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -28,6 +49,10 @@ class SettingsError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def __repr_args__(self):  # repr() and str() never show a secret
+        for name, value in super().__repr_args__():
+            yield name, mask_value(str(name), value)
 
 
 def _identifier(value: str | None, what: str) -> str | None:
@@ -155,7 +180,12 @@ class QualitySettings(_Section):
         return self
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    # Environment names and parsing for pydantic-settings; `Settings(...)` itself reads no source
+    # (see settings_customise_sources): load_settings() assembles them in the documented order.
+    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True, env_prefix=ENV_PREFIX,
+                                      env_nested_delimiter="__", case_sensitive=False)
+
     home: str = ""  # empty: ./.safeguard (run state, the embedded SQLite warehouse, reports)
     policies_dir: str = "policies"
     warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
@@ -179,6 +209,32 @@ class Settings(_Section):
     def model_cache_dir(self) -> Path:
         return Path(self.model.cache_dir or "~/.cache/safeguard-flow/models").expanduser()
 
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,)
+
+    def __repr_args__(self):  # repr() and str() never show a secret
+        for name, value in super().__repr_args__():
+            yield name, mask_value(str(name), value)
+
+    def __eq__(self, other: object) -> bool:  # the same values are the same settings, whatever their origin
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def origin(self, dotted: str) -> str:
+        """Where the value of setting `dotted` (e.g. ``warehouse.url``) came from: ``default``,
+        ``yaml PATH``, ``env SAFEGUARD_...``, ``override`` or ``connection ID``."""
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            found = self._origins.get(".".join(parts[:i]))
+            if found:
+                return found
+        return "default"
+
     def source(self, name: str) -> SourceSettings:
         for s in self.sources:
             if s.name == name:
@@ -187,26 +243,24 @@ class Settings(_Section):
         raise SettingsError(f"sources: no source named {name!r} (known: {known})")
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """SAFEGUARD_A__B=v -> {"a": {"b": v}}; values are parsed as YAML scalars/lists/maps."""
-    out: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
-            continue
-        path = key[len(ENV_PREFIX):].lower().split("__")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, (int, float, bool)) and path[-1] in {"url", "base_url", "api_key", "name", "home"}:
-            value = raw  # keep strings that happen to look numeric
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SettingsError(f"{key}: conflicts with another SAFEGUARD_ variable")
-        node[path[-1]] = value
-    return out
+# ---- loading: one precedence (see the module docstring) -----------------------------------------
+
+# The fields an Airflow connection owns; the hook passes their values to apply_connection().
+CONNECTION_FIELDS: dict[str, frozenset[str]] = {"warehouse": frozenset({"url", "table_prefix", "db_schema"})}
+
+# Settings holding a filesystem path: relative values in a YAML file are relative to the file.
+_PATH_FIELDS = (("home",), ("policies_dir",), ("model", "cache_dir"))
+
+
+class _Environ(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (default: os.environ)."""
+
+    def __init__(self, environ: dict[str, str]):
+        self._environ = environ
+        super().__init__(Settings)
+
+    def _load_env_vars(self):
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -216,37 +270,149 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _leaves(data: dict[str, Any], model: type[BaseModel] = None, prefix: tuple[str, ...] = ()):
+    """(path, value) of every setting in `data`, stopping at fields that are not sections (a dict
+    field such as ray.runtime_env is one setting)."""
+    model = model or Settings
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        sub = field.annotation if field is not None else None
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            yield from _leaves(value, sub, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def _env_name(path: tuple[str, ...]) -> str:
+    return ENV_PREFIX + "__".join(path).upper()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: invalid YAML: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read the settings file: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: must be a mapping of settings")
+    return _relative_to(data, path.parent)
+
+
+def _relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Make the file's relative paths (and a relative SQLite URL) relative to its folder."""
+    for path in _PATH_FIELDS:
+        node = data
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(path[-1]) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and not value.startswith("~"):
+            node[path[-1]] = str(folder / value)
+    warehouse = data.get("warehouse")
+    if isinstance(warehouse, dict) and isinstance(warehouse.get("url"), str):
+        warehouse["url"] = _sqlite_relative_to(warehouse["url"], folder)
+    return data
+
+
+def _sqlite_relative_to(url: str, folder: Path) -> str:
+    if not url.startswith("sqlite"):
+        return url
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception:  # invalid URLs are reported where they are used (warehouse.db)
+        return url
+    db = parsed.database
+    if not db or db == ":memory:" or db.startswith("file:") or Path(db).is_absolute():
+        return url
+    return parsed.set(database=str(folder / db)).render_as_string(hide_password=False)
+
+
 def load_settings(config_file: str | Path | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """The settings in force: defaults < YAML (`config_file`, else SAFEGUARD_CONFIG) < environment
+    (`environ`, default os.environ) < `overrides` (nested dicts merge). Raises SettingsError."""
     environ = dict(os.environ if environ is None else environ)
     path = config_file or environ.get(ENV_PREFIX + "CONFIG")
-    data: dict[str, Any] = {}
+    layers: list[tuple[str, dict[str, Any]]] = []
     if path:
-        path = Path(path)
+        path = Path(path).expanduser()
         if not path.is_file():
-            raise SettingsError(f"{ENV_PREFIX}CONFIG: config file {path} does not exist")
-    elif Path("safeguard.yaml").is_file():
-        path = Path("safeguard.yaml")
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"{path}: invalid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise SettingsError(f"{path}: must be a mapping of settings")
-    data = _merge(_merge(data, _env_overrides(environ)), overrides)
+            given = "--config" if config_file else f"{ENV_PREFIX}CONFIG"
+            raise SettingsError(f"{given}: config file {path} does not exist")
+        layers.append((f"yaml {path.resolve()}", _read_yaml(path)))
     try:
-        return Settings.model_validate(data)
+        env = _Environ(environ)()
+    except Exception as exc:  # a list/dict variable that is not JSON
+        raise SettingsError(f"{ENV_PREFIX}* environment: {exc}") from None
+    layers += [("env", env), ("override", overrides)]
+
+    data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name, layer in layers:
+        data = _merge(data, layer)
+        for leaf, _ in _leaves(layer):
+            dotted = ".".join(leaf)
+            origins = {k: v for k, v in origins.items() if not k.startswith(dotted + ".")}
+            origins[dotted] = f"env {_env_name(leaf)}" if name == "env" else name
+    try:
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, path)) from None
+    settings._origins = origins
+    return settings
 
 
-def _describe(exc: ValidationError, path: Path | str | None) -> str:
+def apply_connection(settings: Settings, conn_id: str, section: str, values: dict[str, Any]) -> Settings:
+    """`settings` with the fields an Airflow connection owns taken from it (they win over every
+    other source); their origin reads ``connection <conn_id>``."""
+    owned = CONNECTION_FIELDS.get(section, frozenset())
+    unknown = sorted(set(values) - owned)
+    if unknown:
+        raise SettingsError(f"connection {conn_id!r}: {unknown} are not {section} settings a connection "
+                            f"sets (it sets: {', '.join(sorted(owned))})")
+    data = settings.model_dump()
+    data[section] = {**data[section], **values}
+    try:
+        merged = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, None, where=f"connection {conn_id!r}")) from None
+    merged._origins = {**settings._origins, **{f"{section}.{k}": f"connection {conn_id}" for k in values}}
+    return merged
+
+
+def describe(settings: Settings) -> list[tuple[str, Any, str]]:
+    """(setting, value as it may be shown, origin) for every setting, secrets masked."""
+    rows = []
+
+    def walk(model: BaseModel, prefix: tuple[str, ...]) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            path = (*prefix, name)
+            if isinstance(value, BaseModel):
+                walk(value, path)
+                continue
+            if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+                value = [v.model_dump() for v in value]
+            rows.append((".".join(path), mask_value(name, value), settings.origin(".".join(path))))
+
+    walk(settings, ())
+    return rows
+
+
+def _describe(exc: ValidationError, path: Path | str | None, where: str | None = None) -> str:
     lines = []
     for err in exc.errors():
         dotted = ".".join(str(p) for p in err["loc"])
-        env = ENV_PREFIX + "__".join(str(p) for p in err["loc"] if not isinstance(p, int)).upper()
-        where = f" (in {path} or {env})" if path else f" (set {env})"
-        lines.append(f"setting {dotted}{where}: {err['msg']}")
+        # A list entry (sources.0.table) has no variable of its own: the list is one JSON value.
+        head = []
+        for p in err["loc"]:
+            if isinstance(p, int):
+                break
+            head.append(str(p))
+        env = _env_name(tuple(head)) + (" as a JSON list" if len(head) < len(err["loc"]) else "")
+        hint = f"in {where}" if where else f"in {path} or {env}" if path else f"set {env}"
+        lines.append(f"setting {dotted} ({hint}): {err['msg']}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 Run through `safeguard-flow db upgrade` (safeguard_flow.warehouse.schema.upgrade), which passes the
 settings and an open connection in `config.attributes`. Plain `alembic -c sql/alembic.ini upgrade head`
-also works: the settings then come from the usual places (SAFEGUARD_CONFIG, safeguard.yaml, env).
+also works: the settings then come from the usual places (SAFEGUARD_CONFIG, SAFEGUARD_* variables).
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from safeguard_flow.warehouse.schema import tables, version_table
 
 config = context.config
 settings = config.attributes.get("settings") or get_settings()
-config.attributes["settings"] = settings  # migrations read the prefix/schema from here
+config.attributes["settings"] = settings
+# Revisions are frozen and import nothing from safeguard_flow: they read the names from here.
+config.attributes["table_prefix"] = settings.warehouse.table_prefix
+config.attributes["db_schema"] = settings.warehouse.db_schema
 
 
 def _configure(connection) -> None:

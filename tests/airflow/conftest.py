@@ -12,11 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from af_support import RAY_DASHBOARD_PORT, RAY_PORT, TEST_POLICIES, VLLM_PORT, pipeline_env
+from tests.airflow.af_support import RAY_DASHBOARD_PORT, RAY_PORT, TEST_POLICIES, VLLM_PORT, pipeline_env
 
-from safeguard_flow.testing.folder_scope import release_when_leaving
-
-HERE = Path(__file__).parent
 
 @pytest.fixture(scope="session")
 def airflow_db():
@@ -68,10 +65,11 @@ def wh_engine(wh_settings):
 
 # --- the real labelling path, shared by the end-to-end tests ----------------------------------------
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vllm_server(prepared_model, tmp_path_factory):
     """One real vLLM OpenAI-compatible server (CPU, the small local model) for every DAG test:
-    Ray replicas, job drivers and Airflow workers all reach it over HTTP, so vLLM starts once."""
+    Ray replicas, job drivers and Airflow workers all reach it over HTTP, so vLLM starts once (and,
+    gigabytes, stops when the run leaves tests/airflow)."""
     import signal
     import subprocess
     import sys
@@ -95,7 +93,6 @@ def vllm_server(prepared_model, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
 
-    stop = release_when_leaving(HERE, stop)  # gigabytes: not kept for the other test folders
     deadline = time.monotonic() + 420
     try:
         while True:
@@ -115,7 +112,7 @@ def vllm_server(prepared_model, tmp_path_factory):
         stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def af_ray_head(tmp_path_factory):
     """A real local Ray head for label jobs (Jobs API on RAY_DASHBOARD_PORT)."""
     from safeguard_flow.raylib import local_head
@@ -124,9 +121,8 @@ def af_ray_head(tmp_path_factory):
     settings = load_settings(environ={}, home=str(tmp_path_factory.mktemp("ray-home")), ray={
         "local_port": RAY_PORT, "local_dashboard_port": RAY_DASHBOARD_PORT, "local_num_cpus": 2})
     head = local_head.start_head(settings)
-    stop = release_when_leaving(HERE, lambda: local_head.stop_head(head))
     yield head
-    stop()
+    local_head.stop_head(head)
 
 
 @pytest.fixture

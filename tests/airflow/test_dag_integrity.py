@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from af_support import DAGS
+from tests.airflow.af_support import DAGS
 
 EXPECTED = {"safeguard_nightly", "safeguard_relabel", "safeguard_policy_sync"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from af_support import DAGS
+from tests.airflow.af_support import DAGS
 
 pytestmark = pytest.mark.slow
 

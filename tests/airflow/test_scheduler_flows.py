@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import sqlalchemy as sa
-from af_support import DAGS, STACK_PORT, pipeline_env
+from tests.airflow.af_support import DAGS, STACK_PORT, pipeline_env
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ PER_DAY = 2
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory, vllm_server, af_ray_head):
     """A seeded warehouse, policies published by the policy-sync DAG, and a running Airflow."""
-    from safeguard_flow.airflow.local_stack import LocalAirflow
+    from dev.local_stack import LocalAirflow
     from safeguard_flow.sample_data import copy_policies, demo_settings, load_sample, read_sample
     from safeguard_flow.warehouse import db, schema
 
@@ -114,7 +114,7 @@ def test_policy_change_relabels_with_the_new_version_and_keeps_the_old(flow, bac
 
 
 def test_relabel_by_hand_with_params(flow, backfilled):
-    from safeguard_flow.airflow.local_stack import LocalAirflowError
+    from dev.local_stack import LocalAirflowError
     from safeguard_flow.warehouse import runs
 
     af, settings, engine, rows = flow

@@ -45,13 +45,54 @@ def test_bad_connections_name_the_problem(monkeypatch, settings_factory):
 
     _conn_env(monkeypatch, "sg_wh_bad", {"conn_type": "safeguard_warehouse", "extra": {"uri": "sqlite://"}})
     with pytest.raises(SettingsError, match=r"connection 'sg_wh_bad': unknown extra field\(s\) \['uri'\]"):
-        SafeguardWarehouseHook("sg_wh_bad", settings=settings_factory()).settings
+        _ = SafeguardWarehouseHook("sg_wh_bad", settings=settings_factory()).settings
     _conn_env(monkeypatch, "sg_wh_empty", {"conn_type": "safeguard_warehouse"})
     with pytest.raises(SettingsError, match="set extra.url"):
-        SafeguardWarehouseHook("sg_wh_empty", settings=settings_factory()).settings
+        _ = SafeguardWarehouseHook("sg_wh_empty", settings=settings_factory()).settings
     _conn_env(monkeypatch, "sg_wh_prefix", {"conn_type": "safeguard_warehouse", "extra": {"url": "sqlite://", "table_prefix": "no-dash"}})
     with pytest.raises(SettingsError, match="table_prefix"):
-        SafeguardWarehouseHook("sg_wh_prefix", settings=settings_factory()).settings
+        _ = SafeguardWarehouseHook("sg_wh_prefix", settings=settings_factory()).settings
+
+
+@pytest.mark.postgres
+def test_a_standard_postgres_connection_works_through_its_provider_hook(monkeypatch, settings_factory, pg_url, capsys):
+    """A `postgres` connection a user already has: the URL comes from PostgresHook.sqlalchemy_url,
+    wins over the settings, reaches the real server, and its password never prints."""
+    import sqlalchemy as sa
+
+    from safeguard_flow import cli
+    from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
+    from safeguard_flow.warehouse import schema
+
+    url = sa.make_url(pg_url)
+    _conn_env(monkeypatch, "sg_wh_pg", {"conn_type": "postgres", "host": url.host, "port": url.port,
+                                        "login": url.username, "password": "s3cret-pw", "schema": url.database})
+    hook = SafeguardWarehouseHook("sg_wh_pg", settings=settings_factory())
+    assert hook.get_url() == f"postgresql+psycopg://{url.username}:s3cret-pw@{url.host}:{url.port}/{url.database}"
+    assert hook.settings.origin("warehouse.url") == "connection sg_wh_pg"
+    ok, message = hook.test_connection()
+    assert ok and "not migrated" in message, message
+    assert schema.upgrade(hook.settings, engine=hook.engine) == schema.head()
+    assert hook.test_connection() == (True, f"connected; schema revision {schema.head()}")
+    assert "s3cret-pw" not in repr(hook) and "s3cret-pw" not in repr(hook.settings)
+    hook.close()
+
+    # `config show --airflow-connection` shows what a task sees, masked.
+    monkeypatch.delenv("SAFEGUARD_CONFIG", raising=False)
+    assert cli.main(["config", "show", "--airflow-connection", "sg_wh_pg"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret-pw" not in out
+    row = next(line for line in out.splitlines() if line.startswith("warehouse.url "))
+    assert f"{url.username}:***@{url.host}" in row and row.rstrip().endswith("connection sg_wh_pg")
+
+
+def test_a_connection_without_a_sqlalchemy_url_is_refused(monkeypatch, settings_factory):
+    from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
+    from safeguard_flow.settings import SettingsError
+
+    _conn_env(monkeypatch, "sg_wh_http", {"conn_type": "http", "host": "example.com"})
+    with pytest.raises(SettingsError, match="connection 'sg_wh_http'"):
+        _ = SafeguardWarehouseHook("sg_wh_http", settings=settings_factory()).settings
 
 
 def test_ui_app_requires_a_login_and_renders_an_empty_warehouse(airflow_db, wh_engine, wh_settings):

@@ -1,12 +1,8 @@
-"""Engine fixtures: one real in-process vLLM engine per session (the small local model on CPU)."""
+"""Engine fixtures: one real in-process vLLM engine for this folder (the small local model on CPU)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-from safeguard_flow.testing.folder_scope import release_when_leaving
 
 
 @pytest.fixture(scope="session")
@@ -17,11 +13,11 @@ def engine_settings(model_settings, prepared_model):
     return model_settings.model_copy(update={"model": model})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vllm_engine(engine_settings):
+    """Gigabytes: package scope frees it when the run leaves tests/engines."""
     from safeguard_flow.engines import build_engine
 
     engine = build_engine(engine_settings)
-    close = release_when_leaving(Path(__file__).parent, engine.close)  # gigabytes: not kept for other folders
     yield engine
-    close()
+    engine.close()

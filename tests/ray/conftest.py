@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from label_helpers import RAY_TEST_DASHBOARD_PORT, RAY_TEST_PORT
 
-from safeguard_flow.testing.folder_scope import release_when_leaving
-
-HERE = Path(__file__).parent
+from tests.ray.label_helpers import RAY_TEST_DASHBOARD_PORT, RAY_TEST_PORT
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_settings(tmp_path_factory):
     """Settings of the session's Ray head (its state file lives under this `home`)."""
     from safeguard_flow.settings import load_settings
@@ -24,9 +19,9 @@ def ray_settings(tmp_path_factory):
     })
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_head(ray_settings):
-    """A real `ray start --head` on 127.0.0.1, started once and stopped at the end of the session."""
+    """A real `ray start --head` on 127.0.0.1, started once and stopped when the run leaves tests/ray."""
     from safeguard_flow.raylib import local_head
 
     head = local_head.start_head(ray_settings)
@@ -35,7 +30,6 @@ def ray_head(ray_settings):
         local_head.stop_recorded_head(ray_settings)
         local_head.stop_head(head, remove_temp_dir=True)
 
-    stop = release_when_leaving(HERE, stop)
     yield head
     stop()
 
@@ -51,7 +45,7 @@ def ray_conn_env(ray_head, monkeypatch):
     return "safeguard_ray_test"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_driver(ray_head):
     """This test process as a driver on the session's head (run_label_job and Serve reuse it)."""
     import ray
@@ -59,6 +53,5 @@ def ray_driver(ray_head):
     from safeguard_flow.raylib.settings_env import worker_env
 
     ray.init(address=ray_head.gcs_address, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
-    shutdown = release_when_leaving(HERE, ray.shutdown)  # released before the head (newest first)
     yield
-    shutdown()
+    ray.shutdown()  # torn down before the head it depends on

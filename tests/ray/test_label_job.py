@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from label_helpers import SOURCE, assert_complete_once, chunk_marks, make_run, staged
+from tests.ray.label_helpers import SOURCE, assert_complete_once, chunk_marks, make_run, staged
 
 from safeguard_flow.sample_data import sample_texts
 

@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from label_helpers import RAY_TEST_SERVE_PORT
+from tests.ray.label_helpers import RAY_TEST_SERVE_PORT
 
 from safeguard_flow.sample_data import sample_texts
 

@@ -16,7 +16,7 @@ DEVTOOLS_PORT = int(os.environ.get("SAFEGUARD_TEST_DEVTOOLS_PORT", "18221"))
 
 @pytest.fixture(scope="module")
 def seeded_warehouse(tmp_path_factory):
-    from ui_seed import seed
+    from tests.ui.ui_seed import seed
 
     from safeguard_flow.sample_data import copy_policies, demo_settings
     from safeguard_flow.warehouse import db
@@ -33,7 +33,7 @@ def seeded_warehouse(tmp_path_factory):
 @pytest.fixture(scope="module")
 def api_server(seeded_warehouse, tmp_path_factory):
     """`airflow api-server` only: the UI needs no scheduler."""
-    from safeguard_flow.airflow.local_stack import LocalAirflow
+    from dev.local_stack import LocalAirflow
 
     settings, _ = seeded_warehouse
     conn = {"conn_type": "safeguard_warehouse", "extra": {"url": settings.warehouse_url}}
@@ -47,7 +47,7 @@ def api_server(seeded_warehouse, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from ui_browser import Browser, find_chromium
+    from tests.ui.ui_browser import Browser, find_chromium
 
     if find_chromium() is None:
         pytest.fail("chromium is not installed (apt-get install -y chromium); the UI test needs it")

@@ -8,7 +8,7 @@ import urllib.request
 from urllib.parse import quote
 
 import pytest
-from ui_browser import SCREENSHOT_DIR
+from tests.ui.ui_browser import SCREENSHOT_DIR
 
 pytestmark = pytest.mark.slow
 

@@ -68,7 +68,10 @@ def test_evaluate_counts_errors_apart(tmp_path):
     truth_file = tmp_path / "t.jsonl"
     truth_file.write_text('{"id": "a", "SH": 1}\n{"id": "b", "SH": 0}\n{"id": "c", "SH": 1}\n{"id": "d"}\n')
     truth = load_truth(truth_file, {"self-harm": "SH"})
-    mk = lambda cid, label, status="ok": Verdict(content_id=cid, policy="self-harm", policy_version=1, label=label, parse_status=status)
+
+    def mk(cid, label, status="ok"):
+        return Verdict(content_id=cid, policy="self-harm", policy_version=1, label=label, parse_status=status)
+
     (s,) = score([mk("a", 1), mk("b", 1), mk("c", None, "malformed"), mk("d", 0)], truth)
     assert (s.tp, s.fp, s.fn, s.tn, s.errors, s.unlabelled) == (1, 1, 0, 0, 1, 1)
     assert s.precision == 0.5 and s.recall == 1.0

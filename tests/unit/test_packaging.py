@@ -1,4 +1,5 @@
-"""The wheel, as a cluster image or an Airflow worker installs it: every module and the sql/ folder."""
+"""The wheel, as a cluster image or an Airflow worker installs it: every module and the sql/ folder, and
+no scaffolding (dev/, tests/)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def test_wheel_ships_every_module_and_the_sql_folder(tmp_path):
     modules = {f"safeguard_flow/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")
                if "__pycache__" not in p.parts}
     assert not modules - names, f"modules missing from the wheel (add the package to pyproject): {modules - names}"
+    # Product only: the dev harness and test helpers stay in the repository.
+    scaffolding = sorted(n for n in names if n.split("/")[0] in {"dev", "tests"} or "/testing/" in n
+                         or n.endswith(("local_stack.py", "conftest.py")))
+    assert not scaffolding, f"scaffolding shipped in the wheel: {scaffolding}"
     sql = {f"safeguard_flow/sql/{p.relative_to(ROOT / 'sql').as_posix()}" for p in (ROOT / "sql").rglob("*")
            if p.is_file() and "__pycache__" not in p.parts}
     assert not sql - names, f"sql files missing from the wheel: {sql - names}"

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from warehouse_helpers import SOURCE, Warehouse
+from tests.warehouse.warehouse_helpers import SOURCE, Warehouse
 
 from safeguard_flow.warehouse import db, policy_store, schema
 

@@ -6,7 +6,7 @@ import tracemalloc
 
 import pytest
 import sqlalchemy as sa
-from warehouse_helpers import DAY, SOURCE, T0, at
+from tests.warehouse.warehouse_helpers import DAY, SOURCE, T0, at
 
 from safeguard_flow.verdicts import ENGINE_ERROR, INPUT_ERROR, OK, error_verdict
 from safeguard_flow.warehouse import extract, policy_store, runs, schema, staging

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from warehouse_helpers import at
+from tests.warehouse.warehouse_helpers import at
 
 from safeguard_flow.warehouse import runs, schema, staging
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
@@ -102,7 +102,7 @@ def test_publish_refuses_quarantined_and_unfinished_runs(wh):
         wh.publish(run_id)
     chunk = staging.pending_chunks(wh.engine, wh.settings, run_id)[0]
     from safeguard_flow.labelling import label_items
-    from warehouse_helpers import KeywordModel
+    from tests.warehouse.warehouse_helpers import KeywordModel
 
     items = staging.read_chunk(wh.engine, wh.settings, run_id, chunk)
     staging.write_chunk(wh.engine, wh.settings, run_id, chunk, label_items(KeywordModel(), items, wh.policies))

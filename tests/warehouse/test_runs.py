@@ -3,7 +3,7 @@
 import datetime as dt
 
 import pytest
-from warehouse_helpers import DAY, T0, at
+from tests.warehouse.warehouse_helpers import DAY, T0, at
 
 from safeguard_flow.warehouse import runs, staging
 from safeguard_flow.warehouse.errors import RunConflict, RunNotFound, WarehouseError

@@ -7,7 +7,7 @@ from safeguard_flow.warehouse import extract, runs, staging
 from safeguard_flow.warehouse.errors import SourceError
 from safeguard_flow.warehouse.sources import check_sources
 
-from warehouse_helpers import DAY, SOURCE, T0, at
+from tests.warehouse.warehouse_helpers import DAY, SOURCE, T0, at
 
 
 def test_missing_table_is_named(make_warehouse):
@@ -41,7 +41,7 @@ def test_missing_filter_column_is_named(make_warehouse):
 def test_updated_at_must_be_a_timestamp(make_warehouse):
     wh = make_warehouse(sources=[{**SOURCE, "updated_at_column": "lang"}])
     wh.create_posts()
-    with pytest.raises(SourceError, match="updated_at_column .*'lang' is VARCHAR\(50\)"):
+    with pytest.raises(SourceError, match=r"updated_at_column .*'lang' is VARCHAR\(50\)"):
         check_sources(wh.engine, wh.settings)
 
 

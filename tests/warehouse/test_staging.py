@@ -3,7 +3,7 @@
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
-from warehouse_helpers import KeywordModel, at
+from tests.warehouse.warehouse_helpers import KeywordModel, at
 
 from safeguard_flow.labelling import label_items
 from safeguard_flow.warehouse import policy_store, runs, schema, staging

@@ -4,7 +4,7 @@ import dataclasses
 import datetime as dt
 
 import pytest
-from warehouse_helpers import KeywordModel, at
+from tests.warehouse.warehouse_helpers import KeywordModel, at
 
 from safeguard_flow.warehouse import extract, policy_store, runs, schema
 

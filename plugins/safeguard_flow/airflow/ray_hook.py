@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from airflow.sdk import BaseHook
 
 from safeguard_flow.airflow.provider import RAY_CONN_TYPE
+from safeguard_flow.redact import mask_url
 from safeguard_flow.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -148,7 +149,7 @@ class RayHook(BaseHook):
         env = merge_runtime_env(self.target.runtime_env, runtime_env)
         job_id = self.client.submit_job(entrypoint=entrypoint, runtime_env=env or None, metadata=metadata,
                                         submission_id=submission_id, entrypoint_num_cpus=entrypoint_num_cpus)
-        self.log.info("submitted Ray job %s to %s: %s", job_id, self.target.dashboard_url, entrypoint)
+        self.log.info("submitted Ray job %s to %s: %s", job_id, mask_url(self.target.dashboard_url), entrypoint)
         return job_id
 
     def get_job_status(self, job_id: str) -> str:
@@ -201,7 +202,7 @@ class RayHook(BaseHook):
             version = self.client.get_version()
         except Exception as exc:  # a UI check: report, do not raise
             return False, f"{type(exc).__name__}: {exc}"
-        return True, f"Ray dashboard at {self.target.dashboard_url} answers (Ray {version})"
+        return True, f"Ray dashboard at {mask_url(self.target.dashboard_url)} answers (Ray {version})"
 
 
 class LogFollower:

@@ -207,7 +207,7 @@ def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, 
                 "since": since.isoformat() if since else None, "limit": limit,
             }, run_id=run_id)
             items = _has_work(engine, settings, run_id, lambda: extract.extract_relabel(
-                engine, settings, run_id, name, version, since=since, limit=limit))
+                engine, settings, run_id, name, version, since=since, limit=limit))  # noqa: B023 (called at once)
             if items is not None:
                 log.info("run %s: %d item(s) to relabel with %s v%d", run_id, items, name, version)
                 out.append(_run_info(engine, settings, run_id, items))

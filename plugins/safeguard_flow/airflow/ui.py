@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 
 from safeguard_flow.airflow.svg_chart import line_chart
+from safeguard_flow.redact import mask_url
 from safeguard_flow.settings import Settings
 
 URL_PREFIX = "/safeguard"
@@ -205,7 +206,7 @@ def render_page(dashboard: Dashboard, days: int = 30) -> str:
     total_verdicts = sum(int(r["verdicts"] or 0) for r in rates)
     body = [
         "<h1>Safeguard Flow</h1>",
-        f'<div class="muted">warehouse {escape(_redact(dashboard.settings.warehouse_url))} &middot; last {days} day(s)</div>',
+        f'<div class="muted">warehouse {escape(mask_url(dashboard.settings.warehouse_url))} &middot; last {days} day(s)</div>',
         '<div class="cards">',
         _card("policies", len(policies)),
         _card(f"verdicts ({days}d)", total_verdicts),
@@ -323,16 +324,6 @@ def _fmt_time(value: Any) -> str:
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
     return str(value)
-
-
-def _redact(url: str) -> str:
-    """Never show a password from the warehouse URL in the page."""
-    try:
-        import sqlalchemy as sa
-
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unparseable URL)"
 
 
 def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,13 +1,20 @@
 """SafeguardWarehouseHook: the one place a DAG gets its warehouse connection.
 
-An Airflow connection of type ``safeguard_warehouse`` names the warehouse. Either put a full
-SQLAlchemy URL in its extra (``{"url": "postgresql+psycopg://user:pw@host/db"}``) or fill the usual
-host/port/login/password/schema fields (``schema`` is the database name; extra ``drivername``
-defaults to ``postgresql+psycopg``). Extra ``table_prefix`` / ``db_schema`` override the settings.
-With no such connection configured, ``settings.warehouse_url`` is used (the embedded SQLite file).
+The connection (default id ``safeguard_warehouse_default``) is either
+
+- of type ``safeguard_warehouse``: a full SQLAlchemy URL in its extra
+  (``{"url": "postgresql+psycopg://user:pw@host/db"}``) or the usual host/port/login/password/schema
+  fields (``schema`` is the database name; extra ``drivername`` defaults to ``postgresql+psycopg``);
+  extra ``table_prefix`` / ``db_schema`` set those warehouse settings too; or
+- any SQL connection a user already has (``postgres``, ``mysql``, ``snowflake``, ...): the URL comes
+  from that provider hook's ``sqlalchemy_url`` (DbApiHook), so its own extras (sslmode, IAM, ...) apply.
+
+The connection's fields win over every other settings source (settings.apply_connection). With no
+such connection configured, ``settings.warehouse_url`` is used (the embedded SQLite file).
 
     AIRFLOW_CONN_SAFEGUARD_WAREHOUSE_DEFAULT='{"conn_type": "safeguard_warehouse",
                                               "extra": {"url": "sqlite:////data/warehouse.db"}}'
+    AIRFLOW_CONN_SAFEGUARD_WAREHOUSE_DEFAULT='postgresql://user:pw@db:5432/warehouse'
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from safeguard_flow.airflow.provider import WAREHOUSE_CONN_TYPE
-from safeguard_flow.settings import Settings, SettingsError, get_settings
+from safeguard_flow.redact import mask_url
+from safeguard_flow.settings import Settings, SettingsError, apply_connection, get_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     import sqlalchemy as sa
@@ -65,6 +73,8 @@ class SafeguardWarehouseHook(BaseHook):
         conn = self._connection()
         if conn is None:
             return base
+        if conn.conn_type != WAREHOUSE_CONN_TYPE:
+            return apply_connection(base, self.safeguard_conn_id, "warehouse", {"url": self._sql_hook_url(conn)})
         extra = conn.extra_dejson or {}
         unknown = sorted(set(extra) - _SETTING_EXTRAS - {"url", "drivername", "query"})
         if unknown:
@@ -73,12 +83,22 @@ class SafeguardWarehouseHook(BaseHook):
                 f"(known: url, drivername, query, {', '.join(sorted(_SETTING_EXTRAS))})"
             )
         warehouse = {"url": self._url(conn, extra), **{k: extra[k] for k in _SETTING_EXTRAS if k in extra}}
-        data = base.model_dump()
-        data["warehouse"] = {**data["warehouse"], **warehouse}
+        return apply_connection(base, self.safeguard_conn_id, "warehouse", warehouse)
+
+    def _sql_hook_url(self, conn) -> str:
+        """The SQLAlchemy URL of a standard SQL connection, from its provider hook (DbApiHook)."""
         try:
-            return Settings.model_validate(data)
-        except ValueError as exc:
-            raise SettingsError(f"connection {self.safeguard_conn_id!r}: {exc}") from None
+            url = conn.get_hook().sqlalchemy_url
+        except NotImplementedError:
+            url = None
+        except Exception as exc:  # unknown conn type, provider not installed
+            raise SettingsError(f"connection {self.safeguard_conn_id!r} (type {conn.conn_type!r}): cannot build "
+                                f"its hook ({type(exc).__name__}: {exc})") from None
+        if url is None:
+            raise SettingsError(
+                f"connection {self.safeguard_conn_id!r} (type {conn.conn_type!r}) gives no SQLAlchemy URL: use a SQL "
+                f"connection whose hook has sqlalchemy_url (postgres, ...) or type {WAREHOUSE_CONN_TYPE!r} with extra.url")
+        return url.render_as_string(hide_password=False) if hasattr(url, "render_as_string") else str(url)
 
     def _url(self, conn, extra: dict[str, Any]) -> str:
         if extra.get("url"):
@@ -102,6 +122,10 @@ class SafeguardWarehouseHook(BaseHook):
 
     def get_url(self) -> str:
         return self.settings.warehouse_url
+
+    def __repr__(self) -> str:  # never the password
+        conn = f"{type(self).__name__}(safeguard_conn_id={self.safeguard_conn_id!r}"
+        return conn + (f", url={mask_url(self.settings.warehouse_url)!r})" if "settings" in self.__dict__ else ")")
 
     @cached_property
     def engine(self) -> sa.Engine:

@@ -8,11 +8,10 @@ as SAFEGUARD_* variables (to a submitted job, which reads them with load_setting
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from safeguard_flow.settings import ENV_PREFIX, Settings
 
@@ -51,15 +50,8 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
 
 
 def _dump(value: Any) -> str:
-    if isinstance(value, str):
-        try:
-            if yaml.safe_load(value) == value:
-                return value
-        except yaml.YAMLError:
-            pass
-        # load_settings parses values as YAML: quote strings that would come back as something else
-        return yaml.safe_dump(value, default_style="'", width=1 << 30).strip()
-    return yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip().removesuffix("\n...").strip()
+    # load_settings parses a variable by its field's type: strings as they are, the rest as JSON.
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -1,5 +1,9 @@
 """Schema management: Alembic migrations under sql/migrations, BI views from sql/views.
 
+Revisions are frozen: each carries its own DDL and view SQL as of that revision and imports nothing
+from this package (env.py hands them the prefix and schema). sql/views holds the current view
+definitions, for analysts and as the head's copy (tests/warehouse/test_migrations.py checks they agree).
+
 The table prefix and schema come from settings.warehouse (validated as plain identifiers there);
 Alembic's own version table is prefixed too (``<prefix>alembic_version``) so several deployments
 can share one database or schema.

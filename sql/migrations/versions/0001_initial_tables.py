@@ -1,5 +1,7 @@
 """Initial warehouse tables: policies, policy versions, runs, work list, staging, verdicts, audit.
 
+Frozen: the DDL below is the schema as of this revision; later changes are new revisions.
+
 Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
@@ -8,9 +10,7 @@ Create Date: 2025-01-01
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
-
-from safeguard_flow.warehouse.migration_names import names
+from alembic import context, op
 
 revision = "0001"
 down_revision = None
@@ -18,6 +18,12 @@ branch_labels = None
 depends_on = None
 
 TS = sa.DateTime(timezone=True)
+
+
+def _prefix_schema() -> tuple[str, str | None]:
+    """The configured table prefix and schema (sql/migrations/env.py puts them in the config)."""
+    attrs = context.config.attributes
+    return attrs["table_prefix"], attrs["db_schema"]
 
 
 def _verdict_columns() -> list[sa.Column]:
@@ -41,10 +47,9 @@ def _verdict_columns() -> list[sa.Column]:
 
 
 def upgrade() -> None:
-    n = names()
-    s = n.schema
+    p, s = _prefix_schema()
     op.create_table(
-        n.t("policies"),
+        p + "policies",
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("current_version", sa.Integer),
         sa.Column("pinned_version", sa.Integer),
@@ -55,7 +60,7 @@ def upgrade() -> None:
         schema=s,
     )
     op.create_table(
-        n.t("policy_versions"),
+        p + "policy_versions",
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("sha256", sa.String(64), nullable=False),
@@ -67,11 +72,11 @@ def upgrade() -> None:
         sa.Column("description", sa.Text, nullable=False, server_default=""),
         sa.Column("author", sa.String(200), nullable=False, server_default=""),
         sa.Column("created_at", TS, nullable=False),
-        sa.UniqueConstraint("name", "sha256", name=n.t("uq_policy_versions_sha256")),
+        sa.UniqueConstraint("name", "sha256", name=p + "uq_policy_versions_sha256"),
         schema=s,
     )
     op.create_table(
-        n.t("runs"),
+        p + "runs",
         sa.Column("id", sa.String(200), primary_key=True),
         sa.Column("kind", sa.String(20), nullable=False),
         sa.Column("status", sa.String(20), nullable=False),
@@ -95,9 +100,9 @@ def upgrade() -> None:
                                      "label_finished_at", "validated_at", "published_at")),
         schema=s,
     )
-    op.create_index(n.t("ix_runs_created_at"), n.t("runs"), ["created_at"], schema=s)
+    op.create_index(p + "ix_runs_created_at", p + "runs", ["created_at"], schema=s)
     op.create_table(
-        n.t("work_items"),
+        p + "work_items",
         sa.Column("run_id", sa.String(200), primary_key=True),
         sa.Column("item_no", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("bucket", sa.Integer, nullable=False),
@@ -108,9 +113,9 @@ def upgrade() -> None:
         sa.Column("problem", sa.Text),
         schema=s,
     )
-    op.create_index(n.t("ix_work_items_bucket"), n.t("work_items"), ["run_id", "bucket"], schema=s)
+    op.create_index(p + "ix_work_items_bucket", p + "work_items", ["run_id", "bucket"], schema=s)
     op.create_table(
-        n.t("run_chunks"),
+        p + "run_chunks",
         sa.Column("run_id", sa.String(200), primary_key=True),
         sa.Column("chunk_no", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("bucket_lo", sa.Integer, nullable=False),
@@ -126,7 +131,7 @@ def upgrade() -> None:
         schema=s,
     )
     op.create_table(
-        n.t("verdict_staging"),
+        p + "verdict_staging",
         sa.Column("run_id", sa.String(200), primary_key=True),
         sa.Column("source", sa.String(64), primary_key=True),
         sa.Column("content_id", sa.String(200), primary_key=True),
@@ -136,9 +141,9 @@ def upgrade() -> None:
         *_verdict_columns(),
         schema=s,
     )
-    op.create_index(n.t("ix_verdict_staging_chunk"), n.t("verdict_staging"), ["run_id", "chunk_no"], schema=s)
+    op.create_index(p + "ix_verdict_staging_chunk", p + "verdict_staging", ["run_id", "chunk_no"], schema=s)
     op.create_table(
-        n.t("verdicts"),
+        p + "verdicts",
         sa.Column("source", sa.String(64), primary_key=True),
         sa.Column("content_id", sa.String(200), primary_key=True),
         sa.Column("policy", sa.String(64), primary_key=True),
@@ -148,11 +153,11 @@ def upgrade() -> None:
         sa.Column("published_at", TS, nullable=False),
         schema=s,
     )
-    op.create_index(n.t("ix_verdicts_policy_labelled"), n.t("verdicts"), ["policy", "policy_version", "labelled_at"],
+    op.create_index(p + "ix_verdicts_policy_labelled", p + "verdicts", ["policy", "policy_version", "labelled_at"],
                     schema=s)
-    op.create_index(n.t("ix_verdicts_run"), n.t("verdicts"), ["run_id"], schema=s)
+    op.create_index(p + "ix_verdicts_run", p + "verdicts", ["run_id"], schema=s)
     op.create_table(
-        n.t("verdict_analysis"),
+        p + "verdict_analysis",
         sa.Column("run_id", sa.String(200), primary_key=True),
         sa.Column("source", sa.String(64), primary_key=True),
         sa.Column("content_id", sa.String(200), primary_key=True),
@@ -167,7 +172,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    n = names()
+    p, s = _prefix_schema()
     for table in ("verdict_analysis", "verdicts", "verdict_staging", "run_chunks", "work_items", "runs",
                   "policy_versions", "policies"):
-        op.drop_table(n.t(table), schema=n.schema)
+        op.drop_table(p + table, schema=s)

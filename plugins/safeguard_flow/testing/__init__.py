@@ -1,1 +1,0 @@
-"""Helpers for tests and benchmarks: a throwaway PostgreSQL server from the installed binaries."""

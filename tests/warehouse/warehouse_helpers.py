@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from safeguard_flow.engines.base import Completion
+from safeguard_flow import pipeline
 from safeguard_flow.labelling import label_items
 from safeguard_flow.warehouse import extract, policy_store, publish, runs, schema, staging
 from safeguard_flow.warehouse.errors import RunNotFound
@@ -98,10 +99,8 @@ class Warehouse:
 
     def _labelled(self, run_id: str) -> None:
         """Every chunk staged: the run is labelled (what the label job's end does)."""
-        status = runs.get_run(self.engine, self.settings, run_id).status
-        if status in (RunStatus.EXTRACTED, RunStatus.LABELLING) and not staging.pending_chunks(
-                self.engine, self.settings, run_id):
-            runs.transition(self.engine, self.settings, run_id, RunStatus.LABELLED)
+        if not staging.pending_chunks(self.engine, self.settings, run_id):
+            pipeline.finish_labelling(self.engine, self.settings, run_id)
 
     def publish(self, run_id: str, validate: bool = True, **kw) -> dict:
         """Publish the run; `validate` first passes it through the gate without running GX (these tests

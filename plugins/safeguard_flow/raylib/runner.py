@@ -26,6 +26,7 @@ class LabelJobError(RuntimeError):
 def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
     """Label the run's pending chunks; the run ends labelled. If this raises (or is interrupted) the
     run is marked failed with the reason; running it again resumes (a failed run included)."""
+    from safeguard_flow import pipeline
     from safeguard_flow.warehouse import db, policy_store, runs, staging
     from safeguard_flow.warehouse.runs import RunStatus
 
@@ -67,9 +68,7 @@ def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
             summary.wall_s = time.perf_counter() - started
             if left:
                 raise LabelJobError(f"run {run_id}: {len(left)} chunks still pending after the job: {left[:20]}")
-            totals = staging.progress(engine, settings, run_id)  # the whole run, earlier (killed) jobs included
-            runs.transition(engine, settings, run_id, RunStatus.LABELLED, label_finished_at=db.utcnow(),
-                            prompt_tokens=totals["prompt_tokens"], completion_tokens=totals["completion_tokens"])
+            pipeline.finish_labelling(engine, settings, run_id)
         except BaseException as exc:  # an interrupt too: the run must not stay 'labelling'
             reason = f"label job: {type(exc).__name__}: {exc}"
             try:

@@ -12,7 +12,8 @@ the whole pipeline runs without Airflow, with the same run ids and tables. The r
   are kept).
 - **An empty work list** closes the run as published at once, so it never shows as pending.
 - **A step that raises** marks the run failed with the reason (state errors excepted: a step asked
-  of a run in the wrong state leaves the run alone). The label job runs in a worker process, so
+  of a run in the wrong state leaves the run alone; and publish, one transaction, leaves the run
+  validated for a retry). The label job runs in a worker process, so
   even a worker killed outright (SIGKILL, out of memory) leaves the run failed with why.
 
 No Airflow, Ray or vLLM is imported here; the label step loads raylib when it runs in this process.
@@ -409,8 +410,9 @@ def publish(engine: Engine, settings: Settings, run_id: str) -> dict[str, Any]:
     if run.status is RunStatus.PUBLISHED:
         return {"run_id": run_id, "already_published": True,
                 **{k: getattr(run, k) for k in ("verdicts", "inserted", "updated", "unchanged", "errors", "positives")}}
-    with failing(engine, settings, run_id, "publish"):
-        return publish_mod.publish_run(engine, settings, run_id)
+    # Not marked failed when it raises: the merge is one transaction, so the run is still validated
+    # and publishing again (a task retry) is all it takes.
+    return publish_mod.publish_run(engine, settings, run_id)
 
 
 # --- the whole pipeline -------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def format_run(run) -> str:
     if run.params:
         lines.append(f"  params     {', '.join(f'{k}={v}' for k, v in sorted(run.params.items()) if v is not None)}")
     lines += [
-        f"  extract    {_n(run.items)} item(s) ({_n(run.unique_texts)} distinct texts), {_n(run.skipped_unchanged)} "
+        f"  items      {_n(run.items)} item(s) ({_n(run.unique_texts)} distinct texts), {_n(run.skipped_unchanged)} "
         f"unchanged skipped, {_n(run.duplicate_ids)} duplicate id(s), {_n(run.chunks)} chunk(s); sources "
         f"{', '.join(run.sources or []) or '-'}",
         f"  verdicts   {_n(run.verdicts)} ({_n(run.positives)} positive, {_n(run.errors)} error); published "

@@ -134,5 +134,5 @@ def test_cli_runs_an_interval_on_a_fresh_home_and_a_rerun_labels_nothing(sqlite_
     again = cli_run("run", "--interval", "2026-11-20/2026-11-21")
     assert f"run {run_id}: already published; labelled nothing" in again
     shown = cli_run("runs", "show", run_id)
-    assert "status     published" in shown and "5 item(s)" in shown and "validation passed" in shown
+    assert "status     published" in shown and "items      5 item(s)" in shown and "validation passed" in shown
     assert "prompt +" in shown and run_id in cli_run("runs", "list")

@@ -30,7 +30,7 @@ model: $(STAMP)
 	$(BIN)/safeguard-flow model prepare
 
 demo: model
-	$(BIN)/python -m safeguard_flow.airflow.demo
+	$(BIN)/python dev/demo.py
 
 # The UI test drives Debian's Chromium headless; install it when missing (needs root, as on CI).
 browser:

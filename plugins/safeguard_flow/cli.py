@@ -181,6 +181,150 @@ def _with_warehouse_connection(settings, conn_id: str):
         raise SystemExit(f"--airflow-connection needs Airflow (pip install 'safeguard-flow[airflow]'): {exc}") from None
 
     return SafeguardWarehouseHook(conn_id, settings=settings).settings
+def _run_settings(args: argparse.Namespace):
+    """The settings, with the sample's `posts` table as the source when none is configured."""
+    from safeguard_flow.sample_data import POSTS_SOURCE
+    from safeguard_flow.settings import SourceSettings
+
+    settings = _settings(args)
+    if not settings.sources:
+        print("no sources configured (setting `sources`): labelling the sample's `posts` table "
+              "(as loaded by `safeguard-flow sample load`)", file=sys.stderr)
+        settings = settings.model_copy(update={"sources": [SourceSettings(**POSTS_SOURCE)]})
+    return settings
+
+
+def _log_file(settings, given: str | None):
+    """Where the heavy logs (Ray, vLLM, GX) go; every record of this process goes there too."""
+    import datetime as dt
+    import logging
+    from pathlib import Path
+
+    path = Path(given) if given else settings.home_path / "logs" / f"run-{dt.datetime.now():%Y%m%dT%H%M%S}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    return path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The pipeline without Airflow: extract -> label -> validate -> publish, same run ids and tables as the DAGs."""
+    from safeguard_flow import pipeline
+    from safeguard_flow.quality import QualityGateFailed
+    from safeguard_flow.report import format_run
+    from safeguard_flow.warehouse import schema
+    from safeguard_flow.warehouse.db import make_engine
+
+    if bool(args.interval) == bool(args.relabel):
+        raise SystemExit("run: give either --interval START/END or --relabel POLICY")
+    if args.interval and (args.since or args.limit or args.version):
+        raise SystemExit("run: --since, --limit and --version go with --relabel")
+    settings = _run_settings(args)
+    log_path = _log_file(settings, args.log_file)
+    print(f"full log: {log_path}")
+    schema.upgrade(settings)
+    engine = make_engine(settings)
+    try:
+        if args.interval:
+            start_text, sep, end_text = args.interval.partition("/")
+            if not sep:
+                raise ValueError(f"--interval {args.interval!r}: expected START/END, e.g. 2026-11-20/2026-11-21")
+            start, end = pipeline.day_interval(start_text, end_text)
+            run = pipeline.start_interval_run(engine, settings, start, end, kind="nightly",
+                                              params={"trigger": "cli"})
+        else:
+            since = pipeline.day_interval(args.since, "9999-12-31")[0] if args.since else None
+            run = pipeline.start_relabel_run(engine, settings, args.relabel, args.version,
+                                             trigger_id=pipeline.cli_relabel_trigger(since, args.limit),
+                                             since=since, limit=args.limit, params={"trigger": "cli"})
+        if not pipeline.needs_work(run):
+            why = "nothing new to label, closed as published" if run.empty else "already published"
+            print(f"run {run.id}: {why}; labelled nothing ({_count(run.items)} item(s) extracted, "
+                  f"{_count(run.skipped_unchanged)} unchanged skipped)")
+            return 0
+        print(f"run {run.id}: {run.items} item(s) in {run.chunks} chunk(s) to label against {run.label()} "
+              f"({_count(run.skipped_unchanged)} unchanged skipped)")
+        try:
+            outcome = pipeline.label(engine, settings, run.id, log_file=log_path, progress=True)
+            if outcome.summary:
+                print(f"labelled {outcome.summary.get('items', 0)} item(s): {outcome.summary.get('verdicts', 0)} "
+                      f"verdict(s), {outcome.summary.get('errors', 0)} error(s) in {outcome.summary.get('wall_s', 0):.0f}s")
+            report = pipeline.validate(engine, settings, run.id)
+            print(report.summary)
+            counts = pipeline.publish(engine, settings, run.id)
+        except pipeline.LabelJobFailed as exc:
+            print(f"label job failed: {exc}\nrerun the same command to resume (finished chunks are kept); "
+                  f"full log: {log_path}", file=sys.stderr)
+            return 1
+        except QualityGateFailed as exc:
+            print(f"{exc.report.summary}\nquarantined: nothing published; report: {exc.report.path}", file=sys.stderr)
+            return 1
+        print(f"published: {counts.get('inserted', 0)} new, {counts.get('updated', 0)} updated, "
+              f"{counts.get('unchanged', 0)} unchanged")
+        if args.verbose:
+            from safeguard_flow.warehouse import runs
+
+            print(format_run(runs.get_run(engine, settings, run.id)))
+        return 0
+    finally:
+        engine.dispose()
+
+
+def _count(value) -> str:
+    return "0" if value is None else f"{value:,}"
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    from safeguard_flow.report import runs_table
+    from safeguard_flow.warehouse import runs
+    from safeguard_flow.warehouse.db import make_engine
+
+    settings = _settings(args)
+    engine = make_engine(settings)
+    try:
+        found = runs.list_runs(engine, settings, limit=args.limit, kind=args.kind, status=args.status)
+    finally:
+        engine.dispose()
+    print(runs_table(found) if found else "no runs")
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    from safeguard_flow.report import format_run
+    from safeguard_flow.warehouse import runs
+    from safeguard_flow.warehouse.db import make_engine
+
+    settings = _settings(args)
+    engine = make_engine(settings)
+    try:
+        run = runs.get_run(engine, settings, args.run_id)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(run.to_dict(), indent=2, default=str))
+    else:
+        print(format_run(run))
+    return 0
+
+
+def cmd_sample_load(args: argparse.Namespace) -> int:
+    from safeguard_flow.sample_data import SAMPLE, load_sample, read_sample
+    from safeguard_flow.warehouse import schema
+    from safeguard_flow.warehouse.db import make_engine
+
+    settings = _settings(args)
+    schema.upgrade(settings)
+    engine = make_engine(settings)
+    try:
+        n = load_sample(engine, read_sample(args.path or SAMPLE))
+    finally:
+        engine.dispose()
+    print(f"loaded {n} rows into table posts of {settings.warehouse_url}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +377,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--airflow-connection", metavar="CONN_ID", nargs="?", const="safeguard_warehouse_default",
                    help="also apply this Airflow warehouse connection, as tasks do (default id: %(const)s)")
     p.set_defaults(func=cmd_config_show)
+    p = sub.add_parser("run", help="run the pipeline without Airflow: extract, label, validate, publish")
+    p.add_argument("--interval", metavar="START/END", help="one data interval, ISO dates (UTC), e.g. 2026-11-20/2026-11-21")
+    p.add_argument("--relabel", metavar="POLICY", help="relabel the content in scope with this policy")
+    p.add_argument("--version", type=int, help="with --relabel: the policy version (default: the active one)")
+    p.add_argument("--since", metavar="DATE", help="with --relabel: only content updated since this date")
+    p.add_argument("--limit", type=int, help="with --relabel: at most this many items")
+    p.add_argument("--log-file", help="where the Ray/vLLM logs go (default: <home>/logs/run-<time>.log)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the run's record at the end")
+    p.set_defaults(func=cmd_run)
+
+    rs = sub.add_parser("runs", help="labelling runs").add_subparsers(dest="runs_command", required=True)
+    p = rs.add_parser("list", help="recent runs, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--kind", choices=["nightly", "backfill", "relabel", "manual", "eval"])
+    p.add_argument("--status", help="created, extracting, extracted, labelling, labelled, validated, quarantined, "
+                                    "published or failed")
+    p.set_defaults(func=cmd_runs_list)
+    p = rs.add_parser("show", help="one run: counts, timings, tokens, validation")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true", help="the whole record as JSON")
+    p.set_defaults(func=cmd_runs_show)
+
+    sm = sub.add_parser("sample", help="the demo sample").add_subparsers(dest="sample_command", required=True)
+    p = sm.add_parser("load", help="(re)load the demo sample into the warehouse's `posts` table")
+    p.add_argument("--path", help="a sample JSONL (default: the repo's data/ sample)")
+    p.set_defaults(func=cmd_sample_load)
     return parser
 
 

@@ -10,10 +10,10 @@ a suite is built from the policy (its label set) and the settings (``quality.*``
 - when the caller knows how many items were extracted, every item got a verdict.
 
 Great Expectations is used as a library (an ephemeral context with a pandas data source), so this
-module needs no Airflow and runs the same from a DAG task, the CLI or a test. A failed gate
-quarantines the run (``runs.status = 'quarantined'``) and raises :class:`QualityGateFailed` whose
-message lists the failed expectations in words; the full validation result is saved as JSON under
-``<home>/reports/<run_id>/validation.json`` and on the run row.
+module needs no Airflow, no warehouse and no files: :func:`validate_frame` is pure. Applying the gate
+to a run (reading its staged verdicts, saving the report, validated or quarantined) is
+``pipeline.validate``; the report file is ``validation_report``. A failed gate raises
+:class:`QualityGateFailed`, whose message lists the failed expectations in words.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from safeguard_flow.policies import Policy
@@ -31,14 +30,11 @@ from safeguard_flow.verdicts import OK, PARSE_STATUSES
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-    import sqlalchemy as sa
-
-    from safeguard_flow.settings import QualitySettings, Settings
+    from safeguard_flow.settings import QualitySettings
 
 # Columns of the staged frame the suite reads. The key identifies one verdict.
 KEY_COLUMNS = ("source", "content_id", "policy", "policy_version")
 REQUIRED_COLUMNS = (*KEY_COLUMNS, "label", "parse_status")
-QUARANTINED = "quarantined"
 
 
 class QualityGateFailed(RuntimeError):
@@ -73,50 +69,6 @@ class ValidationReport:
     @property
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.success]
-
-
-def validate_run(
-    engine: sa.Engine,
-    settings: Settings,
-    run_id: str,
-    policies: Sequence[Policy],
-    expected_items: int | None = None,
-) -> ValidationReport:
-    """Validate the run's staged verdicts and save the report JSON. Does not change the run's status."""
-    from safeguard_flow.warehouse import staging
-
-    frame = staging.staged_frame(engine, settings, run_id)
-    report = validate_frame(frame, policies, settings.quality, run_id=run_id, expected_items=expected_items)
-    report.path = str(save_report(settings, report))
-    return report
-
-
-def enforce_gate(engine: sa.Engine, settings: Settings, run_id: str) -> ValidationReport:
-    """Validate the run against its own policy versions and item count, and record the outcome.
-
-    Pass: the run becomes 'validated' (a run already published keeps that status). Fail: the run is
-    quarantined (publish refuses it) and QualityGateFailed carries the readable summary.
-    """
-    from safeguard_flow.warehouse import policy_store, runs
-
-    run = runs.get_run(engine, settings, run_id)
-    if run["status"] == "published":  # a rerun after publishing: the gate already passed (staging may be purged)
-        stored = run.get("validation") or {}
-        summary = stored.get("summary") or f"run {run_id} was already validated and published"
-        return ValidationReport(run_id, True, summary, stored, rows=int(run.get("verdicts") or 0), path=stored.get("report_path"))
-    policies = policy_store.get_policies(engine, settings, [tuple(r) for r in run["policy_refs"]])
-    report = validate_run(engine, settings, run_id, policies, expected_items=run.get("items"))
-    fields: dict[str, Any] = {"validation": {**report.result, "summary": report.summary, "report_path": report.path}}
-    if report.success:
-        fields["validated_at"] = datetime.now(timezone.utc)
-        if run["status"] != "published":
-            fields["status"] = "validated"
-    else:
-        fields.update(status=QUARANTINED, error=report.summary)
-    runs.update_run(engine, settings, run_id, **fields)
-    if not report.success:
-        raise QualityGateFailed(report)
-    return report
 
 
 def validate_frame(
@@ -183,17 +135,6 @@ def summarise(report: ValidationReport) -> str:
     lines = [f"{head}, {len(failed)} of {len(report.checks)} check(s) failed:"]
     lines += [f"  - [{c.suite}] {c.check}: {c.observed}" for c in failed]
     return "\n".join(lines)
-
-
-def save_report(settings: Settings, report: ValidationReport) -> Path:
-    """Write the full validation result JSON for the run; returns its path."""
-    folder = settings.home_path / "reports" / _safe_name(report.run_id or "adhoc")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "validation.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**report.result, "summary": report.summary}, indent=2, sort_keys=True))
-    os.replace(tmp, path)  # readers never see half a report
-    return path
 
 
 # --- suites -------------------------------------------------------------------------------------
@@ -369,7 +310,3 @@ def _json_safe(value: Any) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return str(value)
-
-
-def _safe_name(run_id: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_id)[:200]

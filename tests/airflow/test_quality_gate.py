@@ -60,6 +60,7 @@ def _staged_run(engine, settings, labeller, n_days: int = 1):
     """Publish the test policies, extract one day of the sample and stage verdicts from `labeller`."""
     from safeguard_flow.sample_data import load_sample, read_sample
     from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.pipeline import finish_labelling
     from safeguard_flow.warehouse import extract, policy_store, runs, staging
 
     rows = read_sample(per_day=6, days=["2026-11-21"])
@@ -71,6 +72,7 @@ def _staged_run(engine, settings, labeller, n_days: int = 1):
         items = staging.read_chunk(engine, settings, run_id, chunk)
         verdicts = [labeller(i, item, p) for i, item in enumerate(items) for p in policies]
         staging.write_chunk(engine, settings, run_id, chunk, verdicts)
+    finish_labelling(engine, settings, run_id)
     return run_id
 
 
@@ -91,17 +93,19 @@ def _published(engine, settings) -> int:
 
 @pytest.mark.slow
 def test_failing_gate_quarantines_and_nothing_is_published(wh_engine, wh_settings):
-    from safeguard_flow.quality import QUARANTINED, QualityGateFailed, enforce_gate
+    from safeguard_flow import pipeline
+    from safeguard_flow.quality import QualityGateFailed
+    from safeguard_flow.warehouse.runs import RunStatus
     from safeguard_flow.warehouse import publish, runs
     from safeguard_flow.warehouse.errors import RunStateError
 
     run_id = _staged_run(wh_engine, wh_settings, lambda i, item, p: _verdict(item, p, status=MALFORMED if i < 3 else OK))
     with pytest.raises(QualityGateFailed) as failed:
-        enforce_gate(wh_engine, wh_settings, run_id)
+        pipeline.validate(wh_engine, wh_settings, run_id)
     summary = str(failed.value)
     assert "quality gate FAILED" in summary and "error rate <= 5.0% (quality.max_error_rate): 50.0%" in summary
     run = runs.get_run(wh_engine, wh_settings, run_id)
-    assert run["status"] == QUARANTINED and run["validation"]["success"] is False
+    assert run["status"] is RunStatus.QUARANTINED and run["validation"]["success"] is False
     assert run["error"] == summary
     saved = json.loads(Path(failed.value.report.path).read_text())
     assert saved["run_id"] == run_id and saved["suites"]["spam v1"]["success"] is False
@@ -112,25 +116,26 @@ def test_failing_gate_quarantines_and_nothing_is_published(wh_engine, wh_setting
 
 @pytest.mark.slow
 def test_passing_gate_marks_the_run_validated_and_publish_goes_through(wh_engine, wh_settings):
-    from safeguard_flow.quality import enforce_gate
+    from safeguard_flow import pipeline
     from safeguard_flow.warehouse import publish, runs
 
     run_id = _staged_run(wh_engine, wh_settings, lambda i, item, p: _verdict(item, p, label=i % 2))
-    report = enforce_gate(wh_engine, wh_settings, run_id)
+    report = pipeline.validate(wh_engine, wh_settings, run_id)
     assert report.success and len(report.checks) == 8 + 2 * 4  # run suite + one suite per policy
     run = runs.get_run(wh_engine, wh_settings, run_id)
     assert run["status"] == "validated" and run["validated_at"] is not None
     assert publish.publish_run(wh_engine, wh_settings, run_id)["inserted"] == 12
     # A rerun after publishing keeps the run published (the gate is not re-applied to purged staging).
-    assert enforce_gate(wh_engine, wh_settings, run_id).success
+    assert pipeline.validate(wh_engine, wh_settings, run_id).success
     assert runs.get_run(wh_engine, wh_settings, run_id)["status"] == "published"
 
 
 @pytest.mark.slow
 def test_positive_rate_bounds_come_from_settings(wh_engine, wh_settings):
-    from safeguard_flow.quality import QualityGateFailed, enforce_gate
+    from safeguard_flow import pipeline
+    from safeguard_flow.quality import QualityGateFailed
 
     strict = wh_settings.model_copy(update={"quality": QualitySettings(max_positive_rate=0.2)})
     run_id = _staged_run(wh_engine, strict, lambda i, item, p: _verdict(item, p, label=1))
     with pytest.raises(QualityGateFailed, match=r"positive rate \(label >= 1\) within \[0.0%, 20.0%\].*: 100.0%"):
-        enforce_gate(wh_engine, strict, run_id)
+        pipeline.validate(wh_engine, strict, run_id)

@@ -84,7 +84,7 @@ def test_backfill_labels_each_past_interval_once(flow, backfilled):
 
 
 def test_policy_change_relabels_with_the_new_version_and_keeps_the_old(flow, backfilled):
-    from safeguard_flow.airflow.demo import view_rows
+    from safeguard_flow.report import view_rows
     from safeguard_flow.warehouse import runs
 
     af, settings, engine, rows = flow

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from safeguard_flow.sample_data import load_sample, read_sample
 from safeguard_flow.policies import load_policy
-from safeguard_flow.quality import QualityGateFailed, enforce_gate
+from safeguard_flow.pipeline import finish_labelling, validate
+from safeguard_flow.quality import QualityGateFailed
 from safeguard_flow.verdicts import MALFORMED, OK, Verdict
 from safeguard_flow.warehouse import extract, policy_store, publish, runs, schema, staging
 
@@ -42,6 +43,7 @@ def _label_run(engine, settings, run_id: str, rows_by_id: dict, errors: bool = F
                     content_hash=item.content_hash, label=None if bad else _label(name, version, rows_by_id[item.content_id]),
                     parse_status=MALFORMED if bad else OK, error="not JSON" if bad else None, model="annotations"))
         staging.write_chunk(engine, settings, run_id, chunk, verdicts)
+    finish_labelling(engine, settings, run_id)
 
 
 def _backdate(engine, settings, run_id: str, day: str) -> None:
@@ -64,7 +66,7 @@ def seed(engine, settings, policies_dir: Path, per_day: int = 8) -> dict:
         run_id = runs.create_run(engine, settings, "nightly", list(v1.values()), start, start + dt.timedelta(days=1))
         extract.extract_interval(engine, settings, run_id, start, start + dt.timedelta(days=1))
         _label_run(engine, settings, run_id, by_id)
-        enforce_gate(engine, settings, run_id)
+        validate(engine, settings, run_id)
         publish.publish_run(engine, settings, run_id)
         _backdate(engine, settings, run_id, day)
 
@@ -75,7 +77,7 @@ def seed(engine, settings, policies_dir: Path, per_day: int = 8) -> dict:
     relabel = runs.create_run(engine, settings, "relabel", [v2], params={"scope": "all"})
     extract.extract_relabel(engine, settings, relabel, v2.name, v2.version)
     _label_run(engine, settings, relabel, by_id)
-    enforce_gate(engine, settings, relabel)
+    validate(engine, settings, relabel)
     publish.publish_run(engine, settings, relabel)
     _backdate(engine, settings, relabel, DAYS[-1])
 
@@ -91,7 +93,7 @@ def seed(engine, settings, policies_dir: Path, per_day: int = 8) -> dict:
     extract.extract_interval(engine, settings, bad, start, start + dt.timedelta(days=1))
     _label_run(engine, settings, bad, by_id, errors=True)
     try:
-        enforce_gate(engine, settings, bad)
+        validate(engine, settings, bad)
         raise AssertionError("the seeded bad run passed the quality gate")
     except QualityGateFailed:
         pass

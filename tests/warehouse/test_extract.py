@@ -191,7 +191,7 @@ def test_extract_retry_is_idempotent_and_a_partial_extract_is_redone(wh):
     with wh.engine.begin() as conn:
         conn.execute(w.insert(), [dict(run_id=run_id, item_no=0, bucket=0, source="posts", content_id="junk",
                                        content_hash="0" * 64, text="junk", problem=None)])
-    runs.update_run(wh.engine, wh.settings, run_id, status="extracting")
+    runs.transition(wh.engine, wh.settings, run_id, runs.RunStatus.EXTRACTING)
     assert extract.extract_interval(wh.engine, wh.settings, run_id, T0, T0 + DAY) == 10
     assert "junk" not in work_ids(wh, run_id)
     # A retried task after success: same run, same list, nothing rewritten.

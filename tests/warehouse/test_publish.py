@@ -95,24 +95,30 @@ def test_unparseable_output_is_published_as_an_error_row_with_its_raw_text(wh):
     assert bad["error"] and rows[("2", "spam")]["raw_output"] is None
 
 
-def test_publish_refuses_quarantined_and_unfinished_runs(wh):
+def test_publish_refuses_every_run_the_gate_did_not_validate(wh):
+    """Whoever calls publish_run: only a validated run (or a published one, again) is merged."""
     seeded(wh)
     run_id = wh.nightly()
-    with pytest.raises(RunStateError, match="not labelled yet"):
-        wh.publish(run_id)
+    with pytest.raises(RunStateError, match="is extracted, not validated"):
+        wh.publish(run_id, validate=False)
     chunk = staging.pending_chunks(wh.engine, wh.settings, run_id)[0]
     from safeguard_flow.labelling import label_items
     from tests.warehouse.warehouse_helpers import KeywordModel
 
     items = staging.read_chunk(wh.engine, wh.settings, run_id, chunk)
     staging.write_chunk(wh.engine, wh.settings, run_id, chunk, label_items(KeywordModel(), items, wh.policies))
-    partial = wh.publish(run_id, allow_partial=True)
-    assert partial["inserted"] == len(items) * 2
+    with pytest.raises(RunStateError, match="not validated"):
+        wh.publish(run_id, allow_partial=True, validate=False)
     wh.label(run_id)
-    runs.update_run(wh.engine, wh.settings, run_id, status="quarantined", validation={"success": False})
+    assert runs.get_run(wh.engine, wh.settings, run_id).status is runs.RunStatus.LABELLED
+    with pytest.raises(RunStateError, match="is labelled, not validated"):  # 100 malformed verdicts would go in
+        wh.publish(run_id, validate=False)
+    runs.transition(wh.engine, wh.settings, run_id, runs.RunStatus.QUARANTINED, validation={"success": False})
     with pytest.raises(RunStateError, match="quarantined"):
         wh.publish(run_id)
-    assert len(wh.verdicts()) == len(items) * 2
+    with pytest.raises(runs.IllegalTransition, match="reset"):  # nor can it be validated behind the gate's back
+        runs.transition(wh.engine, wh.settings, run_id, runs.RunStatus.VALIDATED, validation={"success": True})
+    assert wh.verdicts() == []
     never = runs.create_run(wh.engine, wh.settings, "manual", wh.policies)
     with pytest.raises(RunStateError, match="no complete work list"):
         wh.publish(never)

@@ -101,7 +101,7 @@ def test_errors_per_run_include_quarantined_runs(labelled):
     wh.add_posts([("6", "", at(6)), ("7", None, at(7))])
     run_id = wh.nightly(run_id="bad-run")
     wh.label(run_id)
-    runs.update_run(wh.engine, wh.settings, run_id, status="quarantined")
+    runs.transition(wh.engine, wh.settings, run_id, runs.RunStatus.QUARANTINED)
     rows = [r for r in wh.view("run_errors") if r["run_id"] == "bad-run"]
     assert {(r["policy"], r["parse_status"], r["errors"], r["run_status"]) for r in rows} == {
         ("spam", "input_error", 2, "quarantined"), ("self-harm", "input_error", 2, "quarantined")}

@@ -191,3 +191,22 @@ class RayLabelJobOperator(RayJobOperator):
         from safeguard_flow.raylib.submission import RUN_ID_METADATA
 
         return self.hook.find_active_job({RUN_ID_METADATA: self.run_id})
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        if event.get("status") != "SUCCEEDED":
+            self._fail_run(f"label job: Ray job {event.get('job_id') or self.job_id} ended {event.get('status')}: "
+                           f"{event.get('message') or 'no message'}")
+        return super().execute_complete(context, event)
+
+    def _fail_run(self, reason: str) -> None:
+        """A job whose driver died cannot say so itself: the run is marked failed here (a no-op when
+        the job already failed it); the task's retry resumes it."""
+        from safeguard_flow.warehouse import db, runs
+
+        engine = db.make_engine(self.settings)
+        try:
+            runs.fail_run(engine, self.settings, self.run_id, reason)
+        except Exception as exc:  # keep the job's own error as the task's
+            self.log.warning("could not mark run %s failed: %s", self.run_id, exc)
+        finally:
+            engine.dispose()

@@ -1,23 +1,19 @@
 """The tasks the DAGs are built from: extract -> label -> validate -> publish, and the policy sync.
 
-Each task is thin: it gets the warehouse from :class:`SafeguardWarehouseHook` and calls the library
-(warehouse.*, quality, raylib). What passes between tasks is a small "run" dict in XCom::
-
-    {"run_id": "nightly-20250101T000000-20250102T000000-3f2a9c1d", "items": 120, "policies": [["spam", 2]]}
+Each task is thin: it gets the warehouse from :class:`SafeguardWarehouseHook` and calls the core
+pipeline (safeguard_flow.pipeline), which holds the rules: run ids, reruns, quarantined and failed
+runs, empty intervals. What passes between tasks in XCom is the warehouse run id; each task reads
+the run (a ``runs.Run``) from the warehouse.
 
 Warehouse run ids are derived from the DAG run, so a rerun of the same interval (a retry, a cleared
-run, a backfill over it) continues the same warehouse run: same rows, never duplicates. A run the
-gate quarantined is started afresh when its DAG run is cleared (the fix is usually a policy or
-threshold change, and nothing from it was published).
+run, a backfill over it) continues the same warehouse run: same rows, never duplicates.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-from datetime import date, datetime, timezone
 from contextlib import contextmanager
+from datetime import date, datetime, timezone
 from typing import Any, Iterator
 
 from airflow.sdk import Param, get_current_context, task
@@ -31,31 +27,12 @@ from safeguard_flow.airflow.assets import (
     verdicts_asset,
 )
 from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
+from safeguard_flow.pipeline import interval_run_id, relabel_run_id  # noqa: F401  (the DAGs' run ids)
 from safeguard_flow.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONN_ID = SafeguardWarehouseHook.default_conn_name
-RETRY_FRESH_STATUSES = ("quarantined", "failed")
-
-
-# --- run ids ----------------------------------------------------------------------------------------
-
-
-def interval_run_id(kind: str, start: datetime, end: datetime, refs: list[tuple[str, int]]) -> str:
-    """Same interval and policy versions -> same id. A new active version labels the interval anew."""
-    digest = hashlib.sha256(repr(sorted(refs)).encode()).hexdigest()[:8]
-    return f"{kind}-{_stamp(start)}-{_stamp(end)}-{digest}"
-
-
-def relabel_run_id(dag_run_id: str, policy: str, version: int) -> str:
-    """One warehouse run per (DAG run, policy version); clearing the DAG run continues it."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run_id)[:120]
-    return f"relabel-{policy.replace('/', '_')}-v{version}-{safe}"
-
-
-def _stamp(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S")
 
 
 @contextmanager
@@ -68,79 +45,36 @@ def _warehouse(conn_id: str) -> Iterator[tuple[Any, Any]]:
         hook.close()
 
 
-def _run_info(engine, settings, run_id: str, items: int) -> dict[str, Any]:
-    from safeguard_flow.warehouse import runs
-
-    run = runs.get_run(engine, settings, run_id)
-    return {"run_id": run_id, "items": int(items), "policies": [list(r) for r in run["policy_refs"]]}
-
-
-def _has_work(engine, settings, run_id: str, extract_fn) -> int | None:
-    """Extract the run's work list; None when there is nothing to label (the run is then closed).
-
-    A run published before (a rerun of the same interval or DAG run) is left as it is; a run with no
-    work is published empty at once, so it never shows as pending.
-    """
-    from safeguard_flow.warehouse import publish, runs
-
-    if runs.get_run(engine, settings, run_id)["status"] == "published":
-        log.info("run %s is already published: nothing to do (same rows, no duplicates)", run_id)
-        return None
-    _fresh_if_failed(engine, settings, run_id)
-    items = extract_fn()
-    if items == 0:
-        publish.publish_run(engine, settings, run_id)
-        log.info("run %s: nothing new to label; closed as published with 0 verdicts", run_id)
-        return None
-    return items
-
-
-def _fresh_if_failed(engine, settings, run_id: str) -> None:
-    from safeguard_flow.warehouse import runs
-
-    status = runs.get_run(engine, settings, run_id)["status"]
-    if status in RETRY_FRESH_STATUSES:
-        log.warning("run %s was %s: starting it afresh (its staged verdicts are dropped; nothing was published)", run_id, status)
-        runs.reset_run(engine, settings, run_id)
-
-
 # --- extract ----------------------------------------------------------------------------------------
 
 
 @task.short_circuit(task_id="extract")
-def extract_interval(safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
+def extract_interval(safeguard_conn_id: str = DEFAULT_CONN_ID) -> str | None:
     """Create the interval's run against the active version of every policy and write its work list.
 
-    Returns the run (its id also as XCom "run_id", for the label operator), or {} when there is
+    Returns the run id (also as XCom "run_id", for the label operator), or None when there is
     nothing to label, which skips the rest of the DAG run.
     """
-    from safeguard_flow.warehouse import extract, policy_store, runs
+    from safeguard_flow import pipeline
 
     ctx = get_current_context()
     start, end = ctx.get("data_interval_start"), ctx.get("data_interval_end")
     if start is None or end is None or not start < end:
         raise AirflowFailException(f"this DAG run has no data interval ({start} - {end}); trigger it with a logical date")
+    dag_run = ctx["dag_run"]
+    run_type = getattr(dag_run, "run_type", None)
+    kind = "backfill" if getattr(run_type, "value", run_type) == "backfill" else "nightly"
     with _warehouse(safeguard_conn_id) as (engine, settings):
-        policies = policy_store.get_policies(engine, settings)
-        if not policies:
-            raise AirflowFailException(
-                "no policies are published in the warehouse: run the safeguard_policy_sync DAG or "
-                "`safeguard-flow policies publish DIR` first"
-            )
-        dag_run = ctx["dag_run"]
-        run_type = getattr(dag_run, "run_type", None)
-        kind = "backfill" if getattr(run_type, "value", run_type) == "backfill" else "nightly"
-        refs = [(p.name, int(p.version)) for p in policies]
-        run_id = interval_run_id(kind, start, end, refs)
-        runs.create_run(engine, settings, kind, policies, interval_start=start, interval_end=end,
-                        params={"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id}, run_id=run_id)
-        items = _has_work(engine, settings, run_id, lambda: extract.extract_interval(engine, settings, run_id, start, end))
-        if items is None:
-            return {}
-        log.info("run %s: %d item(s) to label in [%s, %s) against %s", run_id, items, start, end,
-                 ", ".join(f"{n} v{v}" for n, v in refs))
-        ctx["ti"].xcom_push(key="run_id", value=run_id)
-        return _run_info(engine, settings, run_id, items)
+        try:
+            run = pipeline.start_interval_run(engine, settings, start, end, kind=kind,
+                                              params={"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id})
+        except pipeline.PipelineError as exc:
+            raise AirflowFailException(str(exc)) from None
+        if not pipeline.needs_work(run):
+            return None
+        log.info("run %s: %d item(s) to label in [%s, %s) against %s", run.id, run.items or 0, start, end, run.label())
+        ctx["ti"].xcom_push(key="run_id", value=run.id)
+        return run.id
 
 
 RELABEL_PARAMS = {
@@ -182,11 +116,12 @@ def relabel_scope(params: dict[str, Any]) -> tuple[datetime | None, int | None]:
 
 
 @task(task_id="extract")
-def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, Any]]:
+def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[str]:
     """One run per policy version to relabel; each run's work list is the content in scope without
     a verdict for that version. Verdicts of older versions are kept (the flips view compares them).
     Runs with nothing to label are closed here and left out (no list: the mapped tasks skip)."""
-    from safeguard_flow.warehouse import extract, policy_store, runs
+    from safeguard_flow import pipeline
+    from safeguard_flow.warehouse import policy_store
 
     ctx = get_current_context()
     params = dict(ctx["params"])
@@ -200,17 +135,12 @@ def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, 
         dag_run = ctx["dag_run"]
         out = []
         for name, version in sorted(targets.items()):
-            policy = policy_store.get_policies(engine, settings, [(name, version)])[0]  # raises if unknown
-            run_id = relabel_run_id(dag_run.run_id, name, version)
-            runs.create_run(engine, settings, "relabel", [policy], params={
-                "dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id, "scope": params.get("scope") or "all",
-                "since": since.isoformat() if since else None, "limit": limit,
-            }, run_id=run_id)
-            items = _has_work(engine, settings, run_id, lambda: extract.extract_relabel(
-                engine, settings, run_id, name, version, since=since, limit=limit))  # noqa: B023 (called at once)
-            if items is not None:
-                log.info("run %s: %d item(s) to relabel with %s v%d", run_id, items, name, version)
-                out.append(_run_info(engine, settings, run_id, items))
+            run = pipeline.start_relabel_run(
+                engine, settings, name, version, trigger_id=dag_run.run_id, since=since, limit=limit,
+                params={"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id, "scope": params.get("scope") or "all"})
+            if pipeline.needs_work(run):
+                log.info("run %s: %d item(s) to relabel with %s v%d", run.id, run.items or 0, name, version)
+                out.append(run.id)
         return out
 
 
@@ -218,66 +148,66 @@ def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, 
 
 
 @task(task_id="label")
-def label_in_process(run: dict[str, Any]) -> dict[str, Any]:
-    """Label the run's pending chunks inside this worker (local/dev): raylib with a local Ray."""
-    from safeguard_flow.raylib import run_label_job
+def label_in_process(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
+    """Label the run's pending chunks in a worker process of this Airflow worker (local/dev), with a
+    local Ray. If that worker dies the run is marked failed; the task's retry resumes it."""
+    from safeguard_flow import pipeline
 
-    if not run["items"]:
-        log.info("run %s: nothing to label", run["run_id"])
-        return {"run_id": run["run_id"], "verdicts": 0}
-    hook = SafeguardWarehouseHook(safeguard_conn_id=DEFAULT_CONN_ID)
-    summary = run_label_job(hook.settings, run["run_id"])
-    log.info("%s", summary.format())
-    return summary.to_dict()
+    with _warehouse(safeguard_conn_id) as (engine, settings):
+        try:
+            outcome = pipeline.label(engine, settings, run)
+        except pipeline.LabelJobFailed as exc:
+            raise RuntimeError(str(exc)) from None  # retried by Airflow: the retry resumes the run
+    return outcome.summary or {"run_id": run, "chunks_labelled": 0}
 
 
 def label(run, *, mapped: bool = False, **operator_kwargs: Any) -> Any:
-    """The label step: a Ray job (deferrable operator), or in-process when ``ray.label_mode`` says so."""
+    """The label step: a Ray job (deferrable operator), or in-process when ``ray.label_mode`` says so.
+    `run` is the extract task's output: a run id, or (mapped) a list of run ids."""
     settings = get_settings()
     if settings.ray.label_mode == "in_process":
         return label_in_process.expand(run=run) if mapped else label_in_process(run)
     from safeguard_flow.airflow.ray_operator import RayLabelJobOperator
 
     if mapped:
-        return RayLabelJobOperator.partial(task_id="label", **operator_kwargs).expand(run_id=run.map(_run_id))
-    return RayLabelJobOperator(task_id="label", run_id=run["run_id"], **operator_kwargs)
-
-
-def _run_id(run: dict[str, Any]) -> str:
-    return run["run_id"]
+        return RayLabelJobOperator.partial(task_id="label", **operator_kwargs).expand(run_id=run)
+    return RayLabelJobOperator(task_id="label", run_id=run, **operator_kwargs)
 
 
 # --- validate ---------------------------------------------------------------------------------------
 
 
 @task(task_id="validate", retries=0)
-def validate(run: dict[str, Any], safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
+def validate(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
     """The Great Expectations gate. Failing quarantines the run and fails the task (no retries)."""
-    from safeguard_flow.quality import QualityGateFailed, enforce_gate
+    from safeguard_flow import pipeline
+    from safeguard_flow.quality import QualityGateFailed
 
     with _warehouse(safeguard_conn_id) as (engine, settings):
         try:
-            report = enforce_gate(engine, settings, run["run_id"])
+            report = pipeline.validate(engine, settings, run)
         except QualityGateFailed as exc:
             log.error("%s\nfull validation result: %s", exc.report.summary, exc.report.path)
             raise AirflowFailException(exc.report.summary) from None
         log.info("%s\nfull validation result: %s", report.summary, report.path)
-        return {"run_id": run["run_id"], "success": True, "checks": len(report.checks), "report": report.path}
+        return {"run_id": run, "success": True, "checks": len(report.checks), "report": report.path}
 
 
 # --- publish ----------------------------------------------------------------------------------------
 
 
 @task(task_id="publish", outlets=[verdicts_asset(get_settings())])
-def publish(run: dict[str, Any], safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
+def publish(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
     """Merge the staged verdicts in one transaction (idempotent); an event on the verdict table asset."""
-    from safeguard_flow.warehouse import publish as warehouse_publish
+    from safeguard_flow import pipeline
+    from safeguard_flow.warehouse import runs
 
     with _warehouse(safeguard_conn_id) as (engine, settings):
-        counts = warehouse_publish.publish_run(engine, settings, run["run_id"])
-        log.info("published run %s: %s", run["run_id"], counts)
-        extra = {k: counts.get(k) for k in ("run_id", "inserted", "updated", "unchanged", "errors", "positives")}
-        extra["policies"] = run["policies"]
+        counts = pipeline.publish(engine, settings, run)
+        log.info("published run %s: %s", run, counts)
+        extra = {k: counts.get(k) for k in ("inserted", "updated", "unchanged", "errors", "positives")}
+        extra["run_id"] = run
+        extra["policies"] = [list(r) for r in runs.get_run(engine, settings, run).policy_refs]
         get_current_context()["outlet_events"][verdicts_asset(get_settings())].extra = extra
         return {k: v for k, v in counts.items() if isinstance(v, (int, float, str)) or v is None}
 

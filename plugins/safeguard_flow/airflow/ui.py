@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse
 from safeguard_flow.airflow.svg_chart import line_chart
 from safeguard_flow.redact import mask_url
 from safeguard_flow.settings import Settings
+from safeguard_flow.warehouse.runs import RunStatus
 
 URL_PREFIX = "/safeguard"
 
@@ -52,7 +53,7 @@ class Dashboard:
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         from safeguard_flow.warehouse import runs
 
-        return runs.list_runs(self.engine, self.settings, limit=limit)
+        return [r.to_dict() for r in runs.list_runs(self.engine, self.settings, limit=limit)]
 
     def daily_rates(self, days: int = 30) -> list[dict[str, Any]]:
         import sqlalchemy as sa
@@ -201,8 +202,8 @@ def render_page(dashboard: Dashboard, days: int = 30) -> str:
     flips = dashboard.flip_summary()
     samples = dashboard.recent_flips(15)
 
-    published = sum(1 for r in runs if r.get("status") == "published")
-    quarantined = sum(1 for r in runs if r.get("status") == "quarantined")
+    published = sum(1 for r in runs if r.get("status") == RunStatus.PUBLISHED)
+    quarantined = sum(1 for r in runs if r.get("status") == RunStatus.QUARANTINED)
     total_verdicts = sum(int(r["verdicts"] or 0) for r in rates)
     body = [
         "<h1>Safeguard Flow</h1>",

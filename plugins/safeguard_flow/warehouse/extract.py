@@ -39,7 +39,7 @@ from safeguard_flow.verdicts import ENGINE_ERROR
 from safeguard_flow.warehouse.db import as_utc, bulk_insert, utcnow, write_tx
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
 from safeguard_flow.warehouse.model import BUCKETS, bucket_of
-from safeguard_flow.warehouse.runs import get_run, update_run
+from safeguard_flow.warehouse.runs import RunStatus, get_run, transition
 from safeguard_flow.warehouse.schema import tables
 from safeguard_flow.warehouse.sources import SourceTable, check_sources
 
@@ -86,21 +86,22 @@ def _extract(engine: Engine, settings: Settings, run_id: str, source_names: list
              limit: int | None) -> int:
     t = tables(settings)
     run = get_run(engine, settings, run_id)
-    if run["extract_finished_at"] is not None:
-        return int(run["items"] or 0)  # a retried task: the work list is already complete
-    if run["status"] not in ("created", "extracting"):
-        raise RunStateError(f"run {run_id!r} is {run['status']}; extract needs a new run (or runs.reset_run)")
+    if run.extracted:
+        return int(run.items or 0)  # a retried task: the work list is already complete
+    if run.status not in (RunStatus.CREATED, RunStatus.EXTRACTING):
+        raise RunStateError(f"run {run_id!r} is {run.status}; extract needs a new run (or runs.reset_run)")
     if refs is None:
-        refs = run["policy_refs"]
-    elif not set(refs) <= set(run["policy_refs"]):
-        raise WarehouseError(f"run {run_id!r} labels {run['policy_refs']}, not {refs}: create the relabel run "
+        refs = run.policy_refs
+    elif not set(refs) <= set(run.policy_refs):
+        raise WarehouseError(f"run {run_id!r} labels {run.policy_refs}, not {refs}: create the relabel run "
                              f"with that policy version")
     srcs = check_sources(engine, settings, source_names)
     started = utcnow()
     with write_tx(engine) as conn:  # a crashed earlier attempt may have left a partial list
         for table in (t.work_items, t.run_chunks, t.verdict_staging):
             conn.execute(table.delete().where(table.c.run_id == run_id))
-        update_run(conn, settings, run_id, status="extracting", extract_started_at=started,
+        # extracting -> extracting too: an earlier attempt died mid-way
+        transition(conn, settings, run_id, RunStatus.EXTRACTING, extract_started_at=started,
                    sources=[s.name for s in srcs])
 
     stats = _Stats()
@@ -256,6 +257,6 @@ def _finish(engine: Engine, settings: Settings, run_id: str, stats: _Stats) -> N
                                              .where(c.c.run_id == run_id)).one()
         if int(chunked_items or 0) != stats.items:
             raise AssertionError(f"run {run_id}: chunks hold {chunked_items} items, extract wrote {stats.items}")
-        update_run(conn, settings, run_id, status="extracted", items=stats.items, unique_texts=unique,
+        transition(conn, settings, run_id, RunStatus.EXTRACTED, items=stats.items, unique_texts=unique,
                    skipped_unchanged=stats.skipped_unchanged, duplicate_ids=stats.duplicate_ids,
                    chunks=int(chunks), warnings=stats.warnings, extract_finished_at=utcnow())

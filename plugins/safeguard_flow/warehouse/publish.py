@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from safeguard_flow.settings import Settings
 from safeguard_flow.warehouse.db import UTCDateTime, retrying, utcnow, write_tx
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
-from safeguard_flow.warehouse.runs import get_run, update_run
+from safeguard_flow.warehouse.runs import Run, RunStatus, get_run, transition
 from safeguard_flow.warehouse.schema import tables
 
 KEY = ("source", "content_id", "policy", "policy_version")
@@ -46,7 +46,11 @@ _ROWCOUNT = {"preserve_rowcount": True}  # INSERT ... SELECT rowcount is not kep
 
 def publish_run(engine: Engine, settings: Settings, run_id: str, allow_partial: bool = False,
                 method: str | None = None, _after_upsert: Callable[[Connection], None] | None = None) -> dict[str, Any]:
-    """Merge the run's staged verdicts into the verdict table and mark the run published."""
+    """Merge the run's staged verdicts into the verdict table and mark the run published.
+
+    Only a run the quality gate validated is published, whoever calls this (RunStateError otherwise).
+    Publishing a published run again merges the same rows (changing nothing) and leaves its record.
+    """
     method = method or (engine.dialect.name if engine.dialect.name in ("postgresql", "sqlite") else "generic")
     if method not in METHODS or (method != "generic" and method != engine.dialect.name):
         raise WarehouseError(f"publish method {method!r} cannot be used on {engine.dialect.name}; "
@@ -77,26 +81,30 @@ def _publish(engine: Engine, settings: Settings, run_id: str, allow_partial: boo
         counts = dict(verdicts=summary["staged"], errors=summary["errors"], positives=summary["positives"],
                       inserted=inserted, updated=updated, unchanged=summary["staged"] - inserted - updated,
                       prompt_tokens=summary["prompt_tokens"], completion_tokens=summary["completion_tokens"])
-        update_run(conn, settings, run_id, status="published", published_at=now,
-                   model=run["model"] or summary["model"], **counts)
+        if run.status is RunStatus.VALIDATED:  # in the same transaction as the merge
+            transition(conn, settings, run_id, RunStatus.PUBLISHED, published_at=now,
+                       model=run.model or summary["model"], **counts)
     return dict(run_id=run_id, method=method, staged=summary["staged"], seconds=round(time.perf_counter() - started, 3),
                 **{k: counts[k] for k in ("inserted", "updated", "unchanged", "errors", "positives")})
 
 
-def _check_run(conn: Connection, settings: Settings, run_id: str, allow_partial: bool) -> dict[str, Any]:
+def _check_run(conn: Connection, settings: Settings, run_id: str, allow_partial: bool) -> Run:
     t = tables(settings)
     run = get_run(conn, settings, run_id)
-    if run["status"] == "quarantined":
+    if run.status is RunStatus.QUARANTINED:
         raise RunStateError(f"run {run_id!r} is quarantined (validation failed): its verdicts are not published")
-    if run["extract_finished_at"] is None:
-        raise RunStateError(f"run {run_id!r} has no complete work list (status {run['status']}); nothing to publish")
+    if not run.extracted:
+        raise RunStateError(f"run {run_id!r} has no complete work list (status {run.status}); nothing to publish")
+    if run.status not in (RunStatus.VALIDATED, RunStatus.PUBLISHED):
+        raise RunStateError(f"run {run_id!r} is {run.status}, not validated: only a run that passed the quality "
+                            "gate is published (validate it first: pipeline.validate or the DAG's validate task)")
     c = t.run_chunks
     pending = conn.execute(sa.select(sa.func.count()).where(c.c.run_id == run_id, c.c.done == sa.false())).scalar_one()
     if pending and not allow_partial:
         raise RunStateError(f"run {run_id!r} has {pending} chunk(s) not labelled yet; finish the label job first "
                             "(or publish with allow_partial=True)")
     pv = t.policy_versions
-    for name, version in run["policy_refs"]:
+    for name, version in run.policy_refs:
         if conn.execute(sa.select(pv.c.version).where(pv.c.name == name, pv.c.version == version)).first() is None:
             raise WarehouseError(f"run {run_id!r} labels policy {name!r} version {version}, which is not stored "
                                  "in the policy table")

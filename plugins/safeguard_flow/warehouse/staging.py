@@ -7,7 +7,7 @@ invariant: one verdict per (work item, run policy), no more, no fewer.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -17,16 +17,16 @@ from safeguard_flow.settings import Settings
 from safeguard_flow.verdicts import Verdict
 from safeguard_flow.warehouse.db import bulk_insert, retrying, utcnow, write_tx
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
-from safeguard_flow.warehouse.runs import get_run
+from safeguard_flow.warehouse.runs import Run, get_run
 from safeguard_flow.warehouse.schema import tables
 
 _SHOW = 5  # keys quoted in an error
 
 
-def _extracted_run(conn, settings: Settings, run_id: str) -> dict[str, Any]:
+def _extracted_run(conn, settings: Settings, run_id: str) -> Run:
     run = get_run(conn, settings, run_id)
-    if run["extract_finished_at"] is None:
-        raise RunStateError(f"run {run_id!r} has no complete work list yet (status {run['status']}); run extract first")
+    if not run.extracted:
+        raise RunStateError(f"run {run_id!r} has no complete work list yet (status {run.status}); run extract first")
     return run
 
 
@@ -177,7 +177,7 @@ def purge_run(engine: Engine, settings: Settings, run_id: str, force: bool = Fal
     t = tables(settings)
     with write_tx(engine) as conn:
         run = get_run(conn, settings, run_id)
-        if run["status"] not in ("published", "quarantined", "failed") and not force:
-            raise RunStateError(f"run {run_id!r} is {run['status']}; purge only finished runs (or force=True)")
+        if not run.status.finished and not force:
+            raise RunStateError(f"run {run_id!r} is {run.status}; purge only finished runs (or force=True)")
         return {table.name: conn.execute(table.delete().where(table.c.run_id == run_id)).rowcount
                 for table in (t.work_items, t.run_chunks, t.verdict_staging)}

@@ -1,13 +1,13 @@
-"""`python -m safeguard_flow.airflow.demo`: the nightly DAG end to end on the embedded default.
+"""`make demo` (python dev/demo.py): the nightly DAG end to end on the embedded default, in a page.
 
-1. load the demo content (data/moderation-sample.jsonl) into a ``posts`` table of the embedded SQLite
-   warehouse (<home>/warehouse.db) and migrate the warehouse schema;
+1. load the demo sample into a ``posts`` table of the embedded SQLite warehouse and migrate it;
 2. publish the demo policies (settings policies_dir, or --policies; --only picks a few);
 3. run ``airflow dags test safeguard_nightly <day after the interval>`` in a throwaway AIRFLOW_HOME
    (SQLite metadata DB): extract -> label (local Ray, vLLM on CPU) -> validate (GX) -> publish;
-4. print rows from the BI views.
+   its output (Airflow, Ray, vLLM: about 200 KB) goes to a log file, this prints the run's progress;
+4. print the run, a few rows of the BI views and the agreement with the sample's human labels.
 
-The sample content and its `posts` table live in :mod:`safeguard_flow.sample_data`.
+Scaffolding, not product: it lives outside the package.
 """
 
 from __future__ import annotations
@@ -22,56 +22,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from safeguard_flow.sample_data import POSTS_SOURCE, SAMPLE, load_sample, read_sample
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 DEMO_DAY = "2026-11-20"  # the sample's first day: 144 rows
-
-
-def view_rows(engine, settings, view: str, limit: int = 10, order_by: Sequence[str] = ()) -> list[dict[str, Any]]:
-    import sqlalchemy as sa
-
-    from safeguard_flow.warehouse import schema
-
-    name = schema.view_names(settings)[view]
-    query = sa.select(sa.text("*")).select_from(sa.table(name, schema=settings.warehouse.db_schema)).limit(limit)
-    if order_by:
-        query = query.order_by(*[sa.column(c) for c in order_by])
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
-
-
-def print_views(engine, settings, limit: int = 10, out=sys.stdout) -> None:
-    """A few rows of each BI view, as plain tables."""
-    from safeguard_flow.report import table
-
-    shown = {
-        "current_verdicts": (["source", "content_id", "policy", "policy_version", "label", "category", "parse_status"], ["policy", "content_id"]),
-        "daily_policy_rates": (["policy", "policy_version", "day", "verdicts", "labelled", "positives", "errors", "positive_rate", "error_rate"], ["policy", "day"]),
-        "verdict_flips": (["policy", "content_id", "old_version", "new_version", "old_label", "new_label"], ["policy", "content_id"]),
-    }
-    for view, (cols, order) in shown.items():
-        rows = view_rows(engine, settings, view, limit=limit, order_by=order)
-        print(f"\n== {settings.warehouse.table_prefix}{view} (first {limit} rows) ==", file=out)
-        print(table(cols, [["" if r.get(c) is None else r.get(c) for c in cols] for r in rows]) if rows else "(no rows)", file=out)
-
-
-def print_run(engine, settings, day: dt.date, out=sys.stdout) -> None:
-    """One line on the interval's latest run: a rerun of the demo finds the interval labelled
-    already and labels nothing (unchanged content is never labelled twice)."""
-    from safeguard_flow.warehouse import runs
-
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
-    mine = [r for r in runs.list_runs(engine, settings, limit=200) if r["interval_start"] == start]
-    if not mine:
-        print(f"\nno run for the interval {day}: see the DAG log above", file=out)
-        return
-    r = mine[0]
-    print(f"\nrun {r['id']}: {r['status']}; {r['items'] or 0} item(s) extracted, "
-          f"{r['skipped_unchanged'] or 0} unchanged skipped, {r['verdicts'] or 0} verdict(s), "
-          f"{r['errors'] or 0} error(s)", file=out)
+VIEW_ROWS = 5
 
 
 def print_agreement(engine, settings, out=sys.stdout) -> None:
@@ -95,6 +52,41 @@ def print_agreement(engine, settings, out=sys.stdout) -> None:
         print(score_table(scores), file=out)
 
 
+def follow(proc: subprocess.Popen, engine, settings, run_id: str) -> None:
+    """Print the run's status changes and a bar of labelled chunks until the DAG run ends."""
+    from tqdm import tqdm
+
+    from safeguard_flow.warehouse import runs, staging
+    from safeguard_flow.warehouse.errors import RunNotFound
+
+    seen, bar = None, None
+    while True:
+        done = proc.poll() is not None
+        try:
+            run = runs.get_run(engine, settings, run_id)
+        except RunNotFound:
+            run = None
+        except Exception:  # the DAG run holds the SQLite write lock: look again
+            run = None
+        if run is not None and run.status != seen:
+            if bar is not None:
+                bar.close()
+                bar = None
+            seen = run.status
+            print(f"  run {run.status.value}" + (f": {run.items} item(s) in {run.chunks} chunk(s)"
+                                                if run.status.value == "extracted" else ""), flush=True)
+        if run is not None and run.status.value == "labelling":
+            progress = staging.progress(engine, settings, run_id)
+            if bar is None:
+                bar = tqdm(total=progress["chunks"], unit="chunk", desc="  labelling", disable=None, leave=False)
+            bar.update(progress["done"] - bar.n)
+        if done:
+            if bar is not None:
+                bar.close()
+            return
+        time.sleep(1.0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--day", default=DEMO_DAY, help="the data interval (UTC day) to label (default: %(default)s)")
@@ -105,15 +97,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    from safeguard_flow.pipeline import day_interval, interval_run_id
     from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.report import format_run, format_views
     from safeguard_flow.settings import load_settings
-    from safeguard_flow.warehouse import db, policy_store, schema
+    from safeguard_flow.warehouse import db, policy_store, runs, schema
 
     # The demo's source and label mode; everything else from the usual settings (env / safeguard.yaml).
     os.environ.setdefault("SAFEGUARD_SOURCES", json.dumps([POSTS_SOURCE]))
     os.environ.setdefault("SAFEGUARD_RAY__LABEL_MODE", "in_process")
     settings = load_settings()
     settings.home_path.mkdir(parents=True, exist_ok=True)
+    log_path = settings.home_path / "logs" / f"demo-{dt.datetime.now():%Y%m%dT%H%M%S}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"full log: {log_path}")
     engine = db.make_engine(settings)
     schema.upgrade(settings, engine=engine)
     n = load_sample(engine, read_sample())
@@ -127,23 +124,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("published:", ", ".join(f"{r.policy.name} v{r.version}" for r in results))
 
     day = dt.date.fromisoformat(args.day)
-    logical_date = (day + dt.timedelta(days=1)).isoformat()  # a data-interval run labels the day before it
+    start, end = day_interval(day, day + dt.timedelta(days=1))
+    active = policy_store.get_policies(engine, settings)
+    run_id = interval_run_id("nightly", start, end, [(p.name, int(p.version)) for p in active])  # what the DAG computes
+    logical_date = end.date().isoformat()  # a data-interval run labels the day before it
     home = Path(args.airflow_home or tempfile.mkdtemp(prefix="sg-airflow-demo-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update({
         "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "SAFEGUARD_HOME": str(settings.home_path), "SAFEGUARD_POLICIES_DIR": str(Path(args.policies or settings.policies_dir).resolve()),
+        "SAFEGUARD_HOME": str(settings.home_path),
+        "SAFEGUARD_POLICIES_DIR": str(Path(args.policies or settings.policies_dir).resolve()),
     })
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-    print(f"airflow dags test safeguard_nightly {logical_date}  (labels {day}, AIRFLOW_HOME={home})", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", "safeguard_nightly", logical_date], env=env)
-    print(f"dags test finished with {proc.returncode} in {time.monotonic() - started:.0f}s")
-    print_run(engine, settings, day)
-    print_views(engine, settings)
+    with open(log_path, "ab") as log:
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, stdout=log,
+                       stderr=subprocess.STDOUT)
+        print(f"airflow dags test safeguard_nightly {logical_date}  (labels {day}; Airflow, Ray and vLLM log to the file)",
+              flush=True)
+        proc = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", "safeguard_nightly", logical_date],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            follow(proc, engine, settings, run_id)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait()
+    print(f"dags test finished with exit code {proc.returncode} in {time.monotonic() - started:.0f}s")
+
+    try:
+        run = runs.get_run(engine, settings, run_id)
+    except runs.RunNotFound:
+        print(f"no run {run_id}: see the log {log_path}")
+        return proc.returncode or 1
+    summary = format_run(run).splitlines()
+    print("\n" + "\n".join(line for line in summary if not line.lstrip().startswith(("params", "created"))))
+    print(format_views(engine, settings, limit=VIEW_ROWS))
     print_agreement(engine, settings)
+    print(f"\nfull log: {log_path}")
     if not args.airflow_home:
         shutil.rmtree(home, ignore_errors=True)
     return proc.returncode

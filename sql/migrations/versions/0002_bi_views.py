@@ -13,7 +13,7 @@ from __future__ import annotations
 from alembic import op
 
 from safeguard_flow.warehouse.migration_names import names
-from safeguard_flow.warehouse.schema import create_views, drop_views
+from safeguard_flow.warehouse.schema import create_views, daily_rates_0003, drop_views
 
 revision = "0002"
 down_revision = "0001"
@@ -23,7 +23,8 @@ depends_on = None
 
 def upgrade() -> None:
     n = names()
-    create_views(op.get_bind(), n.prefix, n.schema)
+    bind = op.get_bind()
+    create_views(bind, n.prefix, n.schema, daily_rates_0003(bind.dialect.name))  # stopgap: see schema.daily_rates_0003
 
 
 def downgrade() -> None:

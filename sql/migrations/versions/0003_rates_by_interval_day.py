@@ -14,7 +14,7 @@ from __future__ import annotations
 from alembic import op
 
 from safeguard_flow.warehouse.migration_names import names
-from safeguard_flow.warehouse.schema import create_views
+from safeguard_flow.warehouse.schema import create_views, daily_rates_0003
 
 revision = "0003"
 down_revision = "0002"
@@ -24,7 +24,8 @@ depends_on = None
 
 def upgrade() -> None:
     n = names()
-    create_views(op.get_bind(), n.prefix, n.schema)
+    bind = op.get_bind()
+    create_views(bind, n.prefix, n.schema, daily_rates_0003(bind.dialect.name))  # stopgap: see schema.daily_rates_0003
 
 
 def downgrade() -> None:

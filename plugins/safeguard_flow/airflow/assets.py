@@ -1,8 +1,9 @@
 """The Airflow assets safeguard-flow produces and consumes, named in one place.
 
 - one asset per policy, ``safeguard://policies/<name>``: an event means "a new version of this policy
-  became current"; its extra holds ``{"policy", "version", "sha256", "previous_version"}``. The policy
-  sync task emits them through the alias below, so only changed policies get events.
+  replaced the policy's current one"; its extra holds ``{"policy", "version", "sha256",
+  "previous_version", "created", "change_id"}`` (change_id: the row of the warehouse's policy change
+  log). The policy sync task emits them through the alias below, so only changed policies get events.
 - the verdict table, ``safeguard://warehouse/<schema.><prefix>verdicts``: an event per published run,
   extra ``{"run_id", "inserted", "updated", ...}``. The URI is formed when the publish task runs, from
   the settings that publish writes with (the warehouse connection's ``table_prefix`` / ``db_schema``
@@ -57,18 +58,7 @@ def verdicts_asset(settings: Settings) -> Asset:
     return Asset(uri=f"safeguard://warehouse/{table}", group="safeguard-verdicts")
 
 
-def policy_change_extra(result: Any) -> dict[str, Any]:
-    """The event extra for one warehouse PublishResult."""
-    return {
-        "policy": result.policy.name,
-        "version": int(result.version),
-        "sha256": result.policy.sha256,
-        "previous_version": result.previous_version,
-        "created": bool(result.created),
-    }
-
-
-def policy_change_event_extra(change: Any) -> dict[str, Any]:
+def policy_change_extra(change: Any) -> dict[str, Any]:
     """The event extra for one stored policy change (policy_store.PolicyChange)."""
     return {
         "policy": change.name,

@@ -58,8 +58,8 @@ def flow(tmp_path_factory, vllm_server, af_ray_head):
     try:
         af.wait_for_dags(["safeguard_nightly", "safeguard_relabel", "safeguard_policy_sync"])
         # Unpaused at creation: the scheduler runs the sync for the latest hour, publishing v1 of both.
-        (sync,) = af.wait_for_runs("safeguard_policy_sync", 1, run_type="scheduled", timeout_s=300)
-        assert sync["state"] == "success", sync
+        syncs = af.wait_for_runs("safeguard_policy_sync", 1, run_type="scheduled", timeout_s=300)
+        assert all(r["state"] == "success" for r in syncs), syncs
         yield af, settings, engine, rows
     finally:
         af.stop()

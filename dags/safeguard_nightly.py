@@ -3,9 +3,10 @@
 extract -> label (a Ray job, deferrable) -> validate (Great Expectations gate) -> publish.
 
 One run per data interval [00:00, 24:00) UTC. Reruns of an interval continue the same warehouse run
-(same rows, never duplicates). Label past days with:
+(same rows, never duplicates). Label past days with (the DAG must be unpaused; Airflow's backfill
+ignores the DAG's max_active_runs, hence the flag; label tasks also share the safeguard_label pool):
 
-    airflow backfill create --dag-id safeguard_nightly --from-date 2025-01-01 --to-date 2025-01-07
+    airflow backfill create --dag-id safeguard_nightly --from-date 2025-01-01 --to-date 2025-01-07 --max-active-runs 1
 
 A run that fails the quality gate is quarantined and nothing is published: see the validate task's
 log (and <home>/reports/<run_id>/validation.json); clear the DAG run to retry it after a fix.

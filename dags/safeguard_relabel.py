@@ -24,6 +24,7 @@ from safeguard_flow.airflow import assets, tasks
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=False,  # runs when a policy changes, without a manual unpause
     params=tasks.RELABEL_PARAMS,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
     tags=["safeguard"],

@@ -93,7 +93,7 @@ def cmd_policies_validate(args: argparse.Namespace) -> int:
     from safeguard_flow.policies import load_policy_set
     from safeguard_flow.report import table
 
-    policies = load_policy_set(args.directory)
+    policies = load_policy_set(args.directory or _settings(args).policies_dir)
     print(table(["policy", "format", "effort", "words", "sha256"],
                 [[p.name, p.output_format.value, p.reasoning_effort.value, len(p.text.split()), p.sha256[:12]] for p in policies]))
     return 0
@@ -120,11 +120,17 @@ def cmd_policies_publish(args: argparse.Namespace) -> int:
         return f"current again (was v{r.previous_version})" if r.changed else "unchanged"
 
     print(table(["policy", "version", "outcome"], [[r.policy.name, r.version, outcome(r)] for r in results]))
-    if any(r.changed for r in results):
-        # The asset events that start safeguard_relabel come from the sync DAG, which announces
-        # every version it has not announced yet (including these) at its next run.
-        print("changed versions are announced to Airflow by the next safeguard_policy_sync run (hourly); "
-              "to relabel now: airflow dags trigger safeguard_policy_sync")
+    if any(r.changed and r.previous_version is not None for r in results):
+        # The asset events that start safeguard_relabel come from the sync DAG, which announces every
+        # change it has not announced yet (these included) at its next run. Both DAGs start unpaused;
+        # a triggered run of a paused DAG stays queued, hence the unpause (a no-op when unpaused).
+        print("changed versions reach Airflow with the next safeguard_policy_sync run (hourly), which starts "
+              "safeguard_relabel for them. To relabel now:\n"
+              "  airflow dags unpause safeguard_relabel && airflow dags unpause safeguard_policy_sync && "
+              "airflow dags trigger safeguard_policy_sync")
+    if any(r.created and r.previous_version is None for r in results):
+        print("first versions label new content from the next nightly run; to label existing content, trigger "
+              "safeguard_relabel with '{\"policy\": \"NAME\"}'")
     return 0
 
 
@@ -364,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pol = sub.add_parser("policies", help="policy files and versions").add_subparsers(dest="policies_command", required=True)
     p = pol.add_parser("validate", help="load and check a policy directory")
-    p.add_argument("directory")
+    p.add_argument("directory", nargs="?", help="default: settings policies_dir")
     p.set_defaults(func=cmd_policies_validate)
     p = pol.add_parser("publish", help="store changed policies as new immutable versions")
     p.add_argument("directory", nargs="?", help="default: settings policies_dir")

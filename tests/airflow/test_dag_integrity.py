@@ -78,9 +78,70 @@ def test_policy_sync_announces_through_the_alias(dagbag):
 
 
 def test_publish_emits_on_the_verdict_table_asset(dagbag):
+    from safeguard_flow.airflow.assets import VERDICTS_ALIAS, verdicts_asset
+    from safeguard_flow.settings import load_settings
+
     for dag_id in ("safeguard_nightly", "safeguard_relabel"):
         outlets = dagbag.dags[dag_id].task_dict["publish"].outlets
-        assert [o.uri for o in outlets] == ["safeguard://warehouse/sg_verdicts"]
+        assert [o.name for o in outlets] == [VERDICTS_ALIAS]  # the table is named when publish runs
+    # ... from the settings publish writes with (the connection's prefix/schema over the settings')
+    settings = load_settings(environ={}, warehouse={"url": "postgresql+psycopg://h/db", "table_prefix": "t_",
+                                                    "db_schema": "bi"})
+    assert verdicts_asset(settings).uri == "safeguard://warehouse/bi.t_verdicts"
+    assert verdicts_asset(load_settings(environ={})).uri == "safeguard://warehouse/sg_verdicts"
+
+
+def test_dag_files_read_no_settings_when_parsed(tmp_path):
+    """A fresh process whose settings are invalid (any read would raise) parses every DAG file; the
+    label tasks are the run-time-mode operator in the safeguard_label pool; sync and relabel start
+    unpaused, the nightly paused (it labels on a schedule; unpause it on purpose)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(DAGS)!r})\n"
+        "out = {'errors': {k: str(v)[-300:] for k, v in bag.import_errors.items()}, 'dags': {}}\n"
+        "for dag_id, dag in bag.dags.items():\n"
+        "    label = dag.task_dict.get('label')\n"
+        "    out['dags'][dag_id] = {'paused': dag.is_paused_upon_creation,\n"
+        "        'label': [type(label).__name__ if not hasattr(label, 'operator_class') else label.operator_class.__name__,\n"
+        "                  label.pool if not hasattr(label, 'partial_kwargs') else label.partial_kwargs.get('pool')] if label else None}\n"
+        "print('RESULT' + json.dumps(out))\n"
+    )
+    env = {**os.environ, "SAFEGUARD_RAY__LABEL_MODE": "not-a-mode", "SAFEGUARD_CONFIG": str(tmp_path / "missing.yaml"),
+           "SAFEGUARD_WAREHOUSE__TABLE_PREFIX": "not an identifier"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
+    assert line, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = json.loads(line[0][len("RESULT"):])
+    assert out["errors"] == {}
+    assert set(out["dags"]) == EXPECTED
+    for dag_id in ("safeguard_nightly", "safeguard_relabel"):
+        assert out["dags"][dag_id]["label"] == ["LabelOperator", "safeguard_label"], dag_id
+    assert out["dags"]["safeguard_policy_sync"]["paused"] is False
+    assert out["dags"]["safeguard_relabel"]["paused"] is False
+    assert out["dags"]["safeguard_nightly"]["paused"] is None  # Airflow's default: paused at creation
+
+
+def test_plugin_creates_the_label_pool_once(airflow_db):
+    from airflow.models.pool import Pool
+    from airflow.utils.session import create_session
+
+    from safeguard_flow.airflow import pools
+
+    with create_session() as session:
+        session.query(Pool).filter(Pool.pool == pools.LABEL_POOL).delete()
+    pools.on_starting(component=object())  # a task runner: no database, nothing done
+    assert Pool.get_pool(pools.LABEL_POOL) is None
+    assert pools.ensure_label_pool() is True
+    pool = Pool.get_pool(pools.LABEL_POOL)
+    assert (pool.slots, pool.include_deferred) == (1, True)
+    Pool.create_or_update_pool(pools.LABEL_POOL, 3, "mine", True)
+    assert pools.ensure_label_pool() is False and Pool.get_pool(pools.LABEL_POOL).slots == 3  # never overwritten
 
 
 def test_relabel_params_validate(dagbag):
@@ -143,6 +204,7 @@ def test_plugin_registers_the_view():
         plugins = {p.name: p for p in plugins_manager._get_plugins()[0]}
     plugin = plugins["safeguard_flow"]
     assert plugin.fastapi_apps[0]["url_prefix"] == "/safeguard"
+    assert [m.__name__ for m in plugin.listeners] == ["safeguard_flow.airflow.pools"]
     view = plugin.external_views[0]
     assert view["url_route"] == "safeguard" and view["href"] == "safeguard/" and view["destination"] == "nav"
 

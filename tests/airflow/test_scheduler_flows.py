@@ -1,30 +1,48 @@
-"""Backfill and policy-change relabelling through a real Airflow (API server, scheduler, DAG processor,
-triggerer; LocalExecutor; SQLite metadata DB) over a SQLite warehouse, labelling with the real small
-model (the shared vLLM server) in the Airflow workers (ray.label_mode = in_process, on the local head)."""
+"""The README's flow through a real Airflow (API server, scheduler, DAG processor, triggerer;
+LocalExecutor; SQLite metadata DB), not `dags test`: the policy sync publishes on its own (it starts
+unpaused), the README's backfill command labels three past intervals, a policy edit announced by a
+triggered sync starts the relabel through its asset event. SQLite warehouse; labelling with the real
+small model (the shared vLLM server) inside the Airflow workers (ray.label_mode = in_process, on the
+local head), the lightest real path. AIRFLOW_HOME is a temporary folder, outside the project."""
 
 from __future__ import annotations
 
+import re
+import shlex
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from tests.airflow.af_support import DAGS, STACK_PORT, pipeline_env
+from tests.airflow.af_support import DAGS, ROOT, STACK_PORT, pipeline_env
 
 pytestmark = pytest.mark.slow
 
 DAYS = ("2026-11-20", "2026-11-21", "2026-11-22")
 PER_DAY = 2
+POLICIES = ("self-harm", "spam")
+
+
+def readme_backfill_commands() -> list[list[str]]:
+    """The `airflow ...` lines of the README's backfill block, as a user would paste them."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Nightly runs and backfills"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    commands = [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("airflow ")]
+    assert any(c[:2] == ["backfill", "create"] for c in commands), block
+    return commands
 
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory, vllm_server, af_ray_head):
-    """A seeded warehouse, policies published by the policy-sync DAG, and a running Airflow."""
+    """A seeded warehouse (no policy published yet) and a running Airflow whose policy sync has run."""
     from dev.local_stack import LocalAirflow
     from safeguard_flow.sample_data import copy_policies, demo_settings, load_sample, read_sample
     from safeguard_flow.warehouse import db, schema
 
     tmp = tmp_path_factory.mktemp("flow")
-    policies = copy_policies(tmp / "policies", ("spam", "self-harm"))
+    policies = copy_policies(tmp / "policies", POLICIES)
     settings = demo_settings(tmp, policies)
     engine = db.make_engine(settings)
     schema.upgrade(settings, engine=engine)
@@ -33,12 +51,15 @@ def flow(tmp_path_factory, vllm_server, af_ray_head):
 
     env = pipeline_env(settings, vllm_server, af_ray_head, label_mode="in_process")
     af = LocalAirflow(tmp / "airflow", STACK_PORT, DAGS, env=env)
+    for key in [k for k in af.env if k.startswith("SAFEGUARD_TEST_")]:  # test ports, not settings
+        del af.env[key]
     af.init_db()
     af.start()
     try:
         af.wait_for_dags(["safeguard_nightly", "safeguard_relabel", "safeguard_policy_sync"])
-        # First publication of the policies (relabel is still paused, so it is not triggered).
-        af.cli("dags", "test", "safeguard_policy_sync")
+        # Unpaused at creation: the scheduler runs the sync for the latest hour, publishing v1 of both.
+        syncs = af.wait_for_runs("safeguard_policy_sync", 1, run_type="scheduled", timeout_s=300)
+        assert all(r["state"] == "success" for r in syncs), syncs
         yield af, settings, engine, rows
     finally:
         af.stop()
@@ -48,10 +69,14 @@ def flow(tmp_path_factory, vllm_server, af_ray_head):
 @pytest.fixture(scope="module")
 def backfilled(flow):
     af, settings, engine, rows = flow
-    af.create_backfill("safeguard_nightly", DAYS[0], DAYS[-1])  # = airflow backfill create --dag-id ... --from-date ... --to-date ...
-    af.set_paused("safeguard_nightly", False)  # backfill runs only run on an unpaused DAG
-    runs = af.wait_for_runs("safeguard_nightly", 3, run_type="backfill", timeout_s=600)
-    return runs
+    for args in readme_backfill_commands():
+        for attempt in range(4):  # SQLite may refuse a write that raced the scheduler's; Airflow cleans up
+            proc = af.cli(*args, check=False)
+            if proc.returncode == 0 or "database is locked" not in proc.stdout + proc.stderr or attempt == 3:
+                break
+            time.sleep(2 * (attempt + 1))
+        assert proc.returncode == 0, f"airflow {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return af.wait_for_runs("safeguard_nightly", 3, run_type="backfill", timeout_s=900)
 
 
 def _verdicts(engine, settings) -> list[dict]:
@@ -59,58 +84,79 @@ def _verdicts(engine, settings) -> list[dict]:
 
     v = schema.tables(settings).verdicts
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.select(v.c.content_id, v.c.policy, v.c.policy_version, v.c.run_id, v.c.label))]
+        return [dict(r._mapping) for r in conn.execute(sa.select(v.c.content_id, v.c.policy, v.c.policy_version,
+                                                                 v.c.run_id, v.c.label))]
 
 
-def test_backfill_labels_each_past_interval_once(flow, backfilled):
+def _task_instances(af, dag_id: str, runs: list[dict]) -> list[dict]:
+    return [ti for r in runs for ti in af.task_instances(dag_id, r["dag_run_id"])]
+
+
+def _assert_no_failed_tries(tis: list[dict]) -> None:
+    bad = [(ti["dag_id"], ti["dag_run_id"], ti["task_id"], ti.get("map_index"), ti["state"], ti["try_number"])
+           for ti in tis if ti["state"] not in ("success", "skipped") or ti["try_number"] > 1]
+    assert not bad, bad  # every task ran once, first try
+
+
+def test_readme_backfill_labels_each_interval_once(flow, backfilled):
     from safeguard_flow.warehouse import runs
 
     af, settings, engine, rows = flow
-    assert sorted(r["logical_date"][:10] for r in backfilled) == list(DAYS)
+    assert sorted(r["logical_date"][:10] for r in backfilled) == list(DAYS)  # one DAG run per interval
     assert all(r["state"] == "success" for r in backfilled), backfilled
+    tis = _task_instances(af, "safeguard_nightly", backfilled)
+    _assert_no_failed_tries(tis)
 
-    wh_runs = {r["id"]: r for r in runs.list_runs(engine, settings, kind="backfill")}
-    by_day = {r["interval_start"].date().isoformat(): r for r in wh_runs.values()}
-    assert sorted(by_day) == list(DAYS)
-    assert all(r["status"] == "published" and r["items"] == PER_DAY for r in wh_runs.values())
+    # The label tasks ran in the plugin's pool, one at a time (the README's --max-active-runs 1 too).
+    pool = af.api("GET", "pools/safeguard_label")
+    assert pool["slots"] == 1 and pool["include_deferred"] is True
+    labels = sorted((ti for ti in tis if ti["task_id"] == "label"), key=lambda ti: ti["start_date"])
+    assert len(labels) == 3 and {ti["pool"] for ti in labels} == {"safeguard_label"}
+    assert all(a["end_date"] <= b["start_date"] for a, b in zip(labels, labels[1:])), labels
 
+    wh_runs = runs.list_runs(engine, settings, kind="backfill")
+    by_day = {r["interval_start"].date().isoformat(): r for r in wh_runs}
+    assert sorted(by_day) == list(DAYS) and len(wh_runs) == 3
+    assert all(r["status"] == "published" and r["items"] == PER_DAY for r in wh_runs)
     verdicts = _verdicts(engine, settings)
     per_key = Counter((v["content_id"], v["policy"]) for v in verdicts)
-    assert set(per_key) == {(r["id"], p) for r in rows for p in ("self-harm", "spam")}
+    assert set(per_key) == {(r["id"], p) for r in rows for p in POLICIES}
     assert set(per_key.values()) == {1}  # every item labelled once per policy, no duplicates
     day_of = {r["id"]: r["updated_at"][:10] for r in rows}
     for v in verdicts:  # ... by the run of the interval it arrived in
         assert v["run_id"] == by_day[day_of[v["content_id"]]]["id"]
 
 
-def test_policy_change_relabels_with_the_new_version_and_keeps_the_old(flow, backfilled):
+def test_policy_change_relabels_through_the_asset_event(flow, backfilled):
     from safeguard_flow.report import view_rows
     from safeguard_flow.warehouse import runs
 
     af, settings, engine, rows = flow
-    af.set_paused("safeguard_relabel", False)
-    spam = settings.policies_dir + "/spam.md"
-    with open(spam, "a", encoding="utf-8") as fh:
-        fh.write("\n- Repeated invitations to join a paid group chat are spam.\n")
-    af.cli("dags", "test", "safeguard_policy_sync")  # publishes spam v2 and emits its asset event
+    spam = Path(settings.policies_dir) / "spam.md"
+    spam.write_text(spam.read_text(encoding="utf-8") + "\n- Repeated invitations to join a paid group chat are spam.\n",
+                    encoding="utf-8")
+    af.cli("dags", "trigger", "safeguard_policy_sync")  # what the README and the CLI hint say
 
-    (relabel,) = af.wait_for_runs("safeguard_relabel", 1, run_type="asset_triggered", timeout_s=400)
-    assert relabel["state"] == "success"
-    label_tis = [ti for ti in af.task_instances("safeguard_relabel", relabel["dag_run_id"]) if ti["task_id"] == "label"]
-    assert len(label_tis) == 1  # one changed policy -> one mapped run
+    (relabel,) = af.wait_for_runs("safeguard_relabel", 1, timeout_s=600)
+    assert relabel["run_type"] == "asset_triggered" and relabel["state"] == "success", relabel
+    events = af.api("GET", f"dags/safeguard_relabel/dagRuns/{relabel['dag_run_id']}/upstreamAssetEvents")["asset_events"]
+    assert [(e["uri"], e["extra"]["version"], e["extra"]["previous_version"]) for e in events] == [
+        ("safeguard://policies/spam", 2, 1)]  # only the changed policy; unchanged self-harm announced nothing
+    syncs = [r for r in af.dag_runs("safeguard_policy_sync") if r["state"] in ("success", "failed")]
+    _assert_no_failed_tries(_task_instances(af, "safeguard_policy_sync", syncs)
+                            + _task_instances(af, "safeguard_relabel", [relabel]))
 
-    relabels = {tuple(r["policy_refs"][0]): r for r in runs.list_runs(engine, settings, kind="relabel")}
-    assert relabels[("spam", 2)]["status"] == "published" and relabels[("spam", 2)]["items"] == len(rows)
-    # Versions announced while relabel was paused (the first sync) come with this first triggered run;
-    # their content is already labelled, so their runs are closed empty.
-    assert all(r["items"] == 0 and r["status"] == "published" for ref, r in relabels.items() if ref != ("spam", 2))
+    (wh_run,) = runs.list_runs(engine, settings, kind="relabel")  # no empty runs for unchanged policies
+    assert wh_run["policy_refs"] == [("spam", 2)] and wh_run["status"] == "published" and wh_run["items"] == len(rows)
     verdicts = Counter((v["policy"], v["policy_version"]) for v in _verdicts(engine, settings))
     assert verdicts == {("spam", 1): len(rows), ("spam", 2): len(rows), ("self-harm", 1): len(rows)}  # old kept
-
     current = [r for r in view_rows(engine, settings, "current_verdicts", limit=500) if r["policy"] == "spam"]
     assert len(current) == len(rows) and {r["policy_version"] for r in current} == {2}
-    flips = view_rows(engine, settings, "verdict_flips", limit=500)
-    assert all((f["policy"], f["old_version"], f["new_version"]) == ("spam", 1, 2) for f in flips)
+    # Both versions chart over the content's days, not v2 on the day it was relabelled.
+    rates = [r for r in view_rows(engine, settings, "daily_policy_rates", limit=500) if r["policy"] == "spam"]
+    for version in (1, 2):
+        assert {str(r["day"])[:10]: r["verdicts"] for r in rates if r["policy_version"] == version and r["verdicts"]} == \
+            {day: PER_DAY for day in DAYS}
 
 
 def test_relabel_by_hand_with_params(flow, backfilled):
@@ -120,7 +166,6 @@ def test_relabel_by_hand_with_params(flow, backfilled):
     af, settings, engine, rows = flow
     with pytest.raises(LocalAirflowError, match="400"):  # Airflow validates params when the run is triggered
         af.trigger("safeguard_relabel", conf={"policy": "spam", "scope": "everything"})
-    af.set_paused("safeguard_relabel", False)
     run_id = af.trigger("safeguard_relabel", conf={"policy": "self-harm", "scope": "since", "since": DAYS[1], "limit": 1})
     (manual,) = [r for r in af.wait_for_runs("safeguard_relabel", 1, run_type="manual", timeout_s=300) if r["dag_run_id"] == run_id]
     assert manual["state"] == "success"

@@ -108,18 +108,64 @@ def test_cli_publish_reports_versions_and_db_current(warehouse_url, tmp_path, ca
 
     assert cli.main(["--config", str(config), "policies", "publish", str(policies)]) == 0
     out = capsys.readouterr().out
-    assert "spam" in out and "new version" in out and "airflow dags trigger safeguard_policy_sync" in out
+    assert "spam" in out and "new version" in out and "airflow dags trigger" not in out  # a first version
+    assert "trigger safeguard_relabel" in out
     assert cli.main(["--config", str(config), "policies", "publish", str(policies)]) == 0
     out = capsys.readouterr().out
-    assert "unchanged" in out and "airflow dags trigger" not in out  # nothing to announce
+    assert "unchanged" in out and "airflow dags" not in out  # nothing to announce
 
     spam = policies / "spam.md"
     spam.write_text(spam.read_text() + "\nPromotional links in signatures count as spam.\n")
     assert cli.main(["--config", str(config), "policies", "publish", str(policies)]) == 0
-    assert "new version" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "new version" in out  # the hint unpauses before triggering: a paused DAG's run stays queued
+    assert "airflow dags unpause safeguard_relabel && airflow dags unpause safeguard_policy_sync && " \
+           "airflow dags trigger safeguard_policy_sync" in out
     assert cli.main(["--config", str(config), "db", "current"]) == 0
     assert schema.head() in capsys.readouterr().out
 
     (policies / "broken.md").write_text("no front matter here\n")
     assert cli.main(["--config", str(config), "policies", "publish", str(policies)]) == 2
     assert "broken.md" in capsys.readouterr().err  # the file is named, nothing half-published
+
+
+def test_validate_and_publish_take_the_same_arguments(tmp_path, capsys):
+    """Both default the folder to settings policies_dir, and both accept one."""
+    import yaml
+
+    from safeguard_flow import cli
+    from safeguard_flow.sample_data import copy_policies
+
+    policies = copy_policies(tmp_path / "policies", ["spam"])
+    config = tmp_path / "safeguard.yaml"
+    config.write_text(yaml.safe_dump({"home": str(tmp_path / "home"), "policies_dir": str(policies)}))
+    parser = cli.build_parser()
+    for command in ("validate", "publish"):
+        for argv in (["policies", command], ["policies", command, str(policies)]):
+            args = parser.parse_args(argv)
+            assert (args.directory, args.author if command == "publish" else "cli") == (argv[2] if len(argv) > 2 else None, "cli")
+    assert cli.main(["--config", str(config), "policies", "validate"]) == 0
+    assert "spam" in capsys.readouterr().out
+    assert cli.main(["--config", str(config), "policies", "publish"]) == 0
+    assert "new version" in capsys.readouterr().out
+
+
+def test_change_log_gives_each_announcement_its_true_previous_version(make_warehouse, small_policies):
+    """Versions published anywhere (the CLI included) are announced once, with the version they
+    replaced; unchanged policies and first versions never are."""
+    wh = make_warehouse(publish_policies=False)
+    spam = next(p for p in small_policies if p.name == "spam")
+    policy_store.publish_policies(wh.engine, wh.settings, small_policies, "cli")
+    assert policy_store.changes_to_announce(wh.engine, wh.settings, []) == []  # first versions
+    assert {c.version for c in policy_store.latest_changes(wh.engine, wh.settings).values()} == {1}
+
+    policy_store.publish_policies(wh.engine, wh.settings, [edited(spam, "v2 rules")], "cli")
+    policy_store.publish_policies(wh.engine, wh.settings, small_policies, "sync")  # spam back to v1, self-harm same
+    policy_store.publish_policies(wh.engine, wh.settings, [edited(spam, "v2 rules")], "cli")
+    (change,) = policy_store.changes_to_announce(wh.engine, wh.settings, [])
+    assert (change.name, change.version, change.previous_version, change.created, change.author) == ("spam", 2, 1, False, "cli")
+    policy_store.publish_policies(wh.engine, wh.settings, [edited(spam, "v2 rules")], "sync")  # unchanged now
+    assert policy_store.changes_to_announce(wh.engine, wh.settings, [change.id]) == []
+    v3 = policy_store.publish_policies(wh.engine, wh.settings, [edited(spam, "v3 rules")], "cli")[0]
+    (later,) = policy_store.changes_to_announce(wh.engine, wh.settings, [change.id])
+    assert (later.version, later.previous_version, later.created) == (3, 2, True) == (v3.version, v3.previous_version, True)

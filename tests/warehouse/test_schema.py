@@ -90,3 +90,55 @@ def test_view_files_only_take_known_placeholders(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFEGUARD_SQL_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="verdictz"):
         schema.view_sql("current_verdicts", sa.create_engine("sqlite://").dialect, "sg_", None)
+
+
+def test_0004_keeps_data_both_ways(warehouse_url, settings_factory):
+    """0003 -> 0004: SQLite timestamps gain their zone, the change log is seeded from the current
+    versions, old verdicts chart on their run's interval day; 0004 -> 0003 gives back 0003's shape."""
+    settings = settings_factory(warehouse_url)
+    schema.upgrade(settings, "0003")
+    engine = db.make_engine(settings)
+    sqlite = engine.dialect.name == "sqlite"
+    ts = (lambda s: s + ".000000") if sqlite else (lambda s: s + "+00")
+    with engine.begin() as conn:
+        run = conn.exec_driver_sql
+        run("INSERT INTO sg_policies (name, current_version, owner, description, created_at, updated_at) "
+            f"VALUES ('spam', 1, '', '', '{ts('2024-03-01 08:00:00')}', '{ts('2024-03-01 08:00:00')}')")
+        run("INSERT INTO sg_policy_versions (name, version, sha256, text, labels, output_format, reasoning_effort, "
+            f"created_at) VALUES ('spam', 1, 'abc', 'text', '[0, 1]', 'binary', 'low', '{ts('2024-03-01 08:00:00')}')")
+        run("INSERT INTO sg_runs (id, kind, status, interval_start, interval_end, policy_refs, created_at, updated_at) "
+            f"VALUES ('r1', 'nightly', 'published', '{ts('2024-03-01 00:00:00')}', '{ts('2024-03-02 00:00:00')}', "
+            f"'[[\"spam\", 1]]', '{ts('2024-03-05 09:00:00')}', '{ts('2024-03-05 09:00:00')}')")
+        run("INSERT INTO sg_verdicts (source, content_id, policy, policy_version, content_hash, label, parse_status, "
+            f"labelled_at, extracted_at, run_id, published_at) VALUES ('posts', '1', 'spam', 1, 'h', 1, 'ok', "
+            f"'{ts('2024-03-05 09:00:00')}', '{ts('2024-03-05 09:00:00')}', 'r1', '{ts('2024-03-05 09:00:00')}')")
+
+    def raw_labelled_at():
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT CAST(labelled_at AS TEXT) FROM sg_verdicts").scalar_one()
+
+    def rates():
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.exec_driver_sql("SELECT * FROM sg_daily_policy_rates")]
+
+    assert schema.upgrade(settings, "0004") == "0004"
+    if sqlite:
+        assert raw_labelled_at() == "2024-03-05 09:00:00.000000+00:00"
+    by_day = {str(r["day"])[:10]: (r["verdicts"], r["labelling_day_verdicts"]) for r in rates()}
+    assert by_day == {"2024-03-01": (1, 0), "2024-03-05": (0, 1)}  # no content time: the interval's day
+    from safeguard_flow.warehouse import policy_store
+
+    (change,) = policy_store.latest_changes(engine, settings).values()
+    assert (change.name, change.version, change.previous_version) == ("spam", 1, None)
+    assert policy_store.changes_to_announce(engine, settings, []) == []  # nothing old is announced again
+
+    assert schema.downgrade(settings, "0003") == "0003"
+    insp = sa.inspect(engine)
+    assert "sg_policy_changes" not in insp.get_table_names()
+    assert "content_updated_at" not in {c["name"] for c in insp.get_columns("sg_verdicts")}
+    if sqlite:
+        assert raw_labelled_at() == "2024-03-05 09:00:00.000000"
+    (row,) = rates()
+    assert str(row["day"])[:10] == "2024-03-01" and "labelling_day_verdicts" not in row
+    assert schema.upgrade(settings, "0004") == "0004"
+    engine.dispose()

@@ -4,6 +4,7 @@ import dataclasses
 import datetime as dt
 
 import pytest
+import sqlalchemy as sa
 from tests.warehouse.warehouse_helpers import KeywordModel, at
 
 from safeguard_flow.warehouse import extract, policy_store, runs, schema
@@ -62,22 +63,70 @@ def test_current_verdicts_follow_the_active_version(labelled, small_policies):
 
 
 def test_daily_rates_per_policy_version(labelled, small_policies):
-    rows = labelled.view("daily_policy_rates", "policy")
+    rows = [r for r in labelled.view("daily_policy_rates", "policy") if r["verdicts"]]
     assert [r["policy"] for r in rows] == ["self-harm", "spam"]
     spam = rows[1]
-    assert str(spam["day"])[:10] == at(0).date().isoformat()  # the run's data interval, not today
+    assert str(spam["day"])[:10] == at(0).date().isoformat()  # the content's day, not today
     assert (spam["policy_version"], spam["verdicts"], spam["labelled"], spam["positives"], spam["errors"]) == (1, 5, 4, 1, 1)
     assert spam["positive_rate"] == pytest.approx(0.25) and spam["error_rate"] == pytest.approx(0.2)
 
-    # A backfill of the next interval lands on its own day; a relabel (no interval) on the day it ran.
+
+def test_two_versions_chart_over_the_content_days(labelled, small_policies):
+    """A relabel counts on its content's days (v1 and v2 line up); labelling_day_* keep what was
+    labelled when (all of it today)."""
     wh = labelled
     wh.add_posts([("6", "buy buy", at(30))])
     wh.run_all(start=at(24), end=at(48))
     relabel(wh, publish_spam_v2(wh, small_policies), model=KeywordModel("post"))
-    spam_days = {(r["policy_version"], str(r["day"])[:10]): r["verdicts"]
-                 for r in wh.view("daily_policy_rates", "day") if r["policy"] == "spam"}
+    rows = [r for r in wh.view("daily_policy_rates", "day") if r["policy"] == "spam"]
+    d0, d1 = at(0).date().isoformat(), at(24).date().isoformat()
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    assert spam_days == {(1, at(0).date().isoformat()): 5, (1, at(24).date().isoformat()): 1, (2, today): 6}
+    by_content = {(r["policy_version"], str(r["day"])[:10]): r["verdicts"] for r in rows if r["verdicts"]}
+    assert by_content == {(1, d0): 5, (1, d1): 1, (2, d0): 5, (2, d1): 1}
+    by_labelling = {(r["policy_version"], str(r["day"])[:10]): r["labelling_day_verdicts"]
+                    for r in rows if r["labelling_day_verdicts"]}
+    assert by_labelling == {(1, today): 6, (2, today): 6}
+    (v2_today,) = [r for r in rows if r["policy_version"] == 2 and str(r["day"])[:10] == today]
+    assert v2_today["verdicts"] == 0 and v2_today["positive_rate"] is None
+    assert v2_today["labelling_day_positives"] == 2 and v2_today["labelling_day_positive_rate"] == pytest.approx(2 / 5)
+
+    # Each verdict keeps its content's own updated_at; an edit moves the relabelled verdict's day.
+    v = {(r["content_id"], r["policy_version"]): r for r in wh.verdicts() if r["policy"] == "spam"}
+    assert v[("1", 1)]["content_updated_at"] == at(1) and v[("6", 2)]["content_updated_at"] == at(30)
+    wh.edit_post("4", "hello, this is a post", at(50))
+    relabel(wh, policy_store.get_policies(wh.engine, wh.settings, [("spam", 2)])[0], model=KeywordModel("post"))
+    spam_v2 = {str(r["day"])[:10]: r["verdicts"] for r in wh.view("daily_policy_rates", "day")
+               if r["policy"] == "spam" and r["policy_version"] == 2 and r["verdicts"]}
+    assert spam_v2 == {d0: 4, d1: 1, at(50).date().isoformat(): 1}
+
+
+def test_verdicts_without_a_content_time_count_on_their_interval_day(labelled):
+    """Verdicts from before migration 0004 (no content_updated_at) keep 0003's day: the run's interval."""
+    wh = labelled
+    v = schema.tables(wh.settings).verdicts
+    with wh.engine.begin() as conn:
+        conn.execute(v.update().values(content_updated_at=None))
+    days = {str(r["day"])[:10] for r in wh.view("daily_policy_rates") if r["verdicts"]}
+    assert days == {at(0).date().isoformat()}
+
+
+def test_timestamps_carry_their_zone_on_every_dialect(labelled):
+    wh = labelled
+    t = schema.tables(wh.settings)
+    with wh.engine.connect() as conn:
+        if conn.dialect.name == "sqlite":  # stored as text: the zone is written out
+            raw = conn.exec_driver_sql(f"SELECT labelled_at, extracted_at, published_at, content_updated_at "
+                                       f"FROM {t.verdicts.name}").all()
+            raw += conn.exec_driver_sql(f"SELECT created_at, interval_start, published_at, NULL FROM {t.runs.name}").all()
+            values = [x for row in raw for x in row if x is not None]
+            assert values and all(x.endswith("+00:00") and len(x) == 32 for x in values), values[:4]
+        else:
+            types = {r[0] for r in conn.exec_driver_sql(
+                "SELECT DISTINCT data_type FROM information_schema.columns WHERE table_name LIKE 'sg\\_%%' "
+                "AND (column_name LIKE '%%\\_at' OR column_name LIKE 'interval\\_%%')")}
+            assert types == {"timestamp with time zone"}
+        got = conn.execute(sa.select(t.verdicts.c.labelled_at, t.verdicts.c.content_updated_at)).first()
+    assert got.labelled_at.utcoffset() == dt.timedelta(0) and got.content_updated_at.utcoffset() == dt.timedelta(0)
 
 
 def test_flips_between_two_versions(labelled, small_policies):

@@ -1,10 +1,16 @@
 """The Airflow assets safeguard-flow produces and consumes, named in one place.
 
 - one asset per policy, ``safeguard://policies/<name>``: an event means "a new version of this policy
-  became current"; its extra holds ``{"policy", "version", "sha256", "previous_version"}``. The policy
-  sync task emits them through the alias below, so only changed policies get events.
+  replaced the policy's current one"; its extra holds ``{"policy", "version", "sha256",
+  "previous_version", "created", "change_id"}`` (change_id: the row of the warehouse's policy change
+  log). The policy sync task emits them through the alias below, so only changed policies get events.
 - the verdict table, ``safeguard://warehouse/<schema.><prefix>verdicts``: an event per published run,
-  extra ``{"run_id", "kind", "inserted", "updated", ...}``.
+  extra ``{"run_id", "inserted", "updated", ...}``. The URI is formed when the publish task runs, from
+  the settings that publish writes with (the warehouse connection's ``table_prefix`` / ``db_schema``
+  over the settings'), and emitted through the ``safeguard_verdicts`` alias: a DAG file reads no
+  settings when it is parsed, so the asset can never name another table than the one written.
+  Schedule a downstream DAG on ``AssetAlias("safeguard_verdicts")``, or on the URI itself
+  (``safeguard://warehouse/sg_verdicts`` with the default prefix, no schema).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from safeguard_flow.settings import Settings
 
 POLICY_URI_PREFIX = "safeguard://policies/"
 POLICY_CHANGES_ALIAS = "safeguard_policy_changes"
+VERDICTS_ALIAS = "safeguard_verdicts"
 
 
 def policy_asset(name: str) -> Asset:
@@ -25,6 +32,10 @@ def policy_asset(name: str) -> Asset:
 
 def policy_changes_alias() -> AssetAlias:
     return AssetAlias(name=POLICY_CHANGES_ALIAS, group="safeguard-policy")
+
+
+def verdicts_alias() -> AssetAlias:
+    return AssetAlias(name=VERDICTS_ALIAS, group="safeguard-verdicts")
 
 
 def policy_name_of(uri: str) -> str | None:
@@ -40,20 +51,22 @@ def policy_schedule(names: Iterable[str]) -> AssetAny | Asset | None:
 
 
 def verdicts_asset(settings: Settings) -> Asset:
+    """The verdict table's asset for the settings a run publishes with (call it at run time)."""
     table = f"{settings.warehouse.table_prefix}verdicts"
     if settings.warehouse.db_schema:
         table = f"{settings.warehouse.db_schema}.{table}"
     return Asset(uri=f"safeguard://warehouse/{table}", group="safeguard-verdicts")
 
 
-def policy_change_extra(result: Any) -> dict[str, Any]:
-    """The event extra for one warehouse PublishResult."""
+def policy_change_extra(change: Any) -> dict[str, Any]:
+    """The event extra for one stored policy change (policy_store.PolicyChange)."""
     return {
-        "policy": result.policy.name,
-        "version": int(result.version),
-        "sha256": result.policy.sha256,
-        "previous_version": result.previous_version,
-        "created": bool(result.created),
+        "policy": change.name,
+        "version": int(change.version),
+        "sha256": change.sha256,
+        "previous_version": change.previous_version,
+        "created": bool(change.created),
+        "change_id": int(change.id),
     }
 
 

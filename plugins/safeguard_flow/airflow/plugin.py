@@ -1,14 +1,16 @@
-"""The Airflow plugin (entry point ``airflow.plugins``): the Safeguard UI view.
+"""The Airflow plugin (entry point ``airflow.plugins``): the Safeguard UI view and the label pool.
 
 The FastAPI app is mounted on the API server at ``/safeguard``; the external view puts it in the
-Airflow nav under Browse (rendered in an iframe at ``/plugin/safeguard``). Hooks, operators and
-connection types are registered as a provider (see provider.py), not here.
+Airflow nav under Browse (rendered in an iframe at ``/plugin/safeguard``). The ``pools`` listener
+creates the ``safeguard_label`` pool when the scheduler (or another component) starts. Hooks,
+operators and connection types are registered as a provider (see provider.py), not here.
 """
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from safeguard_flow.airflow import pools
 from safeguard_flow.airflow.ui import URL_PREFIX, create_app
 
 ICON = (
@@ -20,6 +22,7 @@ ICON = (
 
 class SafeguardFlowPlugin(AirflowPlugin):
     name = "safeguard_flow"
+    listeners = [pools]
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Safeguard Flow"}]
     external_views = [
         {

@@ -3,7 +3,8 @@
 Each task is thin: it gets the warehouse from :class:`SafeguardWarehouseHook` and calls the core
 pipeline (safeguard_flow.pipeline), which holds the rules: run ids, reruns, quarantined and failed
 runs, empty intervals. What passes between tasks in XCom is the warehouse run id; each task reads
-the run (a ``runs.Run``) from the warehouse.
+the run (a ``runs.Run``) from the warehouse. Nothing here reads settings when a DAG file is parsed:
+the label mode and the verdict asset's URI come from the task's settings when it runs.
 
 Warehouse run ids are derived from the DAG run, so a rerun of the same interval (a retry, a cleared
 run, a backfill over it) continues the same warehouse run: same rows, never duplicates.
@@ -24,11 +25,11 @@ from safeguard_flow.airflow.assets import (
     policy_asset,
     policy_change_extra,
     policy_changes_alias,
+    verdicts_alias,
     verdicts_asset,
 )
 from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
 from safeguard_flow.pipeline import interval_run_id, relabel_run_id  # noqa: F401  (the DAGs' run ids)
-from safeguard_flow.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -147,31 +148,17 @@ def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[str]:
 # --- label ------------------------------------------------------------------------------------------
 
 
-@task(task_id="label")
-def label_in_process(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
-    """Label the run's pending chunks in a worker process of this Airflow worker (local/dev), with a
-    local Ray. If that worker dies the run is marked failed; the task's retry resumes it."""
-    from safeguard_flow import pipeline
-
-    with _warehouse(safeguard_conn_id) as (engine, settings):
-        try:
-            outcome = pipeline.label(engine, settings, run)
-        except pipeline.LabelJobFailed as exc:
-            raise RuntimeError(str(exc)) from None  # retried by Airflow: the retry resumes the run
-    return outcome.summary or {"run_id": run, "chunks_labelled": 0}
-
-
 def label(run, *, mapped: bool = False, **operator_kwargs: Any) -> Any:
-    """The label step: a Ray job (deferrable operator), or in-process when ``ray.label_mode`` says so.
+    """The label step: a Ray job (deferrable) or in-process, as ``ray.label_mode`` says when the task
+    runs; in the ``safeguard_label`` pool so a backfill never starts more label jobs than it has slots.
     `run` is the extract task's output: a run id, or (mapped) a list of run ids."""
-    settings = get_settings()
-    if settings.ray.label_mode == "in_process":
-        return label_in_process.expand(run=run) if mapped else label_in_process(run)
-    from safeguard_flow.airflow.ray_operator import RayLabelJobOperator
+    from safeguard_flow.airflow.label_operator import LabelOperator
+    from safeguard_flow.airflow.pools import LABEL_POOL
 
+    operator_kwargs.setdefault("pool", LABEL_POOL)
     if mapped:
-        return RayLabelJobOperator.partial(task_id="label", **operator_kwargs).expand(run_id=run)
-    return RayLabelJobOperator(task_id="label", run_id=run, **operator_kwargs)
+        return LabelOperator.partial(task_id="label", **operator_kwargs).expand(run_id=run)
+    return LabelOperator(task_id="label", run_id=run, **operator_kwargs)
 
 
 # --- validate ---------------------------------------------------------------------------------------
@@ -196,9 +183,10 @@ def validate(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, An
 # --- publish ----------------------------------------------------------------------------------------
 
 
-@task(task_id="publish", outlets=[verdicts_asset(get_settings())])
+@task(task_id="publish", outlets=[verdicts_alias()])
 def publish(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
-    """Merge the staged verdicts in one transaction (idempotent); an event on the verdict table asset."""
+    """Merge the staged verdicts in one transaction (idempotent); an event on the verdict table asset,
+    named from the settings publish wrote with (through the alias: nothing is resolved at parse time)."""
     from safeguard_flow import pipeline
     from safeguard_flow.warehouse import runs
 
@@ -208,7 +196,7 @@ def publish(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any
         extra = {k: counts.get(k) for k in ("inserted", "updated", "unchanged", "errors", "positives")}
         extra["run_id"] = run
         extra["policies"] = [list(r) for r in runs.get_run(engine, settings, run).policy_refs]
-        get_current_context()["outlet_events"][verdicts_asset(get_settings())].extra = extra
+        get_current_context()["outlet_events"][verdicts_alias()].add(verdicts_asset(settings), extra=extra)
         return {k: v for k, v in counts.items() if isinstance(v, (int, float, str)) or v is None}
 
 
@@ -217,8 +205,9 @@ def publish(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any
 
 @task(task_id="publish_policies", inlets=[policy_changes_alias()], outlets=[policy_changes_alias()])
 def sync_policies(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, Any]]:
-    """Store changed policy files as new versions, then announce every policy whose current version
-    has no asset event yet: changed ones, and versions published meanwhile by the CLI."""
+    """Store changed policy files as new versions, then announce every change not announced yet (from
+    this sync or published meanwhile with the CLI), with the version it replaced. Unchanged policies
+    and first versions get no event, so no relabel run is started for them."""
     from safeguard_flow.policies import load_policy_set
     from safeguard_flow.warehouse import policy_store
 
@@ -228,15 +217,25 @@ def sync_policies(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, An
         policies = load_policy_set(directory)
         author = f"airflow:{ctx['dag_run'].dag_id}/{ctx['dag_run'].run_id}"
         results = policy_store.publish_policies(engine, settings, policies, author=author)
-        announced = {(e.extra.get("policy"), e.extra.get("version")) for e in ctx["inlet_events"][policy_changes_alias()]}
+        announced = {e.extra.get("change_id") for e in ctx["inlet_events"][policy_changes_alias()]} - {None}
+        pending = {c.name: c for c in policy_store.changes_to_announce(engine, settings, announced)}
         alias = ctx["outlet_events"][policy_changes_alias()]
+        for change in pending.values():
+            alias.add(policy_asset(change.name), extra=policy_change_extra(change))
         out = []
         for result in results:
-            extra = policy_change_extra(result)
-            announce = result.changed or (result.policy.name, int(result.version)) not in announced
-            if announce:
-                alias.add(policy_asset(result.policy.name), extra=extra)
-            log.info("policy %s: v%s%s%s", result.policy.name, result.version, " (new version)" if result.created else "",
-                     " -> asset event" if announce else "")
-            out.append({**extra, "changed": bool(result.changed), "announced": announce})
+            change = pending.get(result.policy.name)
+            note = " (new version)" if result.created else ""
+            if change is not None:
+                note += f" -> asset event (v{change.previous_version} -> v{change.version})"
+            elif result.changed and result.previous_version is None:
+                note += "; a first version is labelled by the nightly runs (trigger safeguard_relabel with " \
+                        f'{{"policy": "{result.policy.name}"}} to label existing content)'
+            log.info("policy %s: v%s%s", result.policy.name, result.version, note)
+            out.append({"policy": result.policy.name, "version": int(result.version), "created": bool(result.created),
+                        "changed": bool(result.changed), "announced": change is not None,
+                        "previous_version": change.previous_version if change else result.previous_version})
+        for change in pending.values():  # published with the CLI, not among the files synced now
+            if change.name not in {r.policy.name for r in results}:
+                log.info("policy %s: v%s published elsewhere -> asset event", change.name, change.version)
         return out

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite import base as sqlite_types
 from sqlalchemy.engine import Connection, Engine
 
 from safeguard_flow.settings import Settings, SettingsError
@@ -141,11 +142,33 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.astimezone(dt.timezone.utc)
 
 
+class _SQLiteUTCText(sqlite_types.DATETIME):
+    """SQLite DATETIME column whose values UTCDateTime converts itself (ISO text with the zone)."""
+
+    def bind_processor(self, dialect):
+        return None
+
+    def result_processor(self, dialect, coltype):
+        return None
+
+
+def sqlite_utc_text(value: dt.datetime) -> str:
+    """How a timestamp is stored on SQLite: UTC, microseconds, zone explicit ('2026-11-20 05:00:00.000000+00:00').
+    Fixed width, so text order is time order; SQLite's date functions read the zone."""
+    return as_utc(value).isoformat(sep=" ", timespec="microseconds")
+
+
 class UTCDateTime(sa.types.TypeDecorator):
-    """Timestamps in UTC on every dialect: SQLite stores the UTC wall time, reads come back aware."""
+    """Timestamps in UTC with the zone explicit on every dialect: ``timestamp with time zone`` on
+    PostgreSQL, ISO text ending in ``+00:00`` on SQLite; reads come back aware (UTC)."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return _SQLiteUTCText()
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
 
     def process_bind_param(self, value, dialect):
         if value is None:
@@ -153,9 +176,9 @@ class UTCDateTime(sa.types.TypeDecorator):
         if isinstance(value, str):
             value = dt.datetime.fromisoformat(value)
         value = as_utc(value)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return sqlite_utc_text(value) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):
-        if isinstance(value, str):  # SQLite values written by something other than SQLAlchemy
+        if isinstance(value, str):  # SQLite text: with the zone (ours) or without (older rows, other writers)
             value = dt.datetime.fromisoformat(value)
         return as_utc(value)

@@ -133,7 +133,7 @@ def _extract_source(engine: Engine, settings: Settings, run_id: str, src: Source
     with engine.connect() as read_conn:
         rows = read_conn.execution_options(yield_per=BATCH).execute(query)
         bar = tqdm(desc=f"extract {src.name}", unit="rows", disable=None, leave=False)
-        batch: list[tuple[ContentItem, bool]] = []  # (item, never skip)
+        batch: list[tuple[ContentItem, bool, dt.datetime | None]] = []  # (item, never skip, its updated_at)
         for item in _items(rows, src, stats, bar):
             batch.append(item)
             if len(batch) >= BATCH:
@@ -148,8 +148,9 @@ def _extract_source(engine: Engine, settings: Settings, run_id: str, src: Source
     return item_no
 
 
-def _items(rows: sa.CursorResult, src: SourceTable, stats: _Stats, bar) -> Iterator[tuple[ContentItem, bool]]:
-    """Content items from (id, text) rows ordered by id; repeated ids become one error item."""
+def _items(rows: sa.CursorResult, src: SourceTable, stats: _Stats,
+           bar) -> Iterator[tuple[ContentItem, bool, dt.datetime | None]]:
+    """Content items from (id, text[, updated_at]) rows ordered by id; repeated ids become one error item."""
     for raw_id, group in itertools.groupby(rows, key=lambda r: r.id):
         group = list(group)
         bar.update(len(group))
@@ -160,6 +161,7 @@ def _items(rows: sa.CursorResult, src: SourceTable, stats: _Stats, bar) -> Itera
                 stats.bad_examples.append(repr(cid if cid is None else cid[:40]))
             continue
         item = ContentItem.from_raw(cid, group[0].text, src.name)
+        updated = content_time(group[0]._mapping.get("updated_at"))
         if len(group) > 1:
             stats.duplicate_ids += 1
             stats.dropped_duplicate_rows += len(group) - 1
@@ -167,16 +169,27 @@ def _items(rows: sa.CursorResult, src: SourceTable, stats: _Stats, bar) -> Itera
                 stats.dup_examples.append(cid)
             problem = (f"duplicate content id: {len(group)} rows of source {src.name!r} have id {cid!r}; "
                        "not labelled until the source has one row per id")
-            yield ContentItem(cid, item.text, src.name, item.content_hash, problem=problem), True
+            yield ContentItem(cid, item.text, src.name, item.content_hash, problem=problem), True, updated
         else:
-            yield item, False
+            yield item, False, updated
+
+
+def content_time(value) -> dt.datetime | None:
+    """A source row's updated_at as aware UTC (naive values are UTC by convention; a date is its midnight)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    return as_utc(value)
 
 
 def _write_batch(engine: Engine, settings: Settings, run_id: str, src: SourceTable, refs, batch, item_no: int,
                  limit: int | None, stats: _Stats) -> int:
-    labelled = _already_labelled(engine, settings, src.name, [i.content_id for i, _ in batch], refs)
+    labelled = _already_labelled(engine, settings, src.name, [i.content_id for i, _, _ in batch], refs)
     rows = []
-    for item, never_skip in batch:
+    for item, never_skip, updated in batch:
         if not never_skip and labelled.get(item.content_id) == _need(item, refs):
             stats.skipped_unchanged += 1
             continue
@@ -186,7 +199,7 @@ def _write_batch(engine: Engine, settings: Settings, run_id: str, src: SourceTab
                          content_id=item.content_id, content_hash=item.content_hash,
                          # PostgreSQL text cannot hold NUL; the hash ignores NULs too (content.normalise)
                          text=item.text.replace("\x00", "") if item.text is not None else None,
-                         problem=item.problem))
+                         problem=item.problem, content_updated_at=updated))
         item_no += 1
     if rows:
         t = tables(settings).work_items

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from safeguard_flow.warehouse.db import UTCDateTime
 
 TABLE_NAMES = ("policies", "policy_versions", "runs", "work_items", "run_chunks", "verdict_staging", "verdicts",
-               "verdict_analysis")
+               "verdict_analysis", "policy_changes")
 VIEW_NAMES = ("current_verdicts", "daily_policy_rates", "verdict_flips", "run_errors")
 
 # Work items carry a bucket taken from their content hash; a run's chunks are bucket ranges, so every
@@ -38,6 +38,7 @@ class WarehouseTables:
     verdict_staging: sa.Table
     verdicts: sa.Table
     verdict_analysis: sa.Table
+    policy_changes: sa.Table
 
 
 def _verdict_columns() -> list[sa.Column]:
@@ -58,6 +59,7 @@ def _verdict_columns() -> list[sa.Column]:
         sa.Column("extra", sa.JSON),
         sa.Column("labelled_at", UTCDateTime, nullable=False),
         sa.Column("extracted_at", UTCDateTime, nullable=False),  # when the labelled text was read
+        sa.Column("content_updated_at", UTCDateTime),  # the source row's own updated_at (migration 0004)
     ]
 
 
@@ -139,6 +141,7 @@ def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
         sa.Column("content_hash", sa.String(64), nullable=False),
         sa.Column("text", sa.Text),
         sa.Column("problem", sa.Text),
+        sa.Column("content_updated_at", UTCDateTime),  # the source row's updated_at, kept on its verdicts
         sa.Index(f"{p}ix_work_items_bucket", "run_id", "bucket"),
     )
     run_chunks = sa.Table(
@@ -191,5 +194,17 @@ def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
         sa.Column("raw_output", sa.Text),
         sa.Column("labelled_at", UTCDateTime, nullable=False),
     )
+    policy_changes = sa.Table(  # every move of a policy's current version, with the one it replaced
+        f"{p}policy_changes", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("previous_version", sa.Integer),  # NULL: the policy's first version
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("created", sa.Boolean, nullable=False),
+        sa.Column("author", sa.String(200), nullable=False, server_default=""),
+        sa.Column("changed_at", UTCDateTime, nullable=False),
+        sa.Index(f"{p}ix_policy_changes_name", "name", "id"),
+    )
     return WarehouseTables(md, policies, policy_versions, runs, work_items, run_chunks, verdict_staging, verdicts,
-                           verdict_analysis)
+                           verdict_analysis, policy_changes)

@@ -5,10 +5,17 @@ text whose sha256 is already stored for that policy creates nothing: that versio
 policy's current one again (a revert), so the same text never becomes two versions.
 
 Active version (what labelling and the BI views use) = pinned_version if pinned, else current_version.
+
+Every move of a policy's current version (by the CLI, the sync DAG or any caller) is recorded once in
+the change log (``<prefix>policy_changes``) with the version it replaced, so whoever announces
+changes later (the policy sync's asset events) gives the true ``previous_version``. A policy's first
+version replaces nothing and is not a change to relabel for: new content is labelled with it by the
+nightly runs; label the history with it by a relabel run for that policy.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -29,6 +36,20 @@ class PublishResult:
     changed: bool  # the policy's current version moved (new text, or a revert to an older text)
     created: bool = False  # a new version row was written
     previous_version: int | None = None
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """One move of a policy's current version (a row of the change log)."""
+
+    id: int
+    name: str
+    version: int
+    previous_version: int | None  # None: the policy's first version
+    sha256: str
+    created: bool  # the version row was new (False: a revert to a stored text)
+    author: str
+    changed_at: dt.datetime
 
 
 def publish_policies(engine: Engine, settings: Settings, policies: Sequence[Policy], author: str) -> list[PublishResult]:
@@ -69,6 +90,10 @@ def _publish_one(engine: Engine, settings: Settings, policy: Policy, author: str
         if changed or head.owner != policy.owner or head.description != policy.description:
             conn.execute(t.policies.update().where(t.policies.c.name == policy.name).values(
                 current_version=version, owner=policy.owner, description=policy.description, updated_at=now))
+        if changed:
+            conn.execute(t.policy_changes.insert().values(
+                name=policy.name, version=version, previous_version=previous, sha256=policy.sha256,
+                created=created, author=author, changed_at=now))
     return PublishResult(policy.with_version(version), version, changed, created, previous)
 
 
@@ -155,3 +180,22 @@ def list_versions(engine: Engine, settings: Settings, name: str) -> list[dict]:
     cols = [c for c in t.c if c.name != "text"]
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(*cols).where(t.c.name == name).order_by(t.c.version))]
+
+
+def latest_changes(engine: Engine, settings: Settings) -> dict[str, PolicyChange]:
+    """{policy name: its newest change}: how each policy's current version came to be current."""
+    c = tables(settings).policy_changes
+    newest = sa.select(sa.func.max(c.c.id)).group_by(c.c.name).scalar_subquery()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(c).where(c.c.id.in_(newest)).order_by(c.c.name)).all()
+    return {r.name: PolicyChange(r.id, r.name, r.version, r.previous_version, r.sha256, bool(r.created), r.author,
+                                 r.changed_at) for r in rows}
+
+
+def changes_to_announce(engine: Engine, settings: Settings, announced: Iterable[int]) -> list[PolicyChange]:
+    """The changes a policy-change announcer still owes: per policy, its newest change, when that one
+    replaced a version (a first version is not a change to relabel for) and is not in `announced`
+    (change ids announced before). Unchanged policies never appear, however often this is asked."""
+    done = {int(i) for i in announced}
+    return [ch for ch in latest_changes(engine, settings).values()
+            if ch.previous_version is not None and ch.id not in done]

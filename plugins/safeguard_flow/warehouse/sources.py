@@ -57,6 +57,8 @@ class SourceTable:
     def select_rows(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> sa.Select:
         """id, text (and updated_at) of rows in scope, ordered by id so repeated ids are adjacent."""
         cols = [self.id_col.label("id"), self.text_col.label("text")]
+        if self.updated_col is not None:
+            cols.append(self.updated_col.label("updated_at"))
         return sa.select(*cols).where(*self.where(start, end)).order_by(self.id_col)
 
     def count_rows(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> sa.Select:

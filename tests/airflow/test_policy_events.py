@@ -9,7 +9,7 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from af_support import DAGS
+from tests.airflow.af_support import DAGS
 
 pytestmark = pytest.mark.slow  # five dag.test runs: about a minute
 

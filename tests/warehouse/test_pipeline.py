@@ -4,7 +4,7 @@ resumed, and steps asked of a run in the wrong state. (The label step's worker p
 real, is tested in tests/airflow/test_pipeline_cli.py.)"""
 
 import pytest
-from warehouse_helpers import DAY, T0, at
+from tests.warehouse.warehouse_helpers import DAY, T0, at
 
 from safeguard_flow import pipeline
 from safeguard_flow.quality import QualityGateFailed

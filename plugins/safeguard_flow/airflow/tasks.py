@@ -51,7 +51,9 @@ def interval_run_id(kind: str, start: datetime, end: datetime, refs: list[tuple[
 def relabel_run_id(dag_run_id: str, policy: str, version: int) -> str:
     """One warehouse run per (DAG run, policy version); clearing the DAG run continues it."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run_id)[:120]
-    return f"relabel-{policy.replace('/', '_')}-v{version}-{safe}"
+    from safeguard_flow.policies import policy_id_part
+
+    return f"relabel-{policy_id_part(policy)}-v{version}-{safe}"
 
 
 def _stamp(value: datetime) -> str:

@@ -4,8 +4,6 @@ the database can hold such a row."""
 
 from __future__ import annotations
 
-import pytest
-import sqlalchemy as sa
 from warehouse_helpers import DAY, SOURCE, T0, at
 
 from safeguard_flow.verdicts import INPUT_ERROR, OK

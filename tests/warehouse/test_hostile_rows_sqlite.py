@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from warehouse_helpers import DAY, SOURCE, T0, at
+from warehouse_helpers import DAY, T0
 
 from safeguard_flow.verdicts import INPUT_ERROR, OK
-from safeguard_flow.warehouse import extract, runs
-from safeguard_flow.warehouse.sources import SourceTable
+from safeguard_flow.warehouse import runs
 
 
 

@@ -11,6 +11,11 @@ rule engine -> write_chunk; not part of the warehouse target, shown for context)
 verdicts -> verdict table, all inserts), republish of a second run over the same keys (all
 updates) and an idempotent re-publish (no changes).
 
+`--publish-scale 100000 1000000` measures instead what issue 9 found: publishing 20k new verdicts
+(and 20k of which half exist) into a verdict table already holding 100k / 1M verdicts, on fresh
+tables that PostgreSQL has no statistics for yet (autovacuum off on them, no ANALYZE), next to
+how long the old "is any key there yet" join takes on those tables (cut off at 60 s).
+
 "raw" is a bulk insert of exactly the rows publish writes into an empty copy of the verdict table
 (same primary key and indexes), without conflict handling: server-side INSERT ... SELECT, and
 COPY (from the staging table through the client, the usual bulk-load path). Targets: publish
@@ -242,6 +247,87 @@ def report(results: list[dict]) -> None:
                                           for r in results])
 
 
+# ---- publish against existing verdicts, no statistics (issue 9) --------------------------------
+
+_VERDICT_COLS = ("source, content_id, policy, policy_version, content_hash, label, category, rationale, confidence, "
+                 "rule_ids, parse_status, raw_output, error, model, prompt_tokens, completion_tokens, extra, "
+                 "labelled_at, extracted_at")
+
+
+def _values(prefix: str, lo: str, hi: str, run_expr: str, tail: str) -> str:
+    return (f"SELECT 'posts', '{prefix}' || i, 'spam', 1, md5(i::text) || md5(i::text), (mod(i, 20) = 0)::int, NULL, "
+            f"'r', NULL, NULL, 'ok', NULL, NULL, 'bench', 100, 10, NULL, timestamptz '2024-06-01' + i * interval '1 s', "
+            f"timestamptz '2024-06-01', {run_expr}, {tail} FROM generate_series({lo}, {hi}) AS i")
+
+
+def publish_scale(url: str, existing: int, new: int = 20_000) -> dict:
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.warehouse import db, policy_store, publish, runs, schema
+
+    settings = settings_for(url, 1000)
+    schema.upgrade(settings)
+    engine = db.make_engine(settings)
+    spam = [p for p in load_policy_set(ROOT / "policies") if p.name == "spam"]
+    policy_store.publish_policies(engine, settings, spam, author="bench")
+    with engine.begin() as conn:
+        for table in ("sg_verdicts", "sg_verdict_staging"):  # fresh tables: no statistics while we measure
+            conn.exec_driver_sql(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+        runs.create_run(engine, settings, "manual", [("spam", 1)], run_id="old")
+        conn.exec_driver_sql(f"INSERT INTO sg_verdicts ({_VERDICT_COLS}, run_id, published_at) "
+                             + _values("e", "0", str(existing - 1), "'old'", "now()"))
+    out: dict = {"existing": existing, "new": new}
+    # all_new: ids past the existing ones; half_exist: half of them are the ids all_new just published.
+    for case, first in (("all_new", existing), ("half_exist", existing + new // 2)):
+        run_id = f"new-{case}"
+        runs.create_run(engine, settings, "manual", [("spam", 1)], run_id=run_id)
+        now = dt.datetime.now(dt.timezone.utc)
+        with engine.begin() as conn:
+            # ids e<first>.. : below `existing` they exist already, above they are new.
+            conn.exec_driver_sql(f"INSERT INTO sg_verdict_staging ({_VERDICT_COLS}, run_id, chunk_no) "
+                                 + _values("e", str(first), str(first + new - 1), f"'{run_id}'", "0"))
+            conn.execute(sa.text("INSERT INTO sg_run_chunks (run_id, chunk_no, bucket_lo, bucket_hi, items, done, "
+                                 "verdicts, errors, positives, prompt_tokens, completion_tokens) "
+                                 "VALUES (:r, 0, 0, 268435456, :n, true, :n, 0, 0, 0, 0)"), {"r": run_id, "n": new})
+        runs.update_run(engine, settings, run_id, status="validated", items=new, extract_started_at=now,
+                        extract_finished_at=now, validated_at=now)
+        with engine.connect() as conn:  # what the old "any key there yet?" check cost on these tables
+            conn.exec_driver_sql("SET statement_timeout = '60s'")
+            t0 = time.perf_counter()
+            try:
+                conn.exec_driver_sql(
+                    "SELECT EXISTS (SELECT 1 FROM sg_verdict_staging s, sg_verdicts v WHERE s.run_id = %(r)s AND "
+                    "v.source = s.source AND v.content_id = s.content_id AND v.policy = s.policy AND "
+                    "v.policy_version = s.policy_version)", {"r": run_id}).scalar()
+                out[f"{case}_old_check_s"] = round(time.perf_counter() - t0, 3)
+            except sa.exc.OperationalError:
+                out[f"{case}_old_check_s"] = "> 60 (cancelled)"
+        t0 = time.perf_counter()
+        result = publish.publish_run(engine, settings, run_id)
+        out[f"{case}_publish_s"] = round(time.perf_counter() - t0, 3)
+        out[f"{case}_counts"] = {k: result[k] for k in ("inserted", "updated", "unchanged")}
+    with engine.connect() as conn:
+        out["analyzed"] = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_user_tables WHERE relname IN ('sg_verdicts', 'sg_verdict_staging') "
+            "AND (last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL)").scalar()
+    engine.dispose()
+    return out
+
+
+def report_scale(results: list[dict]) -> None:
+    print("\n== publish 20k staged verdicts against existing ones, fresh tables without statistics (PostgreSQL) ==")
+    print(f"{'existing':>9} {'all new: publish s':>19} {'old check s':>12} | {'half exist: publish s':>22} "
+          f"{'old check s':>12} | counts")
+    for r in results:
+        print(f"{r['existing']:>9} {r['all_new_publish_s']:>19} {str(r['all_new_old_check_s']):>12} | "
+              f"{r['half_exist_publish_s']:>22} {str(r['half_exist_old_check_s']):>12} | "
+              f"{r['all_new_counts']} {r['half_exist_counts']}")
+    print("  tables analysed during the measurement:", [r["analyzed"] for r in results], "(0: no statistics)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -249,6 +335,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="publish / raw insert timings: best of N")
     ap.add_argument("--url", help="an existing PostgreSQL server (a database per size is created on it)")
     ap.add_argument("--json", help="also write the raw figures here")
+    ap.add_argument("--publish-scale", type=int, nargs="+", metavar="EXISTING",
+                    help="publish 20k new verdicts against this many existing ones, fresh tables (issue 9)")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--run-id", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -273,6 +361,18 @@ def main() -> None:
         server = PostgresServer().start()
         create_db = server.create_database
     results = []
+    if args.publish_scale:
+        try:
+            for existing in args.publish_scale:
+                url = create_db(f"bench_scale_{existing}_{os.getpid()}")
+                print(f"-- 20k new verdicts against {existing} existing ...", flush=True)
+                results.append(publish_scale(url, existing))
+                print(json.dumps(results[-1]), flush=True)
+        finally:
+            if server is not None:
+                server.stop()
+        report_scale(results)
+        return
     try:
         for rows in args.rows:
             url = create_db(f"bench_{rows}_{os.getpid()}")

@@ -73,8 +73,10 @@ def interval_run_id(kind: str, start: dt.datetime, end: dt.datetime, refs: Seque
 def relabel_run_id(trigger_id: str, policy: str, version: int) -> str:
     """One run per (trigger, policy version): a DAG run id, or the CLI's scope. Rerunning the same
     trigger continues its run."""
+    from safeguard_flow.policies import policy_id_part
+
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", trigger_id)[:120]
-    return f"relabel-{policy.replace('/', '_')}-v{version}-{safe}"
+    return f"relabel-{policy_id_part(policy)}-v{version}-{safe}"
 
 
 def cli_relabel_trigger(since: dt.datetime | None, limit: int | None) -> str:
@@ -372,7 +374,7 @@ def validate(engine: Engine, settings: Settings, run_id: str) -> ValidationRepor
     carries the readable summary; the full result is saved (validation_report) and on the run row.
     A run validated or published before gets its stored result back (its staging may be purged).
     """
-    from safeguard_flow.quality import QualityGateFailed, ValidationReport, validate_frame
+    from safeguard_flow.quality import QualityGateFailed, ValidationReport, trailing_rates, validate_frame
     from safeguard_flow.validation_report import save_report
     from safeguard_flow.warehouse import policy_store, staging
 
@@ -386,7 +388,10 @@ def validate(engine: Engine, settings: Settings, run_id: str) -> ValidationRepor
     with failing(engine, settings, run_id, "validate"):
         policies = policy_store.get_policies(engine, settings, run.policy_refs)
         frame = staging.staged_frame(engine, settings, run_id)
-        report = validate_frame(frame, policies, settings.quality, run_id=run_id, expected_items=run.items)
+        # The drift check compares each policy version with its own earlier published verdicts.
+        trailing = trailing_rates(engine, settings, policies, exclude_run_id=run_id)
+        report = validate_frame(frame, policies, settings.quality, run_id=run_id, expected_items=run.items,
+                                trailing=trailing)
         report.path = str(save_report(settings, report))
         validation = {**report.result, "summary": report.summary, "report_path": report.path}
         if report.success:

@@ -36,6 +36,8 @@ import yaml
 REQUIRED_SECTIONS = ("INSTRUCTIONS", "DEFINITIONS", "VIOLATES", "SAFE", "EXAMPLES")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_\-/]{0,62}$")
 _SECTION_RE = re.compile(r"^#{1,6}\s+([A-Za-z][A-Za-z ]*?)\b", re.MULTILINE)
+_FENCE_RE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)  # fenced code blocks
+_MAX_LABEL = 2**31 - 1  # labels are stored in integer columns
 _FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)(.*)\Z", re.DOTALL)
 
 
@@ -85,6 +87,12 @@ class Policy:
         return Policy(**{**self.__dict__, "version": version})
 
 
+def policy_id_part(name: str) -> str:
+    """A policy name as it appears in run ids and file names. '/' becomes '.', which names cannot hold,
+    so distinct names stay distinct ('a/b' -> 'a.b', 'a_b' -> 'a_b')."""
+    return name.replace("/", ".")
+
+
 def canonical_text(text: str) -> str:
     """Fold whitespace: CRLF, trailing spaces, runs of blanks and blank lines do not change meaning."""
     lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
@@ -112,7 +120,7 @@ def parse_policy(source: str, path: str | Path = "<string>") -> Policy:
     if not match:
         raise PolicyError(path, "front matter", "file must start with a '---' YAML block closed by '---'")
     try:
-        meta = yaml.safe_load(match.group(1)) or {}
+        meta = yaml.load(match.group(1), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise PolicyError(path, "front matter", f"invalid YAML: {exc}") from None
     if not isinstance(meta, dict):
@@ -128,14 +136,20 @@ def parse_policy(source: str, path: str | Path = "<string>") -> Policy:
     labels = meta.get("labels", [0, 1])
     if not (isinstance(labels, list) and labels and all(type(x) is int for x in labels) and len(set(labels)) == len(labels)):
         raise PolicyError(path, "labels", f"must be a list of distinct integers such as [0, 1] (got {labels!r})")
+    if len(labels) < 2 or 0 not in labels or not all(0 <= x <= _MAX_LABEL for x in labels):
+        raise PolicyError(path, "labels", f"must hold 0 (SAFE) and at least one violation label, each from 0 to "
+                                          f"{_MAX_LABEL} (got {labels!r})")
     output_format = _enum(path, "output_format", OutputFormat, meta.get("output_format", "json"))
+    if output_format is OutputFormat.BINARY and sorted(labels) != [0, 1]:
+        raise PolicyError(path, "labels", f"output_format binary answers 0 or 1, so labels must be [0, 1] (got {labels!r})")
     effort = _enum(path, "reasoning_effort", ReasoningEffort, meta.get("reasoning_effort", "low"))
     for key in ("owner", "description"):
         if key in meta and not isinstance(meta[key], str):
             raise PolicyError(path, key, "must be a string")
 
     body = canonical_text(match.group(2))
-    found = {m.group(1).strip().upper() for m in _SECTION_RE.finditer(body)}
+    # A heading inside a fenced code block (an example answer, a quoted post) is not a section.
+    found = {m.group(1).strip().upper() for m in _SECTION_RE.finditer(_FENCE_RE.sub("", body))}
     for section in REQUIRED_SECTIONS:
         if not any(h == section or h.startswith(section + " ") for h in found):
             raise PolicyError(path, f"section {section}", f"missing; a policy needs headings {', '.join(REQUIRED_SECTIONS)}")
@@ -150,6 +164,19 @@ def parse_policy(source: str, path: str | Path = "<string>") -> Policy:
         description=meta.get("description", ""),
         path=str(path),
     )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice (YAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _enum(path: str | Path, key: str, enum_type: type[enum.Enum], value: object):

@@ -5,8 +5,13 @@ a suite is built from the policy (its label set) and the settings (``quality.*``
 
 - the key columns are never null and each key has exactly one verdict;
 - every label is in the policy's label set, and every ``ok`` verdict carries a label;
-- the error rate (verdicts whose parse_status is not ``ok``) is at most ``quality.max_error_rate``;
-- the positive rate among labelled verdicts is within ``quality.min/max_positive_rate``;
+- the error rate of the model (engine and parse errors, among verdicts that reached it) is at most
+  ``quality.max_error_rate``; input errors (NULL, empty, undecodable content, repeated ids) judge the
+  content, not the model: they are counted apart and bounded by ``quality.max_input_error_rate``
+  (off by default), so whoever writes a share of the posts cannot quarantine the day;
+- the positive rate among labelled verdicts is within ``quality.min/max_positive_rate`` and, once the
+  policy version has a history, within ``quality.drift_tolerance`` of its trailing rate over its last
+  published verdicts (both need ``quality.min_sample`` labelled verdicts in the run);
 - when the caller knows how many items were extracted, every item got a verdict.
 
 Great Expectations is used as a library (an ephemeral context with a pandas data source), so this
@@ -26,11 +31,13 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Sequence
 
 from safeguard_flow.policies import Policy
-from safeguard_flow.verdicts import OK, PARSE_STATUSES
+from safeguard_flow.verdicts import INPUT_ERROR, OK, PARSE_STATUSES
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-    from safeguard_flow.settings import QualitySettings
+    import sqlalchemy as sa
+
+    from safeguard_flow.settings import QualitySettings, Settings
 
 # Columns of the staged frame the suite reads. The key identifies one verdict.
 KEY_COLUMNS = ("source", "content_id", "policy", "policy_version")
@@ -78,8 +85,12 @@ def validate_frame(
     *,
     run_id: str = "",
     expected_items: int | None = None,
+    trailing: dict[tuple[str, int], tuple[int, int]] | None = None,
 ) -> ValidationReport:
-    """Run one suite per policy version over its slice of the frame; pure (no warehouse, no files)."""
+    """Run one suite per policy version over its slice of the frame; pure (no warehouse, no files).
+
+    `trailing` maps (policy, version) to (positives, labelled) of its earlier published verdicts
+    (see trailing_rates), for the drift check."""
     import pandas as pd
 
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -106,7 +117,9 @@ def validate_frame(
         # rows. Positive = label >= 1 (SAFE is 0), the same rule as the BI views.
         part["is_positive"] = (label >= 1).astype(float).where(labelled & label.notna())
         part["label"] = label.astype("Int64")
-        suite = _policy_suite(policy, quality)
+        n_labelled = int(part["is_positive"].notna().sum())
+        history = (trailing or {}).get((policy.name, int(policy.version or 0)))
+        suite = _policy_suite(policy, quality, n_labelled, history)
         outcome = _validate(context, batch_definition, suite, part)
         suites[suite.name] = outcome
         checks += _checks(suite.name, outcome)
@@ -120,6 +133,7 @@ def validate_frame(
         "thresholds": quality.model_dump(),
         "policies": [{"name": p.name, "version": p.version, "labels": list(p.labels)} for p in policies],
         "statistics": statistics,
+        "trailing": {f"{n} v{v}": {"positives": p, "labelled": lab} for (n, v), (p, lab) in (trailing or {}).items()},
         "suites": suites,
     }
     report = ValidationReport(run_id, success, "", _json_safe(result), checks, rows=len(frame))
@@ -174,7 +188,8 @@ def _run_suite(policies: Sequence[Policy], expected_items: int | None):
     return gx.ExpectationSuite(name="run", expectations=expectations)
 
 
-def _policy_suite(policy: Policy, quality: QualitySettings):
+def _policy_suite(policy: Policy, quality: QualitySettings, n_labelled: int = 0,
+                  history: tuple[int, int] | None = None):
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
@@ -185,14 +200,27 @@ def _policy_suite(policy: Policy, quality: QualitySettings):
         gxe.ExpectColumnValuesToNotBeNull(
             column="label", row_condition=Column("parse_status") == OK, meta={"check": "every 'ok' verdict has a label"}
         ),
-        # `mostly` is the share of rows that must be ok, so max_error_rate maps to 1 - mostly.
+        # `mostly` is the share of rows that must be ok, so max_error_rate maps to 1 - mostly. Only
+        # verdicts that reached the model count: input errors have their own bound below.
         gxe.ExpectColumnValuesToBeInSet(
             column="parse_status",
             value_set=[OK],
             mostly=round(1.0 - quality.max_error_rate, 9),
+            row_condition=Column("parse_status") != INPUT_ERROR,
             meta={"check": f"error rate <= {quality.max_error_rate:.1%} (quality.max_error_rate)", "rate": "error"},
         ),
-        gxe.ExpectColumnMeanToBeBetween(
+    ]
+    if quality.max_input_error_rate is not None:
+        expectations.append(gxe.ExpectColumnValuesToNotBeInSet(
+            column="parse_status",
+            value_set=[INPUT_ERROR],
+            mostly=round(1.0 - quality.max_input_error_rate, 9),
+            meta={"check": f"input error rate <= {quality.max_input_error_rate:.1%} (quality.max_input_error_rate)",
+                  "rate": "input"},
+        ))
+    # Rates of a handful of verdicts are noise, not a model fault (quality.min_sample).
+    if n_labelled >= quality.min_sample:
+        expectations.append(gxe.ExpectColumnMeanToBeBetween(
             column="is_positive",
             min_value=quality.min_positive_rate,
             max_value=quality.max_positive_rate,
@@ -203,9 +231,51 @@ def _policy_suite(policy: Policy, quality: QualitySettings):
                 ),
                 "rate": "positive",
             },
-        ),
-    ]
+        ))
+        if quality.drift_tolerance is not None and history is not None and history[1] >= quality.drift_min_history:
+            rate = history[0] / history[1]
+            tol = quality.drift_tolerance
+            expectations.append(gxe.ExpectColumnMeanToBeBetween(
+                column="is_positive",
+                min_value=max(0.0, rate - tol),
+                max_value=min(1.0, rate + tol),
+                meta={
+                    "check": (
+                        f"positive rate within {tol:.1%} of this version's trailing rate {rate:.1%} over its last "
+                        f"{history[1]} published labelled verdicts (quality.drift_tolerance)"
+                    ),
+                    "rate": "positive",
+                },
+            ))
     return gx.ExpectationSuite(name=f"{policy.name} v{policy.version}", expectations=expectations)
+
+
+def trailing_rates(engine: sa.Engine, settings: Settings, policies: Sequence[Policy],
+                   exclude_run_id: str | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+    """(positives, labelled) over each policy version's last `quality.drift_window` published labelled
+    verdicts (newest first on the (policy, version, labelled_at) index), other runs than `exclude_run_id`."""
+    import sqlalchemy as sa
+
+    from safeguard_flow.warehouse.schema import tables
+
+    v = tables(settings).verdicts
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    with engine.connect() as conn:
+        for policy in policies:
+            if policy.version is None:
+                continue
+            recent = (sa.select(v.c.label).where(v.c.policy == policy.name, v.c.policy_version == policy.version,
+                                                 v.c.parse_status == OK, v.c.label.is_not(None))
+                      .order_by(v.c.labelled_at.desc()).limit(settings.quality.drift_window))
+            if exclude_run_id is not None:
+                recent = recent.where(v.c.run_id != exclude_run_id)
+            recent = recent.subquery()
+            positives, labelled = conn.execute(sa.select(
+                sa.func.coalesce(sa.func.sum(sa.case((recent.c.label >= 1, 1), else_=0)), 0), sa.func.count()
+            ).select_from(recent)).one()
+            if labelled:
+                out[(policy.name, int(policy.version))] = (int(positives), int(labelled))
+    return out
 
 
 # --- GX plumbing ----------------------------------------------------------------------------------
@@ -252,6 +322,9 @@ def _checks(suite_name: str, outcome: dict[str, Any]) -> list[CheckResult]:
 
 
 def _observed(result: dict[str, Any], meta: dict[str, Any]) -> str:
+    if meta.get("rate") == "input":
+        n, bad = result.get("element_count", 0), result.get("unexpected_count", 0)
+        return f"{bad / n:.1%} ({bad} of {n} verdicts are input errors)" if n else "no verdicts"
     if meta.get("rate") == "error":
         n, bad = result.get("element_count", 0), result.get("unexpected_count", 0)
         counts = ", ".join(f"{c['value']}={c['count']}" for c in result.get("partial_unexpected_counts", []))
@@ -275,6 +348,7 @@ def _statistics(frame: pd.DataFrame) -> dict[str, Any]:
         by_policy[f"{name} v{version}"] = {
             "verdicts": int(len(part)),
             "errors": int((part["parse_status"] != OK).sum()),
+            "input_errors": int((part["parse_status"] == INPUT_ERROR).sum()),  # content, not model: apart
             "labels": {str(k): int(v) for k, v in labelled["label"].value_counts().sort_index().items()},
         }
     return {"verdicts": int(len(frame)), "by_policy": by_policy}

@@ -70,6 +70,25 @@ class SourceFilter(_Section):
 
     _check_column = field_validator("column")(lambda cls, v: _identifier(v, "column"))
 
+    @field_validator("value")
+    @classmethod
+    def _scalar_value(cls, value: Any, info) -> Any:
+        # Caught here, naming the setting, not as a raw driver error at the first extract.
+        op = info.data.get("op", "=")
+        if op in ("in", "not in"):
+            if not isinstance(value, list) or not all(_is_scalar(v) and v is not None for v in value):
+                raise ValueError(f"op {op!r} needs a list of plain values (text, numbers, dates), got {value!r}")
+        elif op not in ("is null", "is not null") and not _is_scalar(value):
+            raise ValueError(f"must be a plain value (text, number, date) for op {op!r}, "
+                             f"got a {type(value).__name__}: {value!r}")
+        return value
+
+
+def _is_scalar(value: Any) -> bool:
+    import datetime as _dt
+
+    return value is None or isinstance(value, (str, int, float, bool, _dt.date, _dt.datetime))
+
 
 class SourceSettings(_Section):
     """One warehouse table holding content to label."""
@@ -81,11 +100,21 @@ class SourceSettings(_Section):
     updated_at_column: str | None = None
     db_schema: str | None = None
     filters: list[SourceFilter] = Field(default_factory=list)
+    # Rows whose updated_at no interval ever selects (NULL, unparseable, in the future) are always
+    # counted and reported per run; with this on, every interval run also labels them (once per text).
+    sweep_untimed: bool = False
 
     @field_validator("table", "id_column", "text_column", "updated_at_column", "db_schema")
     @classmethod
     def _ident(cls, v: str | None, info) -> str | None:
         return _identifier(v, info.field_name)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not 1 <= len(v) <= 64:  # the `source` column of the verdict tables is 64 characters
+            raise ValueError(f"source name must be 1 to 64 characters, got {len(v)}: {v[:70]!r}")
+        return v
 
 
 class WarehouseSettings(_Section):
@@ -171,7 +200,20 @@ class RaySettings(_Section):
 class QualitySettings(_Section):
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
     min_positive_rate: float = Field(default=0.0, ge=0, le=1)
-    max_positive_rate: float = Field(default=1.0, ge=0, le=1)
+    # A model that calls most content positive is broken, not busy (the 0.5B stand-in labels 97% as spam).
+    max_positive_rate: float = Field(default=0.8, ge=0, le=1)
+    # Input errors (NULL, empty, undecodable content, repeated ids) say nothing about the model: they are
+    # counted apart and bounded here, off (None) by default, so content cannot hold a run hostage.
+    max_input_error_rate: float | None = Field(default=None, ge=0, le=1)
+    # Positive-rate checks (fixed bounds and drift) need this many labelled verdicts of a policy version
+    # in the run: a five-item interval with three spam posts says nothing about the model.
+    min_sample: int = Field(default=20, ge=1)
+    # Drift: a policy version's positive rate in the run may differ from its trailing rate (its last
+    # drift_window published labelled verdicts, when there are at least drift_min_history) by at most
+    # this much, absolute. None: off.
+    drift_tolerance: float | None = Field(default=0.25, gt=0, le=1)
+    drift_window: int = Field(default=10_000, ge=1)
+    drift_min_history: int = Field(default=100, ge=1)
 
     @model_validator(mode="after")
     def _bounds(self) -> QualitySettings:
@@ -403,14 +445,15 @@ def describe(settings: Settings) -> list[tuple[str, Any, str]]:
 def _describe(exc: ValidationError, path: Path | str | None, where: str | None = None) -> str:
     lines = []
     for err in exc.errors():
-        dotted = ".".join(str(p) for p in err["loc"])
+        loc = [p for p in err["loc"] if p not in ("function-after", "function-before")]
+        dotted = ".".join(str(p) for p in loc)
         # A list entry (sources.0.table) has no variable of its own: the list is one JSON value.
         head = []
-        for p in err["loc"]:
+        for p in loc:
             if isinstance(p, int):
                 break
             head.append(str(p))
-        env = _env_name(tuple(head)) + (" as a JSON list" if len(head) < len(err["loc"]) else "")
+        env = _env_name(tuple(head)) + (" as a JSON list" if len(head) < len(loc) else "")
         hint = f"in {where}" if where else f"in {path} or {env}" if path else f"set {env}"
         lines.append(f"setting {dotted} ({hint}): {err['msg']}")
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -67,7 +67,8 @@ class ParsedOutput:
     error: str | None = None
 
 
-_BINARY_RE = re.compile(r"^\W*([01])\W*$")
+# Exactly one digit once whitespace is stripped: "-1", "1.", "(0)" or "**1**" are not answers we read.
+_BINARY_RE = re.compile(r"^([01])$")
 _JSON_OBJECT_RE = re.compile(r"\{.*\}", re.DOTALL)
 
 

@@ -193,7 +193,9 @@ def test_run_ids_are_deterministic():
     assert a.startswith("nightly-20261120T000000-20261121T000000-")
     assert a != interval_run_id("nightly", start, end, [("spam", 2), ("self-harm", 2)])  # new version: new run
     assert relabel_run_id("asset_triggered__2026-11-27T10:00:00+00:00_abc", "a/b", 2) == \
-        "relabel-a_b-v2-asset_triggered__2026-11-27T10_00_00_00_00_abc"
+        "relabel-a.b-v2-asset_triggered__2026-11-27T10_00_00_00_00_abc"
+    # 'a/b' and 'a_b' are two policies: two runs (they used to collide: RunConflict).
+    assert relabel_run_id("r", "a/b", 2) != relabel_run_id("r", "a_b", 2)
 
 
 def test_plugin_registers_the_view():

@@ -31,7 +31,8 @@ def test_frame_suite_reports_each_failed_expectation_in_words():
         ("posts", "d", "spam", 2, 7, OK),  # a label the policy does not have
         ("posts", "e", "spam", 1, 0, OK),  # a version the run does not label
     ])
-    report = validate_frame(frame, [spam], QualitySettings(max_error_rate=0.1, max_positive_rate=0.3), run_id="r", expected_items=5)
+    report = validate_frame(frame, [spam], QualitySettings(max_error_rate=0.1, max_positive_rate=0.3, min_sample=1),
+                            run_id="r", expected_items=5)
     assert not report.success
     failed = sorted(c.check for c in report.failed)
     expected = [
@@ -119,6 +120,7 @@ def test_passing_gate_marks_the_run_validated_and_publish_goes_through(wh_engine
     from safeguard_flow import pipeline
     from safeguard_flow.warehouse import publish, runs
 
+    wh_settings = wh_settings.model_copy(update={"quality": QualitySettings(min_sample=1)})
     run_id = _staged_run(wh_engine, wh_settings, lambda i, item, p: _verdict(item, p, label=i % 2))
     report = pipeline.validate(wh_engine, wh_settings, run_id)
     assert report.success and len(report.checks) == 8 + 2 * 4  # run suite + one suite per policy
@@ -135,7 +137,7 @@ def test_positive_rate_bounds_come_from_settings(wh_engine, wh_settings):
     from safeguard_flow import pipeline
     from safeguard_flow.quality import QualityGateFailed
 
-    strict = wh_settings.model_copy(update={"quality": QualitySettings(max_positive_rate=0.2)})
+    strict = wh_settings.model_copy(update={"quality": QualitySettings(max_positive_rate=0.2, min_sample=1)})
     run_id = _staged_run(wh_engine, strict, lambda i, item, p: _verdict(item, p, label=1))
     with pytest.raises(QualityGateFailed, match=r"positive rate \(label >= 1\) within \[0.0%, 20.0%\].*: 100.0%"):
         pipeline.validate(wh_engine, strict, run_id)

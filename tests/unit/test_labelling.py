@@ -87,3 +87,61 @@ def test_engine_returning_wrong_count_is_loud(small_policies):
 
     with pytest.raises(RuntimeError, match="completions"):
         label_items(Short(None), [ContentItem.from_raw("a", "hi")], small_policies)
+
+
+class WordEngine(ScriptedEngine):
+    """Counts one token per word; a 300-token context for content + policy + output."""
+
+    def __init__(self, answer, max_model_len=300, max_tokens=20):
+        super().__init__(answer)
+        self.max_model_len, self.max_tokens = max_model_len, max_tokens
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+
+def _binary_policy():
+    from safeguard_flow.policies import OutputFormat, Policy
+
+    return Policy(name="spam", text="Spam policy. " * 20, output_format=OutputFormat.BINARY).with_version(1)
+
+
+def test_long_content_is_labelled_in_windows_any_violating_window_wins():
+    from safeguard_flow.labelling import PROMPT_OVERHEAD_TOKENS, content_budget
+
+    policy = _binary_policy()
+    engine = WordEngine(lambda r: Completion(text="1" if "buy" in r.content else "0", prompt_tokens=5))
+    budget = content_budget(engine, policy, engine.max_model_len, engine.max_tokens)
+    assert budget == 300 - 20 - engine.count_tokens(__import__("safeguard_flow.prompts").prompts.system_prompt(policy)) - PROMPT_OVERHEAD_TOKENS
+    long_safe = " ".join(f"word{i}" for i in range(3 * budget))
+    long_spam = long_safe + " buy cheap pills"  # the violation sits only at the end
+    items = [ContentItem.from_raw("safe", long_safe), ContentItem.from_raw("spam", long_spam),
+             ContentItem.from_raw("short", "hello")]
+    verdicts = label_items(engine, items, [policy], max_model_len=engine.max_model_len, max_tokens=engine.max_tokens)
+    by_id = {v.content_id: v for v in verdicts}
+    assert all(engine.count_tokens(r.content) <= budget for r in engine.calls[0])  # every window fits
+    assert by_id["safe"].parse_status == OK and by_id["safe"].label == 0
+    assert by_id["spam"].parse_status == OK and by_id["spam"].label == 1
+    n = by_id["spam"].extra["windows"]
+    assert n >= 3 and by_id["spam"].extra["window_labels"][-1] == 1 and by_id["spam"].extra["window_labels"][0] == 0
+    assert by_id["spam"].prompt_tokens == 5 * n
+    assert by_id["short"].extra == {}  # content that fits is one request, as before
+
+
+def test_a_failed_window_without_a_violation_is_an_error_not_a_safe_label():
+    policy = _binary_policy()
+    engine = WordEngine(lambda r: Completion(text="maybe" if "word5 " in r.content else "0"))
+    text = " ".join(f"word{i}" for i in range(1000))
+    (v,) = label_items(engine, [ContentItem.from_raw("x", text)], [policy])  # no context known: no windows
+    assert v.parse_status == MALFORMED and v.extra == {} and len(engine.calls[-1]) == 1
+    engine.settings = type("S", (), {"model": type("M", (), {"max_model_len": 300, "max_tokens": 20})()})()
+    (v,) = label_items(engine, [ContentItem.from_raw("x", text)], [policy])
+    assert v.parse_status == MALFORMED and v.label is None and v.error.startswith("window 1 of")
+    assert v.extra["windows"] > 1 and None in v.extra["window_labels"]
+
+
+def test_a_policy_that_leaves_no_room_is_a_configuration_error():
+    policy = _binary_policy()
+    engine = WordEngine(lambda r: Completion(text="0"), max_model_len=100)
+    (v,) = label_items(engine, [ContentItem.from_raw("x", "hello")], [policy], max_model_len=100, max_tokens=20)
+    assert v.parse_status == ENGINE_ERROR and "model.max_model_len" in v.error and engine.calls == []

@@ -108,3 +108,43 @@ def test_duplicate_names_in_a_set(tmp_path):
 def test_empty_set(tmp_path):
     with pytest.raises(PolicyError, match="no \\*.md"):
         load_policy_set(tmp_path)
+
+
+@pytest.mark.parametrize("labels", ["[0, 2]", "[1]", "99999999999", "[0, 99999999999]", "[0, -1]"])
+def test_binary_policies_need_labels_0_and_1(labels):
+    with pytest.raises(PolicyError, match="labels"):
+        parse_policy(GOOD.replace("labels: [0, 1]", f"labels: {labels}"))
+
+
+@pytest.mark.parametrize("labels", ["[1, 2]", "[0]", "[0, 3000000000]"])
+def test_any_policy_needs_safe_0_and_a_violation_label_in_range(labels):
+    with pytest.raises(PolicyError, match="labels"):
+        parse_policy(GOOD.replace("labels: [0, 1]", f"labels: {labels}").replace("output_format: binary", "output_format: json"))
+    parse_policy(GOOD.replace("labels: [0, 1]", "labels: [0, 1, 2]").replace("output_format: binary", "output_format: json"))
+
+
+def test_sections_inside_code_fences_do_not_count():
+    fenced = GOOD.replace("## EXAMPLES\nw\n", "```\n## EXAMPLES\nw\n```\n")
+    with pytest.raises(PolicyError, match="section EXAMPLES"):
+        parse_policy(fenced)
+    tilde = GOOD.replace("## SAFE (0)\nz\n", "~~~markdown\n## SAFE (0)\n~~~\n")
+    with pytest.raises(PolicyError, match="section SAFE"):
+        parse_policy(tilde)
+    # A fence elsewhere leaves real headings alone.
+    assert parse_policy(GOOD.replace("w\n", "w\n```\n{\"violation\": 1}\n```\n")).name == "demo"
+
+
+def test_duplicate_front_matter_keys_are_refused():
+    with pytest.raises(PolicyError, match="duplicate key 'name'"):
+        parse_policy(GOOD.replace("name: demo\n", "name: demo\nname: other\n"))
+    with pytest.raises(PolicyError, match="front matter"):
+        parse_policy(GOOD.replace("owner: me", "owner: !!python/object/apply:os.system ['true']"))
+
+
+def test_policy_names_give_distinct_run_id_parts():
+    from safeguard_flow.policies import policy_id_part
+
+    names = ["a/b", "a_b", "a-b", "a/b_c", "a_b/c", "ab"]
+    parts = {policy_id_part(n) for n in names}
+    assert len(parts) == len(names)
+    assert all(set(p) <= set("abcdefghijklmnopqrstuvwxyz0123456789_-.") for p in parts)

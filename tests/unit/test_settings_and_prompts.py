@@ -31,8 +31,24 @@ def test_errors_name_the_setting(env, needle):
 
 
 def test_source_identifiers_are_validated():
-    with pytest.raises(SettingsError, match="sources.0.table"):
+    with pytest.raises(SettingsError, match=r"sources\[0\]\.table") as err:
         load_settings(environ={}, sources=[{"table": "posts; drop table x"}])
+    # An environment variable cannot address a list entry: the hint points at the YAML instead.
+    assert "SAFEGUARD_SOURCES__" not in str(err.value)
+
+
+@pytest.mark.parametrize("source,needle", [
+    ({"table": "t", "filters": [{"column": "a", "value": {"x": 1}}]}, r"sources\[0\]\.filters\[0\]\.value.*dict"),
+    ({"table": "t", "filters": [{"column": "a", "value": [1, 2]}]}, r"sources\[0\]\.filters\[0\]\.value.*list"),
+    ({"table": "t", "filters": [{"column": "a", "op": "in", "value": [{"a": 1}]}]}, r"filters\[0\]\.value"),
+    ({"table": "t", "name": "s" * 65}, r"sources\[0\]\.name.*1 to 64 characters"),
+])
+def test_bad_filter_values_and_long_source_names_fail_at_load(source, needle):
+    with pytest.raises(SettingsError, match=needle) as err:
+        load_settings(environ={}, sources=[source])
+    assert "SAFEGUARD_SOURCES__" not in str(err.value)
+    load_settings(environ={}, sources=[{"table": "t", "name": "s" * 64,
+                                        "filters": [{"column": "a", "op": "in", "value": [1, "x"]}]}])
 
 
 def test_missing_config_file_is_named(tmp_path):

@@ -6,7 +6,7 @@ from safeguard_flow.verdicts import EMPTY, MALFORMED, OK, TRUNCATED, parse_outpu
 B, J, R = OutputFormat.BINARY, OutputFormat.JSON, OutputFormat.JSON_RATIONALE
 
 
-@pytest.mark.parametrize("text,label", [("1", 1), ("0", 0), (" 1\n", 1), ("1.", 1), ('{"violation": 1}', 1)])
+@pytest.mark.parametrize("text,label", [("1", 1), ("0", 0), (" 1\n", 1), ('{"violation": 1}', 1)])
 def test_binary(text, label):
     out = parse_output(text, B)
     assert (out.label, out.parse_status) == (label, OK)
@@ -64,3 +64,20 @@ def test_truncated():
 def test_safe_label_drops_category():
     out = parse_output('{"violation":0,"policy_category":"SH-1"}', J)
     assert (out.label, out.category) == (0, None)
+
+
+@pytest.mark.parametrize("text", ["-1", "1.", "(0)", "**1**", "1!", "'0'", "01", "1 0", "+1"])
+def test_binary_parser_reads_only_a_bare_digit(text):
+    from safeguard_flow.policies import OutputFormat
+    from safeguard_flow.verdicts import MALFORMED, parse_output
+
+    parsed = parse_output(text, OutputFormat.BINARY)
+    assert (parsed.label, parsed.parse_status) == (None, MALFORMED), text
+
+
+@pytest.mark.parametrize("text,label", [("0", 0), ("1", 1), (" 1\n", 1), ('{"violation": 1}', 1)])
+def test_binary_parser_still_reads_clean_answers(text, label):
+    from safeguard_flow.policies import OutputFormat
+    from safeguard_flow.verdicts import OK, parse_output
+
+    assert (parse_output(text, OutputFormat.BINARY).label, parse_output(text, OutputFormat.BINARY).parse_status) == (label, OK)

@@ -38,6 +38,11 @@ class Engine(Protocol):
         """One completion per request, in order. Never raises for one bad request: sets `error`."""
         ...
 
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` takes as message content for this engine's model (from its tokenizer):
+        labelling cuts content longer than the context into windows with it."""
+        ...
+
     def close(self) -> None: ...
 
 

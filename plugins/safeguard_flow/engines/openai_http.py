@@ -84,6 +84,22 @@ class OpenAIEngine:
                     raise EngineError(str(exc)) from None
         return results
 
+    def count_tokens(self, text: str) -> int:
+        """The server's tokenizer (vLLM's POST /tokenize, beside /v1); servers without it get a
+        pessimistic estimate (one token per 2 UTF-8 bytes), so windows err on the short side."""
+        if getattr(self, "_tokenize_url", "") is not None:
+            url = self._tokenize_url if hasattr(self, "_tokenize_url") else self.base_url.removesuffix("/v1") + "/tokenize"
+            try:
+                resp = self._client.post(url, json={"model": self.model_name, "prompt": text,
+                                                    "add_special_tokens": False})
+                if resp.status_code == 200 and isinstance(resp.json().get("count"), int):
+                    self._tokenize_url = url
+                    return int(resp.json()["count"])
+            except (httpx.HTTPError, ValueError):
+                pass
+            self._tokenize_url = None  # not offered: estimate from now on
+        return len(text.encode("utf-8")) // 2 + 1
+
     def close(self) -> None:
         self._closed.set()
         self._client.close()

@@ -105,6 +105,9 @@ class VLLMEngine:
                 results[prep.index] = out if isinstance(out, Completion) else self._to_completion(out)
         return [r if r is not None else Completion(error="engine returned no output") for r in results]
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
     def reset_prefix_cache(self) -> None:
         """Drop vLLM's prefix cache (benchmarks use it to compare modes fairly)."""
         self.llm.reset_prefix_cache()

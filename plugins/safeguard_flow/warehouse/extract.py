@@ -57,6 +57,9 @@ class _Stats:
     duplicate_ids: int = 0  # ids with more than one row
     dropped_duplicate_rows: int = 0
     bad_ids: int = 0
+    undecodable: int = 0  # rows whose text is not valid UTF-8 (each got an error verdict)
+    rows_read: int = 0
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)  # per-source report (run params)
     dup_examples: list[str] = field(default_factory=list)
     bad_examples: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -115,7 +118,8 @@ def _extract(engine: Engine, settings: Settings, run_id: str, source_names: list
     return stats.items
 
 
-def _scope(src: SourceTable, start: dt.datetime | None, end: dt.datetime | None, stats: _Stats):
+def _scope(src: SourceTable, start: dt.datetime | None, end: dt.datetime | None, stats: _Stats,
+           now: dt.datetime):
     if src.updated_col is None and (start is not None or end is not None):
         if end is None:  # relabel `since` really needs the column
             return src.select_rows(start, end)  # raises SourceError naming the setting
@@ -124,12 +128,32 @@ def _scope(src: SourceTable, start: dt.datetime | None, end: dt.datetime | None,
         stats.warnings.append(msg)
         log.warning(msg)
         return src.select_rows()
-    return src.select_rows(start, end)
+    return src.select_rows(start, end, sweep_before=now if src.settings.sweep_untimed else None)
+
+
+def _report_untimed(engine: Engine, src: SourceTable, now: dt.datetime, report: dict[str, int],
+                    stats: _Stats) -> None:
+    """Count the rows no interval ever selects (updated_at NULL, unparseable, in the future) and say so."""
+    if src.updated_col is None:
+        return
+    with engine.connect() as conn:
+        null, bad, future = (int(x) for x in conn.execute(src.updated_at_report(now)).one())
+    report.update(null_updated_at=null, unparseable_updated_at=bad, future_updated_at=future)
+    if null or bad or future:
+        col = f"sources[{src.index}].updated_at_column ({src.settings.updated_at_column!r})"
+        what = ", ".join(f"{n} {w}" for n, w in ((null, "NULL"), (bad, "unparseable"), (future, "in the future"))
+                         if n)
+        fix = ("swept into this run (sources[%d].sweep_untimed)" % src.index if src.settings.sweep_untimed else
+               f"never selected by any interval: fix the column or set sources[{src.index}].sweep_untimed")
+        stats.warnings.append(f"source {src.name!r}: {null + bad + future} row(s) with {col} {what}; {fix}")
 
 
 def _extract_source(engine: Engine, settings: Settings, run_id: str, src: SourceTable, refs, start, end,
                     limit: int | None, item_no: int, stats: _Stats) -> int:
-    query = _scope(src, start, end, stats)
+    now = utcnow()
+    before = (stats.rows_read, stats.items, stats.skipped_unchanged, stats.bad_ids, stats.duplicate_ids,
+              stats.dropped_duplicate_rows, stats.undecodable)
+    query = _scope(src, start, end, stats, now)
     with engine.connect() as read_conn:
         rows = read_conn.execution_options(yield_per=BATCH).execute(query)
         bar = tqdm(desc=f"extract {src.name}", unit="rows", disable=None, leave=False)
@@ -145,31 +169,65 @@ def _extract_source(engine: Engine, settings: Settings, run_id: str, src: Source
             item_no = _write_batch(engine, settings, run_id, src, refs, batch, item_no, limit, stats)
         bar.close()
         rows.close()
+    after = (stats.rows_read, stats.items, stats.skipped_unchanged, stats.bad_ids, stats.duplicate_ids,
+             stats.dropped_duplicate_rows, stats.undecodable)
+    keys = ("rows_read", "items", "skipped_unchanged", "bad_ids", "duplicate_ids", "dropped_duplicate_rows",
+            "undecodable_text")
+    report = {k: a - b for k, a, b in zip(keys, after, before)}
+    _report_untimed(engine, src, now, report, stats)
+    stats.sources[src.name] = report
     return item_no
+
+
+def _canonical_id(raw_id: object) -> tuple[str | None, str | None]:
+    """(content_id, why unusable): the id as the text it is stored under. SQLite gives bytes (CAST AS
+    BLOB), so integer 42 and text '42' both become '42' and are compared as the same id."""
+    if raw_id is None:
+        return None, "NULL"
+    if isinstance(raw_id, (bytes, bytearray, memoryview)):
+        try:
+            cid = bytes(raw_id).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, f"not valid UTF-8 ({bytes(raw_id)[:40]!r})"
+    else:
+        cid = str(raw_id)
+    if not cid:
+        return None, "empty"
+    if len(cid) > MAX_ID_LEN:
+        return None, f"longer than {MAX_ID_LEN} characters ({cid[:40]!r}...)"
+    if "\x00" in cid:
+        return None, f"holds a NUL character ({cid[:40]!r})"
+    return cid, None
 
 
 def _items(rows: sa.CursorResult, src: SourceTable, stats: _Stats,
            bar) -> Iterator[tuple[ContentItem, bool, dt.datetime | None]]:
-    """Content items from (id, text[, updated_at]) rows ordered by id; repeated ids become one error item."""
-    for raw_id, group in itertools.groupby(rows, key=lambda r: r.id):
+    """Content items from (id, id_type, text[, updated_at]) rows ordered by canonical id; repeated ids
+    become one error item."""
+    for cid, group in itertools.groupby(rows, key=lambda r: _canonical_id(r.id)):
         group = list(group)
         bar.update(len(group))
-        cid = None if raw_id is None else str(raw_id)
-        if cid is None or len(cid) > MAX_ID_LEN or not cid:
+        stats.rows_read += len(group)
+        cid, why = cid
+        if cid is None:
             stats.bad_ids += len(group)
             if len(stats.bad_examples) < _EXAMPLES:
-                stats.bad_examples.append(repr(cid if cid is None else cid[:40]))
+                stats.bad_examples.append(why)
             continue
         item = ContentItem.from_raw(cid, group[0].text, src.name)
         updated = content_time(group[0]._mapping.get("updated_at"))
+        if item.problem is not None and "UTF-8" in item.problem:
+            stats.undecodable += 1
         if len(group) > 1:
             stats.duplicate_ids += 1
             stats.dropped_duplicate_rows += len(group) - 1
             if len(stats.dup_examples) < _EXAMPLES:
                 stats.dup_examples.append(cid)
-            problem = (f"duplicate content id: {len(group)} rows of source {src.name!r} have id {cid!r}; "
+            types = sorted({str(r.id_type) for r in group})
+            typed = f" (stored as {' and '.join(types)})" if len(types) > 1 else ""
+            problem = (f"duplicate content id: {len(group)} rows of source {src.name!r} have id {cid!r}{typed}; "
                        "not labelled until the source has one row per id")
-            yield ContentItem(cid, item.text, src.name, item.content_hash, problem=problem), True, updated
+            yield ContentItem(cid, None, src.name, item.content_hash, problem=problem), True, updated
         else:
             yield item, False, updated
 
@@ -179,8 +237,13 @@ def content_time(value) -> dt.datetime | None:
     if value is None:
         return None
     if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
+        try:
+            value = dt.datetime.fromisoformat(value.strip())
+        except ValueError:  # unparseable text: counted apart by extract's untimed-row report
+            return None
     if not isinstance(value, dt.datetime):
+        if not hasattr(value, "year"):
+            return None
         value = dt.datetime(value.year, value.month, value.day)
     return as_utc(value)
 
@@ -244,11 +307,29 @@ def _finish(engine: Engine, settings: Settings, run_id: str, stats: _Stats) -> N
             f"({stats.dropped_duplicate_rows} extra rows dropped); each got an error verdict "
             f"(e.g. {', '.join(stats.dup_examples)})")
     if stats.bad_ids:
-        stats.warnings.append(f"{stats.bad_ids} source row(s) skipped: content id NULL, empty or longer than "
-                              f"{MAX_ID_LEN} characters (e.g. {', '.join(stats.bad_examples)})")
+        stats.warnings.append(f"{stats.bad_ids} source row(s) skipped: content id NULL, empty, not UTF-8, with a "
+                              f"NUL or longer than {MAX_ID_LEN} characters (e.g. {'; '.join(stats.bad_examples)})")
+    if stats.undecodable:
+        stats.warnings.append(f"{stats.undecodable} row(s) hold text that is not valid UTF-8; each got an error "
+                              "verdict")
+    with write_tx(engine) as conn:
+        merged = _merge_colliding_ids(conn, w, run_id)
+        if merged:
+            stats.items -= merged["dropped"]
+            stats.duplicate_ids += merged["ids"]
+            stats.dropped_duplicate_rows += merged["dropped"]
+            stats.warnings.append(f"{merged['ids']} content id(s) read as different values compare equal once "
+                                  f"canonical ({merged['dropped']} extra rows dropped); each got a duplicate-id "
+                                  "error verdict")
     for msg in stats.warnings:
         log.warning("run %s: %s", run_id, msg)
     n_chunks = math.ceil(stats.items / settings.warehouse.chunk_size) if stats.items else 0
+    run = get_run(engine, settings, run_id)
+    params = {**(run.get("params") or {}), "extract_report": {
+        "rows_read": stats.rows_read, "items": stats.items, "skipped_unchanged": stats.skipped_unchanged,
+        "bad_ids": stats.bad_ids, "duplicate_ids": stats.duplicate_ids,
+        "dropped_duplicate_rows": stats.dropped_duplicate_rows, "undecodable_text": stats.undecodable,
+        "sources": stats.sources}}
     with write_tx(engine) as conn:
         unique = 0
         if n_chunks:
@@ -272,4 +353,22 @@ def _finish(engine: Engine, settings: Settings, run_id: str, stats: _Stats) -> N
             raise AssertionError(f"run {run_id}: chunks hold {chunked_items} items, extract wrote {stats.items}")
         transition(conn, settings, run_id, RunStatus.EXTRACTED, items=stats.items, unique_texts=unique,
                    skipped_unchanged=stats.skipped_unchanged, duplicate_ids=stats.duplicate_ids,
-                   chunks=int(chunks), warnings=stats.warnings, extract_finished_at=utcnow())
+                   chunks=int(chunks), warnings=stats.warnings, params=params, extract_finished_at=utcnow())
+
+
+def _merge_colliding_ids(conn, w: sa.Table, run_id: str) -> dict[str, int] | None:
+    """Safety net, in the database: work items of one (source, content_id) that the streamed grouping did
+    not see together (ids the database orders apart) become one duplicate-id error item, so staging's key
+    never breaks. Nothing here grows with the run but the number of colliding ids."""
+    dup = (sa.select(w.c.source, w.c.content_id, sa.func.count().label("n"), sa.func.min(w.c.item_no).label("first"))
+           .where(w.c.run_id == run_id).group_by(w.c.source, w.c.content_id).having(sa.func.count() > 1))
+    ids = dropped = 0
+    for row in conn.execute(dup).all():
+        ids += 1
+        dropped += row.n - 1
+        problem = (f"duplicate content id: {row.n} rows of source {row.source!r} have id {row.content_id!r} "
+                   "(stored as different values); not labelled until the source has one row per id")
+        same = [w.c.run_id == run_id, w.c.source == row.source, w.c.content_id == row.content_id]
+        conn.execute(w.delete().where(*same, w.c.item_no != row.first))
+        conn.execute(w.update().where(*same).values(problem=problem, text=None))
+    return {"ids": ids, "dropped": dropped} if ids else None

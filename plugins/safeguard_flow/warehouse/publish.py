@@ -9,8 +9,12 @@ Upsert on the key (source, content_id, policy, policy_version), done inside the 
   before the upsert in the same transaction is exact).
 - Both: when none of the run's keys is in the verdict table yet (nightly runs of new content,
   relabels for a new version) a plain ``INSERT ... SELECT`` does it, skipping the upsert's
-  per-row speculative insertion. If a concurrent publisher commits one of those keys first, the
-  insert fails with a unique violation and the transaction is retried on the upsert path.
+  per-row speculative insertion. On PostgreSQL the plain insert is simply tried first, in a
+  savepoint: an existing key (or one a concurrent publisher commits first) makes it fail with a
+  unique violation, rolled back to the savepoint, and the upsert runs instead. No plan there
+  depends on table statistics: a "does any key exist yet" join over fresh, never-analysed tables
+  was planned as a walk of the (policy, version, labelled_at) index per staged row (197 s for 20k
+  rows against 100k verdicts). SQLite checks with a primary-key probe per staged row.
 - generic (any other SQLAlchemy dialect, or ``method="generic"``): a correlated ``UPDATE`` of the
   existing keys, then ``INSERT ... SELECT ... WHERE NOT EXISTS`` for the new ones, in one
   transaction. A concurrent publisher inserting the same new key makes one of them fail with a
@@ -171,8 +175,12 @@ def _insert_new(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now) ->
 
 
 def _upsert_postgresql(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now) -> tuple[int, int]:
-    if _all_new(conn, v, s, run_id):
-        return _insert_new(conn, v, s, run_id, now), 0
+    try:  # every key new (the common case): a plain insert; its unique index finds any existing key
+        with conn.begin_nested():
+            return _insert_new(conn, v, s, run_id, now), 0
+    except sa.exc.IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "23505":  # not a unique violation: a real error
+            raise
     # xmax = 0 on a returned row means it was inserted, not updated (PostgreSQL MVCC).
     up = _upsert_native("postgresql", v, s, run_id, now).returning(
         sa.literal_column("(xmax = 0)", sa.Boolean).label("ins")).cte("up")

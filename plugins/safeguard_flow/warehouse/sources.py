@@ -18,6 +18,8 @@ from safeguard_flow.settings import Settings, SourceSettings
 from safeguard_flow.warehouse.db import as_utc
 from safeguard_flow.warehouse.errors import SourceError
 
+_SQLITE_TS = "%Y-%m-%d %H:%M:%f"  # UTC, milliseconds: sorts as text in time order
+
 
 @dataclass(frozen=True)
 class SourceTable:
@@ -28,10 +30,23 @@ class SourceTable:
     text_col: sa.Column
     updated_col: sa.Column | None
     filters: tuple[sa.ColumnElement, ...]
+    dialect: str = ""  # the database's dialect name: SQLite needs values read as bytes and times parsed
 
     @property
     def name(self) -> str:
         return self.settings.name
+
+    @property
+    def sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def updated_at(self) -> sa.ColumnElement:
+        """updated_at as the database compares it. SQLite holds timestamps as text in any format
+        (naive UTC, ``2024-03-01 23:30-05:00``, ``...Z``): strftime parses them to UTC text that sorts
+        by time, and gives NULL for what it cannot parse. Elsewhere the column is a real timestamp."""
+        if self.sqlite:
+            return sa.func.strftime(_SQLITE_TS, self.updated_col)
+        return self.updated_col
 
     def where(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> list[sa.ColumnElement]:
         """Conditions for rows in scope: the configured filters, and updated_at in [start, end)."""
@@ -40,13 +55,47 @@ class SourceTable:
             if self.updated_col is None:
                 raise SourceError(f"setting sources[{self.index}].updated_at_column (source {self.name!r}): "
                                   "needed to select rows by time, but not set")
-            if start is not None:
-                conds.append(self.updated_col >= self._ts(start))
-            if end is not None:
-                conds.append(self.updated_col < self._ts(end))
+            conds.append(self._in_interval(start, end))
         return conds
 
-    def _ts(self, value: dt.datetime) -> dt.datetime:
+    def _in_interval(self, start: dt.datetime | None, end: dt.datetime | None) -> sa.ColumnElement:
+        parsed = self.updated_at()
+        conds = []
+        if start is not None:
+            conds.append(parsed >= self._ts(start))
+        if end is not None:
+            conds.append(parsed < self._ts(end))
+        if self.sqlite:
+            # A text pre-filter one day wider than any UTC offset keeps an index on the column usable;
+            # the parsed comparison decides.
+            raw = sa.type_coerce(self.updated_col, sa.String)
+            if start is not None:
+                conds.append(raw >= (as_utc(start) - dt.timedelta(days=1)).strftime("%Y-%m-%d"))
+            if end is not None:
+                conds.append(raw < (as_utc(end) + dt.timedelta(days=2)).strftime("%Y-%m-%d"))
+        return sa.and_(*conds)
+
+    def untimed(self, now: dt.datetime) -> sa.ColumnElement:
+        """Rows no interval ever selects: updated_at NULL, unparseable, or later than `now`."""
+        parsed = self.updated_at()
+        return sa.or_(self.updated_col.is_(None), parsed.is_(None), parsed >= self._ts(now))
+
+    def updated_at_report(self, now: dt.datetime) -> sa.Select:
+        """Counts of rows in scope whose updated_at is NULL, unparseable, or in the future (after `now`)."""
+        parsed = self.updated_at()
+
+        def count(cond):
+            return sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0)
+
+        return sa.select(
+            count(self.updated_col.is_(None)),
+            count(sa.and_(self.updated_col.is_not(None), parsed.is_(None))),
+            count(parsed >= self._ts(now)),
+        ).select_from(self.table).where(*self.filters)
+
+    def _ts(self, value: dt.datetime) -> dt.datetime | str:
+        if self.sqlite:
+            return as_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]  # the format of updated_at()
         # Naive timestamp columns hold UTC by convention: compare them with naive UTC, not with an
         # aware value the database would shift by its session time zone.
         value = as_utc(value)
@@ -54,12 +103,33 @@ class SourceTable:
             value = value.replace(tzinfo=None)
         return value
 
-    def select_rows(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> sa.Select:
-        """id, text (and updated_at) of rows in scope, ordered by id so repeated ids are adjacent."""
-        cols = [self.id_col.label("id"), self.text_col.label("text")]
-        if self.updated_col is not None:
+    def select_rows(self, start: dt.datetime | None = None, end: dt.datetime | None = None,
+                    sweep_before: dt.datetime | None = None) -> sa.Select:
+        """id, id_type, text (and updated_at) of rows in scope, ordered by the id's canonical text so repeated ids are adjacent.
+
+        With `sweep_before`, rows whose updated_at no interval selects (NULL, unparseable, after that
+        time) are in scope too. On SQLite, id and text are read as bytes (CAST AS BLOB): a TEXT value
+        holding invalid UTF-8 would make the driver raise for the whole query; the bytes are decoded
+        per row instead (ContentItem.from_raw). id_type tells integer 42 from text '42'.
+        """
+        if self.sqlite:
+            id_value = sa.cast(self.id_col, sa.LargeBinary)
+            cols = [id_value.label("id"), sa.func.typeof(self.id_col).label("id_type"),
+                    sa.cast(self.text_col, sa.LargeBinary).label("text")]
+            order = id_value  # byte order: equal canonical ids are adjacent whatever their storage class
+        else:
+            cols = [self.id_col.label("id"), sa.literal(str(self.id_col.type)).label("id_type"),
+                    self.text_col.label("text")]
+            # A deterministic byte order for text ids: under a nondeterministic collation equal-comparing
+            # ids need not be adjacent.
+            order = self.id_col.collate("C") if self.dialect == "postgresql" and isinstance(
+                self.id_col.type, sa.String) else self.id_col
+        if self.updated_col is not None:  # the content's own time: verdicts keep it (the daily views count by it)
             cols.append(self.updated_col.label("updated_at"))
-        return sa.select(*cols).where(*self.where(start, end)).order_by(self.id_col)
+        conds = self.where(start, end)
+        if sweep_before is not None and self.updated_col is not None and (start is not None or end is not None):
+            conds = [*self.filters, sa.or_(self._in_interval(start, end), self.untimed(sweep_before))]
+        return sa.select(*cols).where(*conds).order_by(order)
 
     def count_rows(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> sa.Select:
         return sa.select(sa.func.count()).select_from(self.table).where(*self.where(start, end))
@@ -108,12 +178,13 @@ def _reflect(conn: Connection, src: SourceSettings, index: int) -> SourceTable:
     id_col = column("id_column", src.id_column)
     text_col = column("text_column", src.text_column)
     updated_col = column("updated_at_column", src.updated_at_column) if src.updated_at_column else None
+    # (On SQLite a DATETIME column holds text in any format: SourceTable.updated_at parses it.)
     if updated_col is not None and not isinstance(updated_col.type, (sa.DateTime, sa.Date)):
         raise SourceError(f"setting {where}.updated_at_column (source {src.name!r}): column {src.updated_at_column!r} "
                           f"is {updated_col.type}, not a date/time column")
     filters = tuple(_filter(column(f"filters[{i}].column", f.column), f.op, f.value, f"{where}.filters[{i}]", src.name)
                     for i, f in enumerate(src.filters))
-    return SourceTable(src, index, table, id_col, text_col, updated_col, filters)
+    return SourceTable(src, index, table, id_col, text_col, updated_col, filters, conn.dialect.name)
 
 
 def _filter(col: sa.Column, op: str, value: Any, where: str, source: str) -> sa.ColumnElement:

@@ -446,7 +446,7 @@ def _describe(exc: ValidationError, path: Path | str | None, where: str | None =
     lines = []
     for err in exc.errors():
         loc = [p for p in err["loc"] if p not in ("function-after", "function-before")]
-        dotted = ".".join(str(p) for p in loc)
+        dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
         # A list entry (sources.0.table) has no variable of its own: the list is one JSON value.
         head = []
         for p in loc:

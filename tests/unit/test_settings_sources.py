@@ -38,7 +38,7 @@ def test_env_values_are_parsed_by_the_fields_type():
 
 @pytest.mark.parametrize("env,needle", [
     ({"SAFEGUARD_RAY__NUM_REPLICAS": "four"}, "setting ray.num_replicas (set SAFEGUARD_RAY__NUM_REPLICAS)"),
-    ({"SAFEGUARD_SOURCES": '[{"table": "a b"}]'}, "setting sources.0.table (set SAFEGUARD_SOURCES as a JSON list)"),
+    ({"SAFEGUARD_SOURCES": '[{"table": "a b"}]'}, "setting sources[0].table (set SAFEGUARD_SOURCES as a JSON list)"),
     ({"SAFEGUARD_SOURCES": "[not json"}, "SAFEGUARD_"),
 ])
 def test_bad_env_values_name_the_variable(env, needle):

@@ -54,7 +54,7 @@ def test_no_published_policy_is_a_clear_error(make_warehouse):
 
 def test_a_quarantined_run_starts_afresh_and_publishes_after_the_fix(wh):
     _posts(wh)
-    strict = wh.settings.model_copy(update={"quality": QualitySettings(max_positive_rate=0.1)})
+    strict = wh.settings.model_copy(update={"quality": QualitySettings(max_positive_rate=0.1, min_sample=1)})
     run = pipeline.start_interval_run(wh.engine, strict, T0, T0 + DAY)
     wh.label(run.id)
     with pytest.raises(QualityGateFailed, match="positive rate"):

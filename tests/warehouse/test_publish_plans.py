@@ -10,6 +10,7 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
+from safeguard_flow.warehouse.runs import RunStatus
 from safeguard_flow.warehouse import db, policy_store, publish, runs, schema
 
 pytestmark = pytest.mark.postgres
@@ -44,8 +45,11 @@ def test_publish_does_not_stall_on_fresh_tables_without_statistics(pg_url, setti
             conn.execute(sa.text("INSERT INTO sg_run_chunks (run_id, chunk_no, bucket_lo, bucket_hi, items, done, "
                                  "verdicts, errors, positives, prompt_tokens, completion_tokens) "
                                  "VALUES ('new', 0, 0, 268435456, 20000, true, 20000, 0, 1000, 0, 0)"))
-        runs.update_run(engine, settings, "new", status="validated", items=20_000, extract_started_at=now,
-                        extract_finished_at=now, validated_at=now)
+        runs.update_run(engine, settings, "new", items=20_000, extract_started_at=now, extract_finished_at=now)
+        for status in (RunStatus.EXTRACTING, RunStatus.EXTRACTED, RunStatus.LABELLING, RunStatus.LABELLED):
+            runs.transition(engine, settings, "new", status)
+        runs.transition(engine, settings, "new", RunStatus.VALIDATED, validated_at=now,
+                        validation={"success": True, "summary": "bench: gate not run"})
         with engine.connect() as conn:
             assert conn.exec_driver_sql(
                 "SELECT count(*) FROM pg_stat_user_tables WHERE relname = 'sg_verdicts' "

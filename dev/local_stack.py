@@ -24,6 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # Four processes and the task workers share one SQLite file: wait for the write lock instead of
 # failing after SQLite's default 5 s (a busy laptop or CI box easily holds it longer).
@@ -85,6 +87,9 @@ class LocalAirflow:
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         })
         env.update(extra)
+        # The components import this module (SQLITE_CONNECT_ARGS above) as dev.local_stack: the
+        # repository root goes on their path, ahead of whatever PYTHONPATH already holds.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         return env
 
     # --- lifecycle ---------------------------------------------------------------------------------

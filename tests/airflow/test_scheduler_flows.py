@@ -59,7 +59,7 @@ def flow(tmp_path_factory, vllm_server, af_ray_head):
         af.wait_for_dags(["safeguard_nightly", "safeguard_relabel", "safeguard_policy_sync"])
         # Unpaused at creation: the scheduler runs the sync for the latest hour, publishing v1 of both.
         syncs = af.wait_for_runs("safeguard_policy_sync", 1, run_type="scheduled", timeout_s=300)
-        assert all(r["state"] == "success" for r in syncs), syncs
+        assert all(r["state"] == "success" for r in syncs), _logs(af, "safeguard_policy_sync", syncs)
         yield af, settings, engine, rows
     finally:
         af.stop()
@@ -77,6 +77,18 @@ def backfilled(flow):
             time.sleep(2 * (attempt + 1))
         assert proc.returncode == 0, f"airflow {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     return af.wait_for_runs("safeguard_nightly", 3, run_type="backfill", timeout_s=900)
+
+
+def _logs(af, dag_id: str, runs: list[dict]) -> str:
+    """The task logs of failed runs (for the assertion message: the temporary folder may be gone)."""
+    out = []
+    for run in runs:
+        if run["state"] == "success":
+            continue
+        folder = af.home / "logs" / f"dag_id={dag_id}" / f"run_id={run['dag_run_id']}"
+        for path in sorted(folder.glob("**/*.log")):
+            out.append(f"--- {path.relative_to(af.home)}\n{path.read_text(errors='replace')[-4000:]}")
+    return "\n".join(out) or f"{runs}\nno task logs; scheduler:\n{af.log_tail('scheduler', 60)}"
 
 
 def _verdicts(engine, settings) -> list[dict]:
@@ -103,7 +115,7 @@ def test_readme_backfill_labels_each_interval_once(flow, backfilled):
 
     af, settings, engine, rows = flow
     assert sorted(r["logical_date"][:10] for r in backfilled) == list(DAYS)  # one DAG run per interval
-    assert all(r["state"] == "success" for r in backfilled), backfilled
+    assert all(r["state"] == "success" for r in backfilled), _logs(af, "safeguard_nightly", backfilled)
     tis = _task_instances(af, "safeguard_nightly", backfilled)
     _assert_no_failed_tries(tis)
 
@@ -138,7 +150,7 @@ def test_policy_change_relabels_through_the_asset_event(flow, backfilled):
     af.cli("dags", "trigger", "safeguard_policy_sync")  # what the README and the CLI hint say
 
     (relabel,) = af.wait_for_runs("safeguard_relabel", 1, timeout_s=600)
-    assert relabel["run_type"] == "asset_triggered" and relabel["state"] == "success", relabel
+    assert relabel["run_type"] == "asset_triggered" and relabel["state"] == "success", _logs(af, "safeguard_relabel", [relabel])
     events = af.api("GET", f"dags/safeguard_relabel/dagRuns/{relabel['dag_run_id']}/upstreamAssetEvents")["asset_events"]
     assert [(e["uri"], e["extra"]["version"], e["extra"]["previous_version"]) for e in events] == [
         ("safeguard://policies/spam", 2, 1)]  # only the changed policy; unchanged self-harm announced nothing

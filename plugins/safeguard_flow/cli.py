@@ -149,6 +149,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ray_start(args: argparse.Namespace) -> int:
+    from safeguard_flow.raylib import local_head
+
+    head = local_head.ensure_head(_settings(args))
+    print(f"local Ray head running: dashboard {head.dashboard_url}, GCS {head.gcs_address}, pid {head.pid}, "
+          f"log {head.log_file}")
+    return 0
+
+
+def cmd_ray_stop(args: argparse.Namespace) -> int:
+    from safeguard_flow.raylib import local_head
+
+    settings = _settings(args)
+    # Only the head recorded under this home and port (the one we started): never `ray stop`,
+    # which would end every Ray process on the machine.
+    if local_head.stop_recorded_head(settings):
+        print(f"stopped the local Ray head on port {settings.ray.local_port}")
+    else:
+        print(f"no local Ray head of ours is running on port {settings.ray.local_port} (home {settings.home_path})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safeguard-flow", description=__doc__)
     parser.add_argument("--config", help="settings YAML file (default: $SAFEGUARD_CONFIG or ./safeguard.yaml)")
@@ -192,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", nargs="?", help="default: settings policies_dir")
     p.add_argument("--author", default="cli")
     p.set_defaults(func=cmd_policies_publish)
+
+    ray = sub.add_parser("ray", help="the local Ray head (started by tasks when no cluster is configured)")
+    ray = ray.add_subparsers(dest="ray_command", required=True)
+    ray.add_parser("start", help="start the local Ray head (or show the running one)").set_defaults(func=cmd_ray_start)
+    ray.add_parser("stop", help="stop the local Ray head this project started").set_defaults(func=cmd_ray_stop)
     return parser
 
 

@@ -53,9 +53,10 @@ def cmd_label(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.replicas is not None:
         settings.ray.num_replicas = args.replicas
+    import safeguard_flow
+
     # Which copy of the package runs (the runtime env's, on a cluster): says where the code came from.
-    log.info("label job for run %s: safeguard_flow from %s", args.run_id,
-             os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    log.info("label job for run %s: safeguard_flow from %s", args.run_id, list(safeguard_flow.__path__))
     try:
         summary = run_label_job(settings, args.run_id)
     except LabelJobError as exc:

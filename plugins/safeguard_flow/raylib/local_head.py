@@ -110,7 +110,7 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def head_command(settings: Settings, temp_dir: str) -> list[str]:
+def head_command(settings: Settings, temp_dir: str, resources: dict[str, float] | None = None) -> list[str]:
     ray = settings.ray
     port = ray.local_port
     cmd = [
@@ -128,6 +128,8 @@ def head_command(settings: Settings, temp_dir: str) -> list[str]:
     ]
     for flag, offset in _PORT_OFFSETS.items():
         cmd += [flag, str(port + offset)]
+    if resources:  # custom resources, e.g. to place one label replica per node (ray.resources_per_replica)
+        cmd += ["--resources", json.dumps(resources)]
     return cmd
 
 
@@ -141,7 +143,7 @@ def load_head(settings: Settings) -> LocalHead | None:
     return head if head.is_alive() else None
 
 
-def start_head(settings: Settings, timeout_s: float = 90.0) -> LocalHead:
+def start_head(settings: Settings, timeout_s: float = 90.0, resources: dict[str, float] | None = None) -> LocalHead:
     """Start a new local head (in its own session) and wait until its dashboard answers."""
     ray = settings.ray
     dashboard_url = f"http://127.0.0.1:{ray.local_dashboard_port}"
@@ -163,7 +165,7 @@ def start_head(settings: Settings, timeout_s: float = 90.0) -> LocalHead:
     # A local head serves no outside traffic: stop at once instead of draining for 30 s on SIGTERM.
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(head_command(settings, temp_dir), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(head_command(settings, temp_dir, resources), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     head = LocalHead(gcs_address=f"127.0.0.1:{ray.local_port}", dashboard_url=dashboard_url, pid=proc.pid,
                      temp_dir=temp_dir, log_file=log_file)

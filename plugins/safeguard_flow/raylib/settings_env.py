@@ -13,7 +13,6 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 from safeguard_flow.settings import Settings, SettingsError
 

@@ -67,6 +67,10 @@ def label_chunks(
     ctx.enable_progress_bars = False  # the runner draws one bar for the job, not one per operator
     ctx.enable_rich_progress_bars = False
     ctx.verbose_stats_logs = False
+    # Start labelling once every replica has its engine: otherwise the first replica up takes the
+    # first chunks and a slower node may get none. A replica that can never be placed fails the job
+    # with Ray's "not enough resources" timeout instead of hanging for good.
+    ctx.wait_for_min_actors_s = int(settings.ray.job_timeout_s)
     replicas = max(1, min(settings.ray.num_replicas, len(chunks)))
     ds = ray.data.from_items([{"chunk_no": int(c)} for c in chunks], override_num_blocks=max(1, len(chunks)))
     with warnings.catch_warnings():

@@ -211,3 +211,19 @@ def test_summary_marker_round_trip():
     assert parsed["items"] == 10 and parsed["chunks_skipped"] == 1 and parsed["items_per_s"] == 2.5
     assert parsed["tokens_per_item"] == 104.0
     assert "2.50 items/s" in s.format()
+
+
+def test_ray_packaging_lines_keep_their_level_in_a_task_log(caplog):
+    """Ray's own logger writes INFO to stderr, which a task log shows as errors; routed, it stays INFO."""
+    import logging
+
+    import ray  # noqa: F401 - importing ray installs its stderr handler
+
+    from safeguard_flow.airflow.ray_hook import route_ray_logs
+
+    route_ray_logs()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("ray.dashboard.modules.dashboard_sdk").info("Uploading package gcs://_ray_pkg_x.zip.")
+    record = next(r for r in caplog.records if "Uploading package" in r.message)
+    assert record.levelno == logging.INFO
+    assert not logging.getLogger("ray").handlers and logging.getLogger("ray").propagate

@@ -4,6 +4,7 @@ Ray head, real PostgreSQL with password authentication for the job's role."""
 
 from __future__ import annotations
 
+import ast
 import secrets
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from label_helpers import SOURCE, make_run
+from test_two_nodes import HIDE_PACKAGE
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -72,9 +74,15 @@ def test_a_job_from_a_working_folder_carries_the_package_and_no_secret(
     writer = threading.Thread(target=grow, daemon=True)
     writer.start()
     monkeypatch.chdir(work)
+    # The job's Python lacks the package: the venv's editable install and this checkout are hidden
+    # from it, so it can only import safeguard_flow from the runtime env.
+    hide = tmp_path / "hide-package"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_PACKAGE)
     try:
         op = RayLabelJobOperator(task_id="label", run_id=run_id, settings=settings, ray_conn_id=ray_conn_env,
-                                 warehouse_conn_id=None, poll_interval=0.5)
+                                 warehouse_conn_id=None, poll_interval=0.5,
+                                 runtime_env={"env_vars": {"PYTHONPATH": str(hide)}})
         with pytest.raises(TaskDeferred) as deferred:
             op.execute({})
         trigger: RayJobTrigger = deferred.value.trigger
@@ -95,7 +103,10 @@ def test_a_job_from_a_working_folder_carries_the_package_and_no_secret(
     logs = op.hook.get_job_logs(op.job_id)
     session = Path(ray_head.temp_dir) / "session_latest"
     resources = (session / "runtime_resources").resolve()
-    assert "safeguard_flow from ['" + str(resources) in logs, logs[-2000:]
+    line = next((x for x in logs.splitlines() if "safeguard_flow from [" in x), None)
+    assert line, logs[-2000:]
+    paths = ast.literal_eval(line.split("safeguard_flow from ", 1)[1].strip())
+    assert paths and all(p.startswith(str(resources)) for p in paths), line
     shipped = {p.name for p in resources.rglob("*")}
     assert "settings.py" in shipped and "job.py" in shipped
     for name in ("airflow.cfg", "simple_auth_manager_passwords.json.generated", "scheduler-growing.log", "logs"):

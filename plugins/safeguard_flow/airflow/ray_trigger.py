@@ -1,9 +1,10 @@
 """RayJobTrigger: follows a Ray job from the triggerer, bringing its log lines into the task log.
 
 The log is streamed with `JobSubmissionClient.tail_job_logs` (a websocket: each line arrives once,
-instead of the whole log on every poll). The other Jobs API calls are blocking (requests), so they run
-in a thread; the connection (for the auth token) is read with the async lookup. Killing the task (mark failed, clear) stops the job via
-`on_kill`; a triggerer restart does not (the job keeps running and the new trigger follows it).
+instead of the whole log on every poll); the other Jobs API calls are blocking (requests), so they
+run in a thread. The connection (for the auth token) is read with the async lookup. Killing the task
+(mark failed, clear) stops the job via `on_kill`; a triggerer restart does not (the job keeps
+running and the new trigger follows it).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from label_helpers import SOURCE, assert_complete_once, make_run
+from label_helpers import HIDE_PACKAGE, SOURCE, assert_complete_once, make_run
 
 from safeguard_flow.sample_data import sample_texts
 
@@ -24,9 +24,6 @@ pytestmark = pytest.mark.slow
 BASE = int(os.environ.get("SAFEGUARD_TEST_PORT_BASE", "18000")) + 300  # head 300.., second node 400..
 NODE_RESOURCE = "sg_label_slot"
 
-# Imported by every Python process of the cluster (it is on their PYTHONPATH): drop the venv's
-# editable safeguard-flow install and any source checkout from the import system.
-HIDE_PACKAGE = '''
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in repr(f)]
 sys.path_hooks[:] = [h for h in sys.path_hooks if "Editable" not in repr(h)]

@@ -24,13 +24,6 @@ pytestmark = pytest.mark.slow
 BASE = int(os.environ.get("SAFEGUARD_TEST_PORT_BASE", "18000")) + 300  # head 300.., second node 400..
 NODE_RESOURCE = "sg_label_slot"
 
-import sys
-sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in repr(f)]
-sys.path_hooks[:] = [h for h in sys.path_hooks if "Editable" not in repr(h)]
-sys.path[:] = [p for p in sys.path if "__editable__" not in p and not p.rstrip("/").endswith("/plugins")]
-sys.path_importer_cache.clear()
-'''
-
 
 def _node_command(head_gcs: str, base: int, temp_dir: str) -> list[str]:
     return [

@@ -6,8 +6,10 @@ SIGTERM to the process we started: `--block` drains and stops every Ray process 
 never use `ray stop`, which would kill every Ray process on the machine.
 
 All ports are explicit (derived from `ray.local_port`) so several heads can share a machine.
-Everything of a local head binds loopback only (node address, dashboard, Ray client server): it
-serves this machine, and an unauthenticated Ray on the network runs anyone's code. Starting is
+A local head serves this machine: its node address and its dashboard (the Jobs API, which runs
+anyone's code when auth is disabled) are loopback only. (Ray 2.60's own gRPC servers -- GCS,
+raylet, object manager -- still listen on all interfaces and have no option to narrow that; use
+`ray.auth_mode: token` where the network is not trusted.) Starting is
 guarded by a file lock next to the state file: tasks that start at once (a backfill) wait for the
 first one and reuse its head.
 """

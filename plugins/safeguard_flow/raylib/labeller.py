@@ -13,7 +13,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from safeguard_flow.labelling import LabelStats
 from safeguard_flow.policies import Policy
@@ -100,7 +101,7 @@ class ChunkLabeller:
         if engine is not None:
             try:
                 engine.close()
-            except Exception:  # noqa: BLE001 - shutting down a broken engine; log and go on
+            except Exception:
                 log.exception("replica pid %s: closing the engine failed", os.getpid())
         if children:
             import psutil

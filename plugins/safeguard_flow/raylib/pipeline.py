@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from safeguard_flow.policies import Policy
 from safeguard_flow.raylib.labeller import ChunkLabeller

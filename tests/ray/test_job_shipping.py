@@ -47,6 +47,7 @@ def _password_role(pg_server, url: str) -> tuple[str, str]:
 def test_a_job_from_a_working_folder_carries_the_package_and_no_secret(
         settings_factory, small_policies, ray_head, ray_driver, ray_conn_env, pg_server, pg_url, tmp_path, monkeypatch):
     from airflow.sdk.exceptions import TaskDeferred
+
     from safeguard_flow.airflow.ray_operator import RayLabelJobOperator
     from safeguard_flow.airflow.ray_trigger import RayJobTrigger
 

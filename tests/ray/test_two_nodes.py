@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from label_helpers import HIDE_PACKAGE, SOURCE, assert_complete_once, make_run
+
 from safeguard_flow.sample_data import sample_texts
 
 pytestmark = pytest.mark.slow
@@ -90,6 +91,7 @@ def _wait_for_nodes(dashboard_url: str, n: int, node: subprocess.Popen, log: Pat
 def test_a_label_job_runs_one_replica_per_node_with_the_code_from_the_runtime_env(
         two_node_cluster, settings_factory, model_settings, prepared_model, small_policies, tmp_path):
     from ray.util.state import list_actors
+
     from safeguard_flow.airflow.ray_operator import RayLabelJobOperator
 
     head, _ = two_node_cluster

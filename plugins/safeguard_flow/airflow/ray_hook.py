@@ -16,15 +16,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
+
+from airflow.sdk import BaseHook
 
 from safeguard_flow.airflow.provider import RAY_CONN_TYPE
 from safeguard_flow.settings import Settings, SettingsError, get_settings
-
-from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:  # pragma: no cover
     from ray.job_submission import JobSubmissionClient

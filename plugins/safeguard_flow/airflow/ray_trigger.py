@@ -12,18 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
-
-from safeguard_flow.airflow.ray_hook import (
-    TERMINAL_STATUSES,
-    RayHook,
-    RayTarget,
-    strip_ansi,
-    target_from_connection,
-)
+from typing import Any, AsyncIterator
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from safeguard_flow.airflow.ray_hook import TERMINAL_STATUSES, RayHook, RayTarget, strip_ansi, target_from_connection
 
 
 class RayJobTrigger(BaseTrigger):

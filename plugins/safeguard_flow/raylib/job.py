@@ -17,17 +17,14 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from typing import Sequence
 
 log = logging.getLogger(__name__)
 
 
 def _settings(args: argparse.Namespace):
     """The submitter's settings document (secrets fetched from the cluster), else the usual sources."""
-    from safeguard_flow.raylib.settings_env import (
-        SETTINGS_DOC_ENV,
-        settings_from_document,
-    )
+    from safeguard_flow.raylib.settings_env import SETTINGS_DOC_ENV, settings_from_document
     from safeguard_flow.settings import load_settings
 
     doc = os.environ.get(SETTINGS_DOC_ENV)

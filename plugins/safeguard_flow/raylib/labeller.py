@@ -13,8 +13,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Sequence
 
 from safeguard_flow.labelling import LabelStats
 from safeguard_flow.policies import Policy
@@ -101,7 +100,7 @@ class ChunkLabeller:
         if engine is not None:
             try:
                 engine.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - shutting down a broken engine; log and go on
                 log.exception("replica pid %s: closing the engine failed", os.getpid())
         if children:
             import psutil

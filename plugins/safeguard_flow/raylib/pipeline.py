@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
 
 from safeguard_flow.policies import Policy
 from safeguard_flow.raylib.labeller import ChunkLabeller

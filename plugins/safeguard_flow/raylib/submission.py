@@ -14,11 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from safeguard_flow.raylib.settings_env import (
-    SETTINGS_DOC_ENV,
-    settings_document,
-    worker_env,
-)
+from safeguard_flow.raylib.settings_env import SETTINGS_DOC_ENV, settings_document, worker_env
 from safeguard_flow.settings import Settings
 
 JOB_MODULE = "safeguard_flow.raylib.job"

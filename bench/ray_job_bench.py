@@ -117,7 +117,9 @@ def bare_engine(settings, policies, texts: list[str]) -> dict:
 def submit(hook, settings, run_id: str) -> str:
     from safeguard_flow.raylib.submission import RUN_ID_METADATA, label_job_entrypoint, label_job_runtime_env
 
-    return hook.submit_job(label_job_entrypoint(run_id), runtime_env=label_job_runtime_env(settings, local=True),
+    env, secrets = label_job_runtime_env(settings, local=True)
+    uri = hook.put_job_secrets(secrets) if secrets else None
+    return hook.submit_job(label_job_entrypoint(run_id, secrets_uri=uri), runtime_env=env,
                            metadata={RUN_ID_METADATA: run_id})
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Any
 
@@ -40,12 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from safeguard_flow.raylib import serve
-    from safeguard_flow.raylib.local_head import auth_env
     from safeguard_flow.settings import load_settings
 
     settings = load_settings(args.config)
-    for key, value in auth_env(settings).items():
-        os.environ.setdefault(key, value)
     # Serve apps outlive this process: connect to the cluster, deploy, disconnect.
     ray.init(address=args.address or settings.ray.address or "auto", namespace="serve", log_to_driver=False)
     try:

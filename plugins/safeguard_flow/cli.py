@@ -187,6 +187,8 @@ def _with_warehouse_connection(settings, conn_id: str):
         raise SystemExit(f"--airflow-connection needs Airflow (pip install 'safeguard-flow[airflow]'): {exc}") from None
 
     return SafeguardWarehouseHook(conn_id, settings=settings).settings
+
+
 def _run_settings(args: argparse.Namespace):
     """The settings, with the sample's `posts` table as the source when none is configured."""
     from safeguard_flow.sample_data import POSTS_SOURCE
@@ -330,6 +332,27 @@ def cmd_sample_load(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     print(f"loaded {n} rows into table posts of {settings.warehouse_url}")
+
+
+def cmd_ray_start(args: argparse.Namespace) -> int:
+    from safeguard_flow.raylib import local_head
+
+    head = local_head.ensure_head(_settings(args))
+    print(f"local Ray head running: dashboard {head.dashboard_url}, GCS {head.gcs_address}, pid {head.pid}, "
+          f"log {head.log_file}")
+    return 0
+
+
+def cmd_ray_stop(args: argparse.Namespace) -> int:
+    from safeguard_flow.raylib import local_head
+
+    settings = _settings(args)
+    # Only the head recorded under this home and port (the one we started): never `ray stop`,
+    # which would end every Ray process on the machine.
+    if local_head.stop_recorded_head(settings):
+        print(f"stopped the local Ray head on port {settings.ray.local_port}")
+    else:
+        print(f"no local Ray head of ours is running on port {settings.ray.local_port} (home {settings.home_path})")
     return 0
 
 
@@ -409,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sm.add_parser("load", help="(re)load the demo sample into the warehouse's `posts` table")
     p.add_argument("--path", help="a sample JSONL (default: the repo's data/ sample)")
     p.set_defaults(func=cmd_sample_load)
+    ray = sub.add_parser("ray", help="the local Ray head (started by tasks when no cluster is configured)")
+    ray = ray.add_subparsers(dest="ray_command", required=True)
+    ray.add_parser("start", help="start the local Ray head (or show the running one)").set_defaults(func=cmd_ray_start)
+    ray.add_parser("stop", help="stop the local Ray head this project started").set_defaults(func=cmd_ray_stop)
     return parser
 
 

@@ -189,6 +189,9 @@ class RaySettings(_Section):
     serve_min_replicas: int = Field(default=1, ge=0)
     serve_max_replicas: int = Field(default=1, ge=1)
     serve_target_ongoing_requests: int = Field(default=16, ge=1)
+    # Custom Ray resources each label replica requests, e.g. {"sg_replica": 1} with `ray start
+    # --resources '{"sg_replica": 1}'` on each node to place one replica per node.
+    resources_per_replica: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _serve_bounds(self) -> RaySettings:

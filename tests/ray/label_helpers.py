@@ -16,6 +16,16 @@ RAY_TEST_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_PORT", "18101"))
 RAY_TEST_DASHBOARD_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_DASHBOARD_PORT", "18165"))
 RAY_TEST_SERVE_PORT = int(os.environ.get("SAFEGUARD_TEST_RAY_SERVE_PORT", "18180"))
 SOURCE = POSTS_SOURCE
+# Imported by every Python process of the cluster (it is on their PYTHONPATH): drop the venv's
+# editable safeguard-flow install and any source checkout from the import system.
+HIDE_PACKAGE = '''
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in repr(f)]
+sys.path_hooks[:] = [h for h in sys.path_hooks if "Editable" not in repr(h)]
+sys.path[:] = [p for p in sys.path if "__editable__" not in p and not p.rstrip("/").endswith("/plugins")]
+sys.path_importer_cache.clear()
+'''
+
 T0 = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
 DAY = dt.timedelta(days=1)
 

@@ -65,33 +65,124 @@ def test_an_engine_that_fails_even_a_canary_is_reported_unhealthy(small_policies
         label_chunk(BatchRaisingEngine(broken=True), _items(["a", "b", "c"]), small_policies, max_content_chars=1000)
 
 
-def test_settings_travel_to_a_job_as_environment(settings_factory):
-    from safeguard_flow.raylib.settings_env import resolve_paths, settings_to_env
-    from safeguard_flow.settings import load_settings
-
-    s = settings_factory(model={"engine_kwargs": {"enforce_eager": True}, "dtype": "123"},
-                         ray={"num_replicas": 3, "runtime_env": {"env_vars": {"A": "b: c"}}},
-                         sources=[{"table": "posts", "filters": [{"column": "lang", "value": "en"}]}])
-    env = settings_to_env(s)
-    assert env["SAFEGUARD_RAY__NUM_REPLICAS"] == "3"
-    assert load_settings(environ=env) == resolve_paths(s)
-
-
-def test_label_job_submission_shape(settings_factory, tmp_path):
-    from safeguard_flow.raylib.submission import label_job_entrypoint, label_job_runtime_env, repo_root
-
-    assert label_job_entrypoint("run 1; rm -rf /") == "python ray_jobs/label_job.py --run-id 'run 1; rm -rf /'"
-    s = settings_factory(ray={"runtime_env": {"env_vars": {"FROM_SETTINGS": "1"}, "pip": ["x"]}})
-    env = label_job_runtime_env(s, local=True, extra={"env_vars": {"FROM_OPERATOR": "2"}})
-    assert env["working_dir"] == str(repo_root()) and ".venv/" in env["excludes"]
-    assert env["pip"] == ["x"]
-    assert env["env_vars"]["FROM_SETTINGS"] == "1" and env["env_vars"]["FROM_OPERATOR"] == "2"
-    assert env["env_vars"]["RAY_AUTH_MODE"] == "disabled"
-    assert env["env_vars"]["SAFEGUARD_WAREHOUSE__URL"] == s.warehouse_url
+def test_settings_travel_to_a_job_as_one_document_without_secrets(settings_factory):
+    from safeguard_flow.raylib.settings_env import resolve_paths, settings_document, settings_from_document
     from safeguard_flow.settings import SettingsError
 
-    with pytest.raises(SettingsError, match="working_dir"):
-        repo_root(tmp_path)
+    url = "postgresql+psycopg://labeller:s3cr3t-pw@db.example:5432/wh?sslpassword=k3y-pw&sslmode=require"
+    s = settings_factory(url, model={"engine_kwargs": {"enforce_eager": True}, "dtype": "123"},
+                         engine={"api_key": "sk-live-abc"},
+                         ray={"num_replicas": 3, "runtime_env": {"env_vars": {"A": "b: c"}}},
+                         sources=[{"table": "posts", "filters": [{"column": "lang", "value": "en"}]}])
+    doc, secrets = settings_document(s)
+    for secret in ("s3cr3t-pw", "k3y-pw", "sk-live-abc"):
+        assert secret not in doc
+    assert set(secrets) == {"warehouse.url", "engine.api_key"} and secrets["warehouse.url"] == url
+    assert "db.example" in doc and "sslmode=require" in doc  # the rest of the URL stays readable
+    assert settings_from_document(doc, secrets) == resolve_paths(s)
+    with pytest.raises(SettingsError, match="warehouse.url"):
+        settings_from_document(doc, {})  # never a silent fall-back to a masked URL
+
+    plain, none = settings_document(settings_factory())  # SQLite: nothing secret, nothing to hand over
+    assert none == {} and settings_from_document(plain) == resolve_paths(settings_factory())
+
+
+def test_label_job_submission_ships_the_package_not_the_working_folder(settings_factory, tmp_path, monkeypatch):
+    import safeguard_flow.settings
+    from safeguard_flow.raylib.settings_env import SETTINGS_DOC_ENV
+    from safeguard_flow.raylib.submission import label_job_entrypoint, label_job_runtime_env, package_dir
+
+    assert label_job_entrypoint("run 1; rm -rf /") == \
+        "python -m safeguard_flow.raylib.job label --run-id 'run 1; rm -rf /'"
+    assert label_job_entrypoint("r", 2, "gcs://_sg_secret_x.zip").endswith("--replicas 2 --secrets gcs://_sg_secret_x.zip")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    s = settings_factory(ray={"runtime_env": {"env_vars": {"FROM_SETTINGS": "1"}, "pip": ["x"]}})
+    env, secrets = label_job_runtime_env(s, local=True, extra={"env_vars": {"FROM_OPERATOR": "2"}})
+    assert "working_dir" not in env and secrets == {}
+    assert env["py_modules"] == [str(package_dir())]
+    assert (package_dir() / "settings.py").samefile(safeguard_flow.settings.__file__)
+    assert env["pip"] == ["x"]
+    assert env["env_vars"]["FROM_SETTINGS"] == "1" and env["env_vars"]["FROM_OPERATOR"] == "2"
+    assert env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1" and "HF_TOKEN" not in env["env_vars"]
+    assert "RAY_AUTH_MODE" not in env["env_vars"]  # the cluster's own auth mode applies
+    assert not any(k.startswith("SAFEGUARD_") for k in env["env_vars"])  # one document, not N variables
+    assert SETTINGS_DOC_ENV in env["env_vars"]
+
+
+def test_the_job_parser_matches_the_cli_style():
+    from safeguard_flow.raylib.job import build_parser
+
+    args = build_parser().parse_args(["--config", "x.yaml", "label", "--run-id", "r1", "--replicas", "2"])
+    assert (args.command, args.run_id, args.replicas, args.config, args.secrets) == ("label", "r1", 2, "x.yaml", None)
+    args = build_parser().parse_args(["label", "--run-id", "r1", "--config", "y.yaml"])  # the shim's order
+    assert args.config == "y.yaml"
+
+
+def test_a_token_with_auth_disabled_is_refused_naming_both_settings(settings_factory):
+    from safeguard_flow.airflow.ray_hook import RayTarget, check_auth
+    from safeguard_flow.settings import SettingsError
+
+    target = RayTarget(dashboard_url="http://head:8265", headers={"Authorization": "Bearer t"})
+    with pytest.raises(SettingsError, match=r"ray\.auth_mode.*SAFEGUARD_RAY__AUTH_MODE.*password") as err:
+        check_auth(settings_factory(ray={"auth_mode": "disabled"}), target, "safeguard_ray_default")
+    assert "safeguard_ray_default" in str(err.value)
+    check_auth(settings_factory(ray={"auth_mode": "token"}), target, "c")  # consistent: fine
+    check_auth(settings_factory(), RayTarget(dashboard_url="http://head:8265"), "c")
+
+
+def test_gpu_replicas_take_max_of_gpus_and_tp_and_zero_is_refused(settings_factory):
+    from safeguard_flow.raylib.pipeline import replica_resources
+    from safeguard_flow.settings import SettingsError
+
+    tp2 = settings_factory(model={"tensor_parallel_size": 2}, ray={"num_gpus_per_replica": 1})
+    assert replica_resources(tp2, cuda=True)["num_gpus"] == 2
+    assert replica_resources(settings_factory(ray={"num_gpus_per_replica": 1}), cuda=True)["num_gpus"] == 1
+    with pytest.raises(SettingsError, match="num_gpus_per_replica"):
+        replica_resources(settings_factory(), cuda=True)
+    cpu = replica_resources(settings_factory(ray={"resources_per_replica": {"sg_node": 1}}), cuda=False)
+    assert cpu == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {"sg_node": 1.0}}
+
+
+def test_an_unhealthy_replica_closes_its_engine_before_it_exits(small_policies, monkeypatch, settings_factory):
+    """No bare os._exit with a live engine: its EngineCore / TP workers would keep the GPU."""
+    from safeguard_flow.raylib import labeller
+    from safeguard_flow.warehouse import staging
+
+    events: list[str] = []
+
+    class Broken(BatchRaisingEngine):
+        def close(self):
+            events.append("close")
+
+    replica = object.__new__(labeller.ChunkLabeller)
+    replica.settings, replica.run_id, replica.policies = settings_factory(), "r", list(small_policies)
+    replica.db, replica.engine, replica.engine_load_s, replica._first_call = None, Broken(broken=True), 0.0, False
+    monkeypatch.setattr(staging, "pending_chunks", lambda *a: [0])
+    monkeypatch.setattr(staging, "read_chunk", lambda *a: _items(["a", "b"]))
+
+    def exit_(code):
+        events.append(f"exit {code}")
+        raise SystemExit(code)
+
+    monkeypatch.setattr(labeller.os, "_exit", exit_)
+    with pytest.raises(SystemExit):
+        replica.label(0)
+    assert events == ["close", "exit 1"] and replica.engine is None
+
+
+def test_chunk_progress_lines_name_items_and_rate(capsys):
+    from safeguard_flow.raylib.labeller import _Progress
+
+    with _Progress("run r chunk 3", 500, every_s=0.05) as progress:
+        progress.done = 120
+        import time
+
+        time.sleep(0.2)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("run r chunk 3: ") for line in lines)
+    assert "120/500 items" in lines[-1] and "items/s" in lines[-1]
 
 
 def test_log_follower_emits_each_line_once():
@@ -102,8 +193,8 @@ def test_log_follower_emits_each_line_once():
     f.feed("a\nb\npart", got.append)
     f.feed("a\nb\npartial\nc\n", got.append)
     f.feed("a\nb\npartial\nc\n", got.append)
-    f.flush("a\nb\npartial\nc\nend", got.append)
-    assert got == ["a", "b", "partial", "c", "end"]
+    f.flush("a\nb\npartial\nc\nend \x1b[36m(pid=1)\x1b[0m x", got.append)
+    assert got == ["a", "b", "partial", "c", "end (pid=1) x"]  # no terminal colour codes in task logs
 
 
 def test_summary_marker_round_trip():
@@ -120,3 +211,19 @@ def test_summary_marker_round_trip():
     assert parsed["items"] == 10 and parsed["chunks_skipped"] == 1 and parsed["items_per_s"] == 2.5
     assert parsed["tokens_per_item"] == 104.0
     assert "2.50 items/s" in s.format()
+
+
+def test_ray_packaging_lines_keep_their_level_in_a_task_log(caplog):
+    """Ray's own logger writes INFO to stderr, which a task log shows as errors; routed, it stays INFO."""
+    import logging
+
+    import ray  # noqa: F401 - importing ray installs its stderr handler
+
+    from safeguard_flow.airflow.ray_hook import route_ray_logs
+
+    route_ray_logs()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("ray.dashboard.modules.dashboard_sdk").info("Uploading package gcs://_ray_pkg_x.zip.")
+    record = next(r for r in caplog.records if "Uploading package" in r.message)
+    assert record.levelno == logging.INFO
+    assert not logging.getLogger("ray").handlers and logging.getLogger("ray").propagate

@@ -13,6 +13,8 @@ starts (or reuses) a local Ray head on 127.0.0.1 (see safeguard_flow.raylib.loca
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,6 +31,30 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 _EXTRA_KEYS = {"runtime_env", "verify", "headers"}
+# Terminal colour / cursor sequences Ray puts around worker prefixes: not for a task log.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def check_auth(settings: Settings, target: RayTarget, conn_id: str | None) -> None:
+    """A token sent to a cluster the settings call unauthenticated is a mistake either way: say so now."""
+    if "Authorization" in target.headers and settings.ray.auth_mode == "disabled":
+        raise SettingsError(
+            f"connection {conn_id!r} has an auth token (its password) but ray.auth_mode "
+            "(SAFEGUARD_RAY__AUTH_MODE) is 'disabled': set ray.auth_mode to 'token' for a cluster "
+            "started with RAY_AUTH_MODE=token, or clear the connection's password"
+        )
+
+
+def route_ray_logs() -> None:
+    """Ray's own logger writes to stderr, which a task log shows as errors: hand it to the task's logging
+    instead, so packaging INFO lines stay INFO."""
+    ray_logger = logging.getLogger("ray")
+    ray_logger.handlers.clear()
+    ray_logger.propagate = True
 
 
 @dataclass
@@ -89,7 +115,7 @@ class RayHook(BaseHook):
                 "host": "http://ray-head.example.com",
                 "port": "8265",
                 "password": "token of a cluster started with RAY_AUTH_MODE=token (empty if disabled)",
-                "extra": '{"runtime_env": {"env_vars": {"SAFEGUARD_WAREHOUSE__URL": "..."}}, "verify": true}',
+                "extra": '{"runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}}, "verify": true}',
             },
         }
 
@@ -111,7 +137,9 @@ class RayHook(BaseHook):
     def target(self) -> RayTarget:
         conn = self._connection()
         if conn is not None:
-            return target_from_connection(conn, self.ray_conn_id or "")
+            target = target_from_connection(conn, self.ray_conn_id or "")
+            check_auth(self.settings, target, self.ray_conn_id)
+            return target
         if self.settings.ray.dashboard_url:
             return RayTarget(dashboard_url=self.settings.ray.dashboard_url.rstrip("/"))
         from safeguard_flow.raylib import local_head
@@ -123,11 +151,11 @@ class RayHook(BaseHook):
 
     @cached_property
     def client(self) -> JobSubmissionClient:
-        import os
-
         from ray.job_submission import JobSubmissionClient
 
-        os.environ.setdefault("RAY_AUTH_MODE", self.settings.ray.auth_mode)
+        # No RAY_AUTH_MODE here: the token travels in the Authorization header, and only the local
+        # head (local_head.local_cluster_env) is told its mode.
+        route_ray_logs()
         t = self.target
         return JobSubmissionClient(t.dashboard_url, headers=t.headers or None, verify=t.verify)
 
@@ -151,6 +179,12 @@ class RayHook(BaseHook):
                                         submission_id=submission_id, entrypoint_num_cpus=entrypoint_num_cpus)
         self.log.info("submitted Ray job %s to %s: %s", job_id, mask_url(self.target.dashboard_url), entrypoint)
         return job_id
+
+    def put_job_secrets(self, values: dict[str, str]) -> str:
+        """Store a job's secrets in the cluster (not in its runtime_env); returns the name to pass the job."""
+        from safeguard_flow.raylib.job_secrets import upload
+
+        return upload(self.client, values)
 
     def get_job_status(self, job_id: str) -> str:
         return str(self.client.get_job_status(job_id).value)
@@ -222,7 +256,7 @@ class LogFollower:
         if cut == 0:
             return
         for line in new[:cut].splitlines():
-            emit(line)
+            emit(strip_ansi(line))
         self.offset += cut
 
     def flush(self, full_log: str, emit: Callable[[str], None]) -> None:

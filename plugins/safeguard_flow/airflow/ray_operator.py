@@ -135,12 +135,15 @@ class RayJobOperator(BaseOperator):
 
 
 class RayLabelJobOperator(RayJobOperator):
-    """Run ray_jobs/label_job.py for one run on the Ray cluster; returns the job summary (counts, items/s, tokens).
+    """Run the label job (`python -m safeguard_flow.raylib.job label`) for one run on the Ray cluster;
+    returns the job summary (counts, items/s, tokens).
 
-    Settings reach the job as SAFEGUARD_* variables in its runtime_env, with the warehouse taken from
-    the warehouse connection (`warehouse_conn_id`) when one is configured. If a job for the same run
-    is still running (a retried task, a worker that died), the operator follows it instead of
-    submitting a second one.
+    The job gets the package as py_modules (never this worker's working folder) and the settings as
+    one JSON document in its runtime_env, with the warehouse taken from the warehouse connection
+    (`warehouse_conn_id`) when one is configured. Secrets (the warehouse password, an API key) are not
+    in that document: they are stored in the cluster under a one-off name the job reads once (see
+    safeguard_flow.raylib.job_secrets). If a job for the same run is still running (a retried task, a
+    worker that died), the operator follows it instead of submitting a second one.
     """
 
     template_fields: Sequence[str] = (*RayJobOperator.template_fields, "run_id")
@@ -151,7 +154,6 @@ class RayLabelJobOperator(RayJobOperator):
         run_id: str,
         warehouse_conn_id: str | None = "safeguard_warehouse_default",
         num_replicas: int | None = None,
-        working_dir: str | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("entrypoint", "")
@@ -159,7 +161,7 @@ class RayLabelJobOperator(RayJobOperator):
         self.run_id = run_id
         self.warehouse_conn_id = warehouse_conn_id
         self.num_replicas = num_replicas
-        self.working_dir = working_dir
+        self._job_secrets: dict[str, str] | None = None
 
     @cached_property
     def settings(self) -> Settings:
@@ -171,16 +173,20 @@ class RayLabelJobOperator(RayJobOperator):
             return SafeguardWarehouseHook(self.warehouse_conn_id).settings
         return get_settings()
 
-    def build_entrypoint(self, context: Any) -> str:
-        from safeguard_flow.raylib.submission import label_job_entrypoint
-
-        return label_job_entrypoint(self.run_id, self.num_replicas)
-
     def build_runtime_env(self, context: Any) -> dict[str, Any]:
         from safeguard_flow.raylib.submission import label_job_runtime_env
 
-        return label_job_runtime_env(self.settings, working_dir=self.working_dir, local=self.hook.target.local,
-                                     extra=self.runtime_env)
+        env, self._job_secrets = label_job_runtime_env(self.settings, local=self.hook.target.local,
+                                                       extra=self.runtime_env)
+        return env
+
+    def build_entrypoint(self, context: Any) -> str:
+        from safeguard_flow.raylib.submission import label_job_entrypoint
+
+        if self._job_secrets is None:
+            self.build_runtime_env(context)
+        uri = self.hook.put_job_secrets(self._job_secrets) if self._job_secrets else None
+        return label_job_entrypoint(self.run_id, self.num_replicas, secrets_uri=uri)
 
     def build_metadata(self, context: Any) -> dict[str, str]:
         from safeguard_flow.raylib.submission import RUN_ID_METADATA

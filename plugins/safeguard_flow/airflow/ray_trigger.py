@@ -1,19 +1,22 @@
 """RayJobTrigger: follows a Ray job from the triggerer, bringing its log lines into the task log.
 
-The Jobs API client is blocking (requests), so each call runs in a thread; the connection (for the
-auth token) is read with the async lookup. Killing the task (mark failed, clear) stops the job via
-`on_kill`; a triggerer restart does not (the job keeps running and the new trigger follows it).
+The log is streamed with `JobSubmissionClient.tail_job_logs` (a websocket: each line arrives once,
+instead of the whole log on every poll); the other Jobs API calls are blocking (requests), so they
+run in a thread. The connection (for the auth token) is read with the async lookup. Killing the task
+(mark failed, clear) stops the job via `on_kill`; a triggerer restart does not (the job keeps
+running and the new trigger follows it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any, AsyncIterator
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from safeguard_flow.airflow.ray_hook import TERMINAL_STATUSES, LogFollower, RayHook, RayTarget, log_tail, target_from_connection
+from safeguard_flow.airflow.ray_hook import TERMINAL_STATUSES, RayHook, RayTarget, strip_ansi, target_from_connection
 
 
 class RayJobTrigger(BaseTrigger):
@@ -26,7 +29,7 @@ class RayJobTrigger(BaseTrigger):
         ray_conn_id: str | None = None,
         poll_interval: float = 5.0,
         deadline: float | None = None,  # epoch seconds; past it the job is stopped
-        log_offset: int = 0,
+        log_offset: int = 0,  # log lines already brought into the task log (a resumed trigger skips them)
         tail_lines: int = 40,
     ):
         super().__init__()
@@ -68,37 +71,66 @@ class RayJobTrigger(BaseTrigger):
         return hook
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Stream the job's log (Jobs API websocket: each line once, no re-download per poll) until the
+        job ends; a dropped stream reconnects and skips the lines already brought in."""
         try:
             hook = await self._hook()
-            follower = LogFollower(self.log_offset)
-            emit = self.log.info
+            self._seen = self.log_offset
+            self._tail: deque[str] = deque(maxlen=self.tail_lines)
+            self._summary: dict[str, Any] | None = None
             failures = 0
             while True:
                 try:
+                    await self._follow(hook)
                     status = await asyncio.to_thread(hook.get_job_status, self.job_id)
-                    logs = await asyncio.to_thread(hook.get_job_logs, self.job_id)
                     failures = 0
+                except TimeoutError:
+                    await asyncio.to_thread(hook.stop_job, self.job_id)
+                    yield TriggerEvent(self._event("TIMEOUT", "the job ran past its timeout and was stopped"))
+                    return
                 except Exception as exc:  # a dashboard restart or network blip: retry a few times
                     failures += 1
                     if failures > self.MAX_POLL_FAILURES:
                         raise
-                    self.log.warning("polling Ray job %s failed (%s: %s); retry %d/%d", self.job_id,
+                    self.log.warning("following Ray job %s failed (%s: %s); retry %d/%d", self.job_id,
                                      type(exc).__name__, exc, failures, self.MAX_POLL_FAILURES)
                     await asyncio.sleep(self.poll_interval * 2 ** failures)
                     continue
-                follower.feed(logs, emit)
                 if status in TERMINAL_STATUSES:
-                    follower.flush(logs, emit)
-                    yield TriggerEvent(self._event(status, logs, await self._message(hook)))
+                    yield TriggerEvent(self._event(status, await self._message(hook)))
                     return
-                if self.deadline is not None and time.time() > self.deadline:
-                    await asyncio.to_thread(hook.stop_job, self.job_id)
-                    yield TriggerEvent(self._event("TIMEOUT", logs, "the job ran past its timeout and was stopped"))
-                    return
-                await asyncio.sleep(self.poll_interval)
+                await asyncio.sleep(self.poll_interval)  # the stream closed early: reconnect
         except Exception as exc:  # report to the task instead of failing the trigger silently
             yield TriggerEvent({"status": "ERROR", "job_id": self.job_id, "message": f"{type(exc).__name__}: {exc}",
                                 "log_tail": ""})
+
+    async def _follow(self, hook: RayHook) -> None:
+        """One websocket session of `tail_job_logs`; it ends when the job does (or the connection drops)."""
+        remaining = None if self.deadline is None else max(0.0, self.deadline - time.time())
+        index = 0  # lines of this session; a new session replays the log from its first line
+        partial = ""
+        async with asyncio.timeout(remaining):
+            async for chunk in hook.client.tail_job_logs(self.job_id):
+                lines = (partial + chunk).split("\n")
+                partial = lines.pop()
+                for line in lines:
+                    index += 1
+                    if index > self._seen:
+                        self._line(line)
+        if partial:
+            index += 1
+            if index > self._seen:
+                self._line(partial)
+
+    def _line(self, line: str) -> None:
+        from safeguard_flow.raylib.summary import SUMMARY_MARKER, parse_marker
+
+        self._seen += 1
+        line = strip_ansi(line)
+        self.log.info("%s", line)
+        self._tail.append(line)
+        if SUMMARY_MARKER in line:
+            self._summary = parse_marker(line)
 
     async def _message(self, hook: RayHook) -> str:
         try:
@@ -107,11 +139,9 @@ class RayJobTrigger(BaseTrigger):
         except Exception:  # the message is a nicety; the status already says what happened
             return ""
 
-    def _event(self, status: str, logs: str, message: str) -> dict[str, Any]:
-        from safeguard_flow.raylib.summary import parse_marker
-
+    def _event(self, status: str, message: str) -> dict[str, Any]:
         return {"status": status, "job_id": self.job_id, "message": message,
-                "log_tail": log_tail(logs, self.tail_lines), "summary": parse_marker(logs)}
+                "log_tail": "\n".join(self._tail), "summary": self._summary}
 
     async def on_kill(self) -> None:
         """The user killed or cleared the deferred task: stop the Ray job too."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import time
 from typing import Any, Sequence
 
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 # Columns of the rows a replica returns per chunk (the driver sums them into the job summary).
 RESULT_COLUMNS = ("chunk_no", "skipped", "items", "verdicts", "errors", "requests", "prompt_tokens",
                   "completion_tokens", "seconds", "started", "finished", "pid", "engine_load_s")
+# A chunk can take minutes: a replica prints how far it is at least this often (into the job log).
+PROGRESS_EVERY_S = 10.0
 
 
 class ChunkLabeller:
@@ -61,19 +65,52 @@ class ChunkLabeller:
         start = time.perf_counter()
         items = staging.read_chunk(self.db, self.settings, self.run_id, chunk_no)
         stats = LabelStats()
-        try:
-            verdicts = label_chunk(self.engine, items, self.policies,
-                                   max_content_chars=self.settings.model.max_content_chars, stats=stats)
-        except EngineUnhealthy:
-            # A broken engine cannot be repaired in-process: end the replica so Ray restarts it
-            # (ray.max_restarts) and retries this chunk on a fresh engine.
-            log.exception("replica pid %s: engine unhealthy on chunk %s; exiting for a restart", os.getpid(), chunk_no)
-            os._exit(1)
+        verdicts = []
+        # Slices of about two engine batches: the engine stays full, and progress can be counted.
+        step = max(8, 2 * self.settings.model.max_num_seqs // max(1, len(self.policies)))
+        with _Progress(f"run {self.run_id} chunk {chunk_no}", len(items)) as progress:
+            for lo in range(0, len(items), step):
+                try:
+                    verdicts += label_chunk(self.engine, items[lo:lo + step], self.policies,
+                                            max_content_chars=self.settings.model.max_content_chars, stats=stats)
+                except EngineUnhealthy:
+                    # A broken engine cannot be repaired in-process: end the replica so Ray restarts it
+                    # (ray.max_restarts) and retries this chunk on a fresh engine. Close the engine first,
+                    # so its EngineCore / tensor-parallel workers free the GPU the restarted actor needs.
+                    log.exception("replica pid %s: engine unhealthy on chunk %s; exiting for a restart",
+                                  os.getpid(), chunk_no)
+                    self.shutdown_engine()
+                    os._exit(1)
+                progress.done = min(len(items), lo + step)
         staging.write_chunk(self.db, self.settings, self.run_id, chunk_no, verdicts)
         row.update(items=len(items), verdicts=len(verdicts), errors=stats.errors, requests=stats.requests,
                    prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
                    seconds=time.perf_counter() - start, finished=time.time())
         return row
+
+    def shutdown_engine(self, timeout_s: float = 30.0) -> None:
+        """Close the engine and make sure no process it started outlives this replica."""
+        engine, self.engine = getattr(self, "engine", None), None
+        try:
+            import psutil
+
+            children = psutil.Process().children(recursive=True)
+        except Exception:  # psutil missing: the engine's own shutdown is all we can do
+            children = []
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception:  # noqa: BLE001 - shutting down a broken engine; log and go on
+                log.exception("replica pid %s: closing the engine failed", os.getpid())
+        if children:
+            import psutil
+
+            _, alive = psutil.wait_procs(children, timeout=timeout_s)
+            for proc in alive:
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
@@ -82,6 +119,34 @@ class ChunkLabeller:
                 engine.close()
             except Exception:  # closing at interpreter exit: nothing useful to do with an error
                 pass
+
+
+class _Progress:
+    """Prints `<what>: done/total items, items/s` every PROGRESS_EVERY_S while a chunk is labelled."""
+
+    def __init__(self, what: str, total: int, every_s: float = PROGRESS_EVERY_S):
+        self.what, self.total, self.every_s = what, total, every_s
+        self.done = 0
+        self._stop = threading.Event()
+        self._start = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="chunk-progress", daemon=True)
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self._start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        return f"{self.what}: {self.done}/{self.total} items, {rate:.2f} items/s, {elapsed:.0f}s"
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            print(self.line(), file=sys.stderr, flush=True)
 
 
 def _replica_engine_settings(settings: Settings) -> Settings:

@@ -6,7 +6,12 @@ SIGTERM to the process we started: `--block` drains and stops every Ray process 
 never use `ray stop`, which would kill every Ray process on the machine.
 
 All ports are explicit (derived from `ray.local_port`) so several heads can share a machine.
-The dashboard listens on 127.0.0.1; Ray itself resolves the node address to the machine's IP.
+A local head serves this machine: its node address and its dashboard (the Jobs API, which runs
+anyone's code when auth is disabled) are loopback only. (Ray 2.60's own gRPC servers -- GCS,
+raylet, object manager -- still listen on all interfaces and have no option to narrow that; use
+`ray.auth_mode: token` where the network is not trusted.) Starting is
+guarded by a file lock next to the state file: tasks that start at once (a backfill) wait for the
+first one and reuse its head.
 """
 
 from __future__ import annotations
@@ -56,13 +61,26 @@ class LocalHead:
         return _pid_alive(self.pid) and dashboard_ready(self.dashboard_url)
 
 
-def auth_env(settings: Settings) -> dict[str, str]:
-    """Ray refuses to guess the auth mode quietly; always say it."""
+def local_cluster_env(settings: Settings) -> dict[str, str]:
+    """Environment of a Ray cluster we start ourselves (this head, or an in-process `ray.init`).
+
+    The one place RAY_AUTH_MODE is set: Ray 2.60 turns token auth on by default for a new local
+    cluster, so say what the settings want. Never for a cluster we only connect to: there the
+    cluster's own mode and token apply (a job's driver would lose the token otherwise).
+    """
     return {"RAY_AUTH_MODE": settings.ray.auth_mode}
 
 
 def _state_file(settings: Settings) -> Path:
     return settings.home_path / "ray" / f"head-{settings.ray.local_port}.json"
+
+
+def _start_lock(settings: Settings, timeout_s: float):
+    from filelock import FileLock
+
+    path = _state_file(settings).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), timeout=timeout_s)
 
 
 def _temp_dir(settings: Settings) -> str:
@@ -94,7 +112,7 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def head_command(settings: Settings, temp_dir: str) -> list[str]:
+def head_command(settings: Settings, temp_dir: str, resources: dict[str, float] | None = None) -> list[str]:
     ray = settings.ray
     port = ray.local_port
     cmd = [
@@ -112,6 +130,8 @@ def head_command(settings: Settings, temp_dir: str) -> list[str]:
     ]
     for flag, offset in _PORT_OFFSETS.items():
         cmd += [flag, str(port + offset)]
+    if resources:  # custom resources, e.g. to place one label replica per node (ray.resources_per_replica)
+        cmd += ["--resources", json.dumps(resources)]
     return cmd
 
 
@@ -125,7 +145,7 @@ def load_head(settings: Settings) -> LocalHead | None:
     return head if head.is_alive() else None
 
 
-def start_head(settings: Settings, timeout_s: float = 90.0) -> LocalHead:
+def start_head(settings: Settings, timeout_s: float = 90.0, resources: dict[str, float] | None = None) -> LocalHead:
     """Start a new local head (in its own session) and wait until its dashboard answers."""
     ray = settings.ray
     dashboard_url = f"http://127.0.0.1:{ray.local_dashboard_port}"
@@ -140,14 +160,14 @@ def start_head(settings: Settings, timeout_s: float = 90.0) -> LocalHead:
     state = _state_file(settings)
     state.parent.mkdir(parents=True, exist_ok=True)
     log_file = str(state.with_suffix(".log"))
-    env = {**os.environ, **auth_env(settings)}
+    env = {**os.environ, **local_cluster_env(settings)}
     env.pop("RAY_ADDRESS", None)  # a stale address would make `ray start` join another cluster
     # Jobs run `python ...`: make that this interpreter (the venv with safeguard-flow), activated or not.
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     # A local head serves no outside traffic: stop at once instead of draining for 30 s on SIGTERM.
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(head_command(settings, temp_dir), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(head_command(settings, temp_dir, resources), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     head = LocalHead(gcs_address=f"127.0.0.1:{ray.local_port}", dashboard_url=dashboard_url, pid=proc.pid,
                      temp_dir=temp_dir, log_file=log_file)
@@ -172,9 +192,17 @@ def _jobs_api_ready(url: str) -> bool:
         return False
 
 
-def ensure_head(settings: Settings) -> LocalHead:
-    """The running local head for these settings, started if needed."""
-    return load_head(settings) or start_head(settings)
+def ensure_head(settings: Settings, timeout_s: float = 90.0) -> LocalHead:
+    """The running local head for these settings, started if needed.
+
+    Safe under concurrency: callers take a file lock, so a second caller waits while the first one
+    starts the head and then reuses it (instead of racing it for the same ports).
+    """
+    head = load_head(settings)
+    if head is not None:
+        return head
+    with _start_lock(settings, timeout_s * 2 + 30):
+        return load_head(settings) or start_head(settings, timeout_s)
 
 
 def stop_head(head: LocalHead, timeout_s: float = 40.0, remove_temp_dir: bool = False) -> None:

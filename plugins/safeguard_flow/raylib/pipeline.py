@@ -20,13 +20,36 @@ from safeguard_flow.raylib.labeller import ChunkLabeller
 from safeguard_flow.settings import Settings
 
 
-def replica_resources(settings: Settings) -> dict[str, float]:
-    """Ray resources of one replica: its CPUs, and on GPU clusters one GPU or a tensor-parallel group."""
-    ray = settings.ray
-    gpus = ray.num_gpus_per_replica
-    if gpus > 0:
+def replica_resources(settings: Settings, cuda: bool | None = None) -> dict[str, Any]:
+    """Ray resources of one replica: its CPUs, custom resources, and on CUDA one GPU or a TP group.
+
+    On CUDA each replica takes max(ray.num_gpus_per_replica, model.tensor_parallel_size) GPUs: a
+    tensor-parallel engine needs one GPU per rank, and 0 would start vLLM with no GPU at all, so
+    it is refused. `cuda`: None asks the connected cluster whether it has GPUs.
+    """
+    from safeguard_flow.settings import SettingsError
+
+    ray_settings = settings.ray
+    if cuda is None:
+        cuda = _cluster_has_gpus()
+    gpus = ray_settings.num_gpus_per_replica
+    if cuda and settings.engine.kind == "vllm":
+        if gpus <= 0:
+            raise SettingsError(
+                "ray.num_gpus_per_replica (SAFEGUARD_RAY__NUM_GPUS_PER_REPLICA) is 0 on a cluster with GPUs: "
+                f"each vLLM replica needs at least model.tensor_parallel_size={settings.model.tensor_parallel_size} "
+                "GPU(s); set it to 1 (or the TP size)")
         gpus = max(gpus, float(settings.model.tensor_parallel_size))
-    return {"num_cpus": ray.num_cpus_per_replica, "num_gpus": gpus}
+    out: dict[str, Any] = {"num_cpus": ray_settings.num_cpus_per_replica, "num_gpus": gpus}
+    if ray_settings.resources_per_replica:
+        out["resources"] = dict(ray_settings.resources_per_replica)
+    return out
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
 def label_chunks(
@@ -44,6 +67,10 @@ def label_chunks(
     ctx.enable_progress_bars = False  # the runner draws one bar for the job, not one per operator
     ctx.enable_rich_progress_bars = False
     ctx.verbose_stats_logs = False
+    # Start labelling once every replica has its engine: otherwise the first replica up takes the
+    # first chunks and a slower node may get none. A replica that can never be placed fails the job
+    # with Ray's "not enough resources" timeout instead of hanging for good.
+    ctx.wait_for_min_actors_s = int(settings.ray.job_timeout_s)
     replicas = max(1, min(settings.ray.num_replicas, len(chunks)))
     ds = ray.data.from_items([{"chunk_no": int(c)} for c in chunks], override_num_blocks=max(1, len(chunks)))
     with warnings.catch_warnings():

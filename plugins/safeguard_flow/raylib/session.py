@@ -7,7 +7,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-from safeguard_flow.raylib.local_head import auth_env
+from safeguard_flow.raylib.local_head import local_cluster_env
 from safeguard_flow.raylib.settings_env import worker_env
 from safeguard_flow.settings import Settings
 
@@ -26,8 +26,6 @@ def ray_session(settings: Settings) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    for key, value in auth_env(settings).items():
-        os.environ.setdefault(key, value)  # explicit, but a cluster's own setting wins
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
     address = (os.environ.get("RAY_ADDRESS") if in_job else None) or settings.ray.address or None
     common: dict = dict(log_to_driver=True, configure_logging=False)
@@ -40,6 +38,8 @@ def ray_session(settings: Settings) -> Iterator[None]:
         ray.init(address=address, **common)
     else:
         log.info("starting a local Ray in this process")
+        for key, value in local_cluster_env(settings).items():
+            os.environ.setdefault(key, value)  # a cluster we start: say its auth mode (an explicit env wins)
         ray.init(
             num_cpus=settings.ray.local_num_cpus or os.cpu_count() or 1,
             object_store_memory=settings.ray.local_object_store_mb * 1024 * 1024,

@@ -1,22 +1,29 @@
 """Carry settings into Ray processes that do not share our working directory.
 
-A Ray job runs in a copy of its working_dir and replicas run in worker processes started by the
-raylet, so relative paths (the embedded SQLite warehouse under `home`, the model cache) would point
-somewhere else there. We resolve them first, then pass settings either as objects (to replicas) or
-as SAFEGUARD_* variables (to a submitted job, which reads them with load_settings).
+A Ray job runs on another machine (or at least another cwd) and replicas run in worker processes
+started by the raylet, so relative paths (the embedded SQLite warehouse under `home`, the model cache)
+would point somewhere else there. We resolve them first, then pass settings either as objects (to
+replicas) or as one JSON document (to a submitted job, in its runtime_env), with secrets taken out
+(see job_secrets).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any
 
-from safeguard_flow.settings import ENV_PREFIX, Settings
+from safeguard_flow.settings import Settings, SettingsError
 
 # Environment of the driver that replicas need too (vLLM CPU tuning, offline model hub, tokenizers).
 WORKER_ENV_PREFIXES = ("VLLM_", "OMP_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "KMP_", "LD_PRELOAD")
+# ... but never a credential that happens to share a prefix (HF_TOKEN, VLLM_API_KEY).
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+# The runtime_env variable holding a job's settings document. Deliberately not SAFEGUARD_*: it is
+# not a setting of its own, and the settings loader must not read it as one.
+SETTINGS_DOC_ENV = "SGFLOW_JOB_SETTINGS"
+_DOC_KIND = "safeguard-flow settings"
 
 
 def resolve_paths(settings: Settings) -> Settings:
@@ -34,26 +41,38 @@ def resolve_paths(settings: Settings) -> Settings:
     return Settings.model_validate(data)
 
 
-def settings_to_env(settings: Settings) -> dict[str, str]:
-    """SAFEGUARD_<SECTION>__<FIELD> variables that rebuild these settings (non-default values only)."""
-    defaults = Settings().model_dump(mode="json")
-    current = resolve_paths(settings).model_dump(mode="json")
-    env: dict[str, str] = {}
-    for key, value in current.items():
-        if isinstance(value, dict):
-            for field, sub in value.items():
-                if sub != defaults[key].get(field):
-                    env[f"{ENV_PREFIX}{key.upper()}__{field.upper()}"] = _dump(sub)
-        elif value != defaults.get(key):
-            env[f"{ENV_PREFIX}{key.upper()}"] = _dump(value)
-    return env
+def settings_document(settings: Settings) -> tuple[str, dict[str, str]]:
+    """(the job's settings as one JSON document without secrets, the secrets taken out of it)."""
+    from safeguard_flow.raylib.job_secrets import split_secrets
+
+    public, secrets = split_secrets(resolve_paths(settings))
+    doc = {"kind": _DOC_KIND, "settings": public, "secret_fields": sorted(secrets)}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")), secrets
 
 
-def _dump(value: Any) -> str:
-    # load_settings parses a variable by its field's type: strings as they are, the rest as JSON.
-    return value if isinstance(value, str) else json.dumps(value)
+def settings_from_document(doc: str, secrets: dict[str, str] | None = None) -> Settings:
+    """Rebuild the settings a submitter sent (`settings_document`), with the secrets put back."""
+    from safeguard_flow.raylib.job_secrets import apply_secrets
+
+    try:
+        parsed = json.loads(doc)
+    except ValueError as exc:
+        raise SettingsError(f"{SETTINGS_DOC_ENV}: not a JSON document: {exc}") from None
+    if not isinstance(parsed, dict) or parsed.get("kind") != _DOC_KIND:
+        raise SettingsError(f"{SETTINGS_DOC_ENV}: not a safeguard-flow settings document")
+    missing = sorted(set(parsed.get("secret_fields") or []) - set(secrets or {}))
+    if missing:
+        raise SettingsError(f"the job's settings need secret(s) {missing} but the job was given none "
+                            "(submit it with --secrets, as RayLabelJobOperator does)")
+    data = apply_secrets(parsed["settings"], secrets or {})
+    try:
+        return Settings.model_validate(data)
+    except ValueError as exc:
+        raise SettingsError(f"{SETTINGS_DOC_ENV}: {exc}") from None
 
 
 def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The driver's engine tuning variables for replicas on the same machine (never credentials)."""
     environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if k.startswith(WORKER_ENV_PREFIXES)}
+    return {k: v for k, v in environ.items() if k.startswith(WORKER_ENV_PREFIXES) and not _SECRET_NAME.search(k)}
+

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from label_helpers import HIDE_PACKAGE, SOURCE, make_run
+from tests.ray.label_helpers import HIDE_PACKAGE, SOURCE, make_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

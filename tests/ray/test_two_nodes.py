@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from label_helpers import HIDE_PACKAGE, SOURCE, assert_complete_once, make_run
+from tests.ray.label_helpers import HIDE_PACKAGE, SOURCE, assert_complete_once, make_run
 
 from safeguard_flow.sample_data import sample_texts
 

@@ -1,6 +1,6 @@
 """`python -m safeguard_flow.airflow.demo`: the nightly DAG end to end on the embedded default.
 
-1. load the demo content (data/moderation-sample.jsonl) into a ``posts`` table of the embedded SQLite
+1. load the demo content (data/sample-posts.jsonl) into a ``posts`` table of the embedded SQLite
    warehouse (<home>/warehouse.db) and migrate the warehouse schema;
 2. publish the demo policies (settings policies_dir, or --policies; --only picks a few);
 3. run ``airflow dags test safeguard_nightly <day after the interval>`` in a throwaway AIRFLOW_HOME

@@ -135,6 +135,13 @@ class RaySettings(_Section):
     serve_min_replicas: int = Field(default=1, ge=0)
     serve_max_replicas: int = Field(default=1, ge=1)
     serve_target_ongoing_requests: int = Field(default=16, ge=1)
+    # Back-pressure: requests waiting for a replica beyond the ones it runs (model.max_num_seqs) before
+    # Serve refuses new ones with a retryable 503 instead of queueing them until clients time out
+    # (-1: unbounded queue).
+    serve_max_queued_requests: int = Field(default=16, ge=-1)
+    # The host in the advertised base URL; empty: serve_host, or this node's IP when serve_host is a
+    # wildcard (0.0.0.0 / ::), which clients cannot connect to.
+    serve_advertise_host: str = ""
 
     @model_validator(mode="after")
     def _serve_bounds(self) -> RaySettings:

@@ -215,3 +215,10 @@ def test_overload_is_refused_fast_with_a_retryable_status(serve_app, small_polic
     assert answered + len(refused) == len(bodies), sorted(set(statuses))
     assert answered >= MAX_NUM_SEQS and len(refused) >= len(bodies) - 2 * (MAX_NUM_SEQS + MAX_QUEUED)
     assert max(refused) < 5.0, sorted(refused)[-5:]
+
+
+def test_unknown_chat_roles_are_named():
+    from safeguard_flow.raylib.serve_ingress import unknown_roles
+
+    assert unknown_roles([{"role": "system", "content": "p"}, {"role": "user", "content": "x"}]) == []
+    assert unknown_roles([{"role": "wizard", "content": "x"}, {"content": "no role"}]) == ["wizard", "None"]

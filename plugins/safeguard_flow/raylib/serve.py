@@ -98,8 +98,13 @@ def llm_config(settings: Settings):
 def build_app(settings: Settings):
     from ray.serve.llm import build_openai_app
 
+    from safeguard_flow.raylib.serve_ingress import SafeguardIngress
+
     return build_openai_app({
         "llm_configs": [llm_config(settings)],
+        # Ray's OpenAI ingress plus a 400 for unknown chat roles (needs this package on the cluster,
+        # as the label job does).
+        "ingress_cls_config": {"ingress_cls": SafeguardIngress},
         # The router only forwards requests: no CPU of its own, so the replicas get the cores.
         "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}},
     })

@@ -44,6 +44,11 @@ def test_reservation_and_queue_bounds_follow_the_settings():
     assert serve.replica_limits(_settings(serve_max_queued_requests=7)) == {"max_ongoing_requests": 64,
                                                                             "max_queued_requests": 7}
     assert serve.replica_limits(_settings(serve_max_queued_requests=-1)) == {"max_ongoing_requests": 64}
+    # The ingress holds what the replicas can hold and queues nothing: the proxy refuses the rest.
+    ingress = serve.ingress_options(_settings(serve_max_queued_requests=16, serve_max_replicas=2))
+    assert (ingress["max_ongoing_requests"], ingress["max_queued_requests"]) == (2 * (64 + 16), 0)
+    assert ingress["ray_actor_options"] == {"num_cpus": 0}
+    assert "max_queued_requests" not in serve.ingress_options(_settings(serve_max_queued_requests=-1))
 
 
 def test_advertised_url_is_reachable_not_the_wildcard_bind_host(monkeypatch):

@@ -49,8 +49,8 @@ def engine_kwargs(settings: Settings) -> dict[str, Any]:
 
 def placement_bundles(settings: Settings) -> list[dict[str, float]]:
     """What one replica reserves: ray.num_cpus_per_replica CPUs on CPU, one GPU (and one CPU) per
-    tensor-parallel rank on GPU. The replica actor itself asks for nothing (see replica_actor_options),
-    so Serve's merge of the actor into the first bundle adds no CPU."""
+    tensor-parallel rank on GPU. The replica actor itself asks for nothing (llm_config gives it
+    0 CPUs), so Serve's merge of the actor into the first bundle adds no CPU."""
     r = settings.ray
     if r.num_gpus_per_replica > 0:
         ranks = max(settings.model.tensor_parallel_size, int(math.ceil(r.num_gpus_per_replica)))
@@ -105,9 +105,22 @@ def build_app(settings: Settings):
         # Ray's OpenAI ingress plus a 400 for unknown chat roles (needs this package on the cluster,
         # as the label job does).
         "ingress_cls_config": {"ingress_cls": SafeguardIngress},
-        # The router only forwards requests: no CPU of its own, so the replicas get the cores.
-        "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}},
+        "ingress_deployment_config": ingress_options(settings),
     })
+
+
+def ingress_options(settings: Settings) -> dict[str, Any]:
+    """The ingress only forwards requests: no CPU of its own, so the replicas get the cores. With a
+    bounded replica queue it takes no more than all replicas can hold, so the HTTP proxy refuses the
+    surplus with a 503 before the ingress parses a body (under overload that parsing alone made
+    refusals take seconds)."""
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
+    limits = replica_limits(settings)
+    if "max_queued_requests" in limits:
+        held = (limits["max_ongoing_requests"] + limits["max_queued_requests"]) * settings.ray.serve_max_replicas
+        options.update(max_ongoing_requests=held, max_queued_requests=0,
+                       autoscaling_config={"target_ongoing_requests": held})
+    return options
 
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}

@@ -34,7 +34,7 @@ def make_settings(args, home: Path):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SAFEGUARD_TEST_")}
     return load_settings(
         environ=environ, home=str(home), policies_dir=str(ROOT / "policies"),
-        model={"max_model_len": args.max_model_len, "max_tokens": args.max_tokens},
+        model={"max_model_len": args.max_model_len, "max_tokens": args.max_tokens, "kv_cache_gib": 1},
         engine={"kind": "openai", "base_url": f"http://127.0.0.1:{args.serve_port}/v1",
                 "concurrency": args.label_concurrency, "timeout_s": 300},
         ray={"local_port": args.ray_port, "local_dashboard_port": args.dashboard_port, "local_num_cpus": 2,
@@ -107,7 +107,10 @@ def label(engine, items, policies) -> dict:
     engine.complete = counting
     stats = LabelStats()
     start = time.perf_counter()
-    verdicts = label_items(engine, items, policies, stats=stats)
+    try:
+        verdicts = label_items(engine, items, policies, stats=stats)
+    finally:
+        del engine.complete  # the class's method again
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "items_per_s": len(items) / seconds, "verdicts": len(verdicts),
             "errors": sum(v.is_error for v in verdicts), "prompt_tokens": stats.prompt_tokens, "cached": cached}
@@ -119,7 +122,8 @@ def main() -> int:
     parser.add_argument("--policies", default="spam,self-harm")
     parser.add_argument("--concurrency", default="4,16,64")
     parser.add_argument("--requests", type=int, default=128, help="requests per concurrency level")
-    parser.add_argument("--label-concurrency", type=int, default=16, help="engine.concurrency of the OpenAIEngine")
+    parser.add_argument("--label-concurrency", type=int, default=64,
+                        help="engine.concurrency of the OpenAIEngine (64: the replica's batch, as in-process)")
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--burst-concurrency", type=int, default=256)
     parser.add_argument("--burst-timeout", type=float, default=10.0)
@@ -131,6 +135,9 @@ def main() -> int:
     parser.add_argument("--skip-in-process", action="store_true")
     args = parser.parse_args()
 
+    # Two engines at once here (in-process and the replica): 1 GiB of KV cache each is plenty for 64
+    # short sequences.
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
     from safeguard_flow.content import ContentItem
     from safeguard_flow.engines.openai_http import OpenAIEngine
     from safeguard_flow.policies import load_policy_set
@@ -148,16 +155,22 @@ def main() -> int:
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
 
     results: dict[str, object] = {}
+    # The in-process engine stays up beside the Serve replica (idle while the other works) so the two
+    # are measured in turn, twice each: on a shared machine the load changes from minute to minute.
+    in_process = None
     if not args.skip_in_process:
         from safeguard_flow.engines.vllm_local import VLLMEngine
 
         start = time.perf_counter()
-        with VLLMEngine(settings) as engine:
-            print(f"in-process engine start {time.perf_counter() - start:.0f}s", flush=True)
-            label(engine, items[:4], policies)  # warm-up: grammar compilation, allocator
-            engine.reset_prefix_cache()
-            results["in_process"] = label(engine, items, policies)
-        print(f"in-process labelling: {results['in_process']}", flush=True)
+        in_process = VLLMEngine(settings)
+        print(f"in-process engine start {time.perf_counter() - start:.0f}s", flush=True)
+        label(in_process, items[:4], policies)  # warm-up: grammar compilation, allocator
+
+    def label_in_process(key: str) -> None:
+        if in_process is not None:
+            in_process.reset_prefix_cache()
+            results[key] = label(in_process, items, policies)
+            print(f"in-process labelling: {results[key]}", flush=True)
 
     head = local_head.start_head(settings)
     import ray
@@ -176,13 +189,15 @@ def main() -> int:
             results[f"c{c}"] = r
             print(f"concurrency {c:3d}: {r['ok_per_s']:.2f} req/s, p50 {r['p50_s']:.2f}s, p99 {r['p99_s']:.2f}s, "
                   f"{r['counts']}", flush=True)
-        for conc in sorted({args.label_concurrency, 64}):
+        for turn in (1, 2):
+            label_in_process(f"in_process_{turn}")
+            conc = args.label_concurrency
             engine = OpenAIEngine(settings.model_copy(update={"engine": settings.engine.model_copy(update={"concurrency": conc})}))
             try:
-                results[f"serve_label_c{conc}"] = label(engine, items, policies)
+                results[f"serve_label_{turn}"] = label(engine, items, policies)
             finally:
                 engine.close()
-            print(f"labelling through Serve (engine.concurrency={conc}): {results[f'serve_label_c{conc}']}", flush=True)
+            print(f"labelling through Serve (engine.concurrency={conc}): {results[f'serve_label_{turn}']}", flush=True)
         r = asyncio.run(burst(url, (bodies * 2)[:args.burst], args.burst_concurrency, args.burst_timeout))
         results["burst"] = r
         print(f"overload {args.burst} requests at concurrency {args.burst_concurrency} ({args.burst_timeout:.0f}s "
@@ -194,21 +209,23 @@ def main() -> int:
         finally:
             ray.shutdown()
             local_head.stop_head(head, remove_temp_dir=True)
+            if in_process is not None:
+                in_process.close()
 
     print("\n== results ==")
     for c in [int(x) for x in args.concurrency.split(",")]:
         r = results[f"c{c}"]
         errors = r["requests"] - r["ok"]
         print(f"concurrency {c:3d}: {r['ok_per_s']:6.2f} req/s  p99 {r['p99_s']:5.2f}s  errors {errors}")
-    for key in [k for k in results if k.startswith("serve_label")]:
-        s = results[key]
-        line = f"labelling through Serve ({key[12:]}): {s['items_per_s']:.2f} items/s, cached {s['cached']}/{s['prompt_tokens']} prompt tokens"
-        if "in_process" in results:
-            line += f"; ratio to in-process {s['items_per_s'] / results['in_process']['items_per_s']:.2f}"
+    for turn in (1, 2):
+        s = results[f"serve_label_{turn}"]
+        line = (f"labelling through Serve, turn {turn} (engine.concurrency={args.label_concurrency}): "
+                f"{s['items_per_s']:.2f} items/s, cached {s['cached']}/{s['prompt_tokens']} prompt tokens")
+        p = results.get(f"in_process_{turn}")
+        if p:
+            line += (f"; in-process {p['items_per_s']:.2f} items/s (cached {p['cached']}); "
+                     f"ratio Serve/in-process {s['items_per_s'] / p['items_per_s']:.2f}")
         print(line)
-    if "in_process" in results:
-        p = results["in_process"]
-        print(f"in-process engine: {p['items_per_s']:.2f} items/s, cached {p['cached']}/{p['prompt_tokens']} prompt tokens")
     b = results["burst"]
     print(f"overload burst: {b['ok']} answered, {b['refused']} refused (429/503; p99 {b['refused_p99_s']:.2f}s), "
           f"{b['timeouts']} client timeouts, other {b['requests'] - b['ok'] - b['refused'] - b['timeouts']}")

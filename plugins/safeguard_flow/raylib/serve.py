@@ -53,7 +53,7 @@ def placement_bundles(settings: Settings) -> list[dict[str, float]]:
     0 CPUs), so Serve's merge of the actor into the first bundle adds no CPU."""
     r = settings.ray
     if r.num_gpus_per_replica > 0:
-        ranks = max(settings.model.tensor_parallel_size, int(math.ceil(r.num_gpus_per_replica)))
+        ranks = max(settings.model.tensor_parallel_size, math.ceil(r.num_gpus_per_replica))
         return [{"GPU": 1.0, "CPU": 1.0} for _ in range(ranks)]
     return [{"CPU": float(r.num_cpus_per_replica or 1.0)}]
 

@@ -147,6 +147,8 @@ class RaySettings(_Section):
     def _serve_bounds(self) -> RaySettings:
         if self.serve_min_replicas > self.serve_max_replicas:
             raise ValueError("serve_min_replicas is greater than serve_max_replicas")
+        if self.serve_max_queued_requests == 0:  # Ray Serve refuses a queue of 0
+            raise ValueError("serve_max_queued_requests must be -1 (unbounded) or at least 1")
         return self
 
 

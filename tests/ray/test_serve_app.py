@@ -44,11 +44,24 @@ def test_reservation_and_queue_bounds_follow_the_settings():
     assert serve.replica_limits(_settings(serve_max_queued_requests=7)) == {"max_ongoing_requests": 64,
                                                                             "max_queued_requests": 7}
     assert serve.replica_limits(_settings(serve_max_queued_requests=-1)) == {"max_ongoing_requests": 64}
-    # The ingress holds what the replicas can hold and queues nothing: the proxy refuses the rest.
+    # The ingress holds what the replicas can hold and queues (almost) nothing: the proxy refuses the rest.
     ingress = serve.ingress_options(_settings(serve_max_queued_requests=16, serve_max_replicas=2))
-    assert (ingress["max_ongoing_requests"], ingress["max_queued_requests"]) == (2 * (64 + 16), 0)
+    assert (ingress["max_ongoing_requests"], ingress["max_queued_requests"]) == (2 * (64 + 16), 1)
     assert ingress["ray_actor_options"] == {"num_cpus": 0}
     assert "max_queued_requests" not in serve.ingress_options(_settings(serve_max_queued_requests=-1))
+    # Serve accepts them as deployment options (it refuses a queue of 0, for example).
+    from ray.serve._private.config import DeploymentConfig
+
+    for settings in (_settings(), _settings(serve_max_queued_requests=1), _settings(serve_max_queued_requests=-1)):
+        for options in (serve.replica_limits(settings), serve.ingress_options(settings)):
+            DeploymentConfig.from_default(**{k: v for k, v in options.items() if k != "ray_actor_options"})
+
+
+def test_a_queue_of_zero_is_refused_with_the_setting_named():
+    from safeguard_flow.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="serve_max_queued_requests"):
+        _settings(serve_max_queued_requests=0)
 
 
 def test_advertised_url_is_reachable_not_the_wildcard_bind_host(monkeypatch):

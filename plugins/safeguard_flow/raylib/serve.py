@@ -111,14 +111,15 @@ def build_app(settings: Settings):
 
 def ingress_options(settings: Settings) -> dict[str, Any]:
     """The ingress only forwards requests: no CPU of its own, so the replicas get the cores. With a
-    bounded replica queue it takes no more than all replicas can hold, so the HTTP proxy refuses the
+    bounded replica queue it takes no more than all replicas can hold (plus one), so the HTTP proxy refuses the
     surplus with a 503 before the ingress parses a body (under overload that parsing alone made
     refusals take seconds)."""
     options: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
     limits = replica_limits(settings)
     if "max_queued_requests" in limits:
         held = (limits["max_ongoing_requests"] + limits["max_queued_requests"]) * settings.ray.serve_max_replicas
-        options.update(max_ongoing_requests=held, max_queued_requests=0,
+        # Serve's smallest queue is 1 (0 is refused).
+        options.update(max_ongoing_requests=held, max_queued_requests=1,
                        autoscaling_config={"target_ongoing_requests": held})
     return options
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_items(n: int):
     from safeguard_flow.content import ContentItem
 
-    sample = ROOT / "data" / "moderation-sample.jsonl"
+    sample = ROOT / "data" / "sample-posts.jsonl"
     items = []
     if sample.is_file():
         with open(sample, encoding="utf-8") as fh:

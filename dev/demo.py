@@ -1,6 +1,7 @@
 """`make demo` (python dev/demo.py): the nightly DAG end to end on the embedded default, in a page.
 
-1. load the demo sample into a ``posts`` table of the embedded SQLite warehouse and migrate it;
+1. load the demo content (data/sample-posts.jsonl) into a ``posts`` table of the embedded SQLite
+   warehouse (<home>/warehouse.db) and migrate the warehouse schema;
 2. publish the demo policies (settings policies_dir, or --policies; --only picks a few);
 3. run ``airflow dags test safeguard_nightly <day after the interval>`` in a throwaway AIRFLOW_HOME
    (SQLite metadata DB): extract -> label (local Ray, vLLM on CPU) -> validate (GX) -> publish;

@@ -8,8 +8,12 @@ Deploy on a running cluster (as a Ray job, or from any machine that can reach th
 
 or with Serve's own CLI / config files:  serve run ray_jobs.serve_app:app
 
-Then label through it with engine.kind=openai and engine.base_url=http://<serve_host>:<serve_port>/v1.
-Replica range: ray.serve_min_replicas .. ray.serve_max_replicas (SAFEGUARD_RAY__SERVE_MAX_REPLICAS=4).
+Then label through it with engine.kind=openai and engine.base_url set to the URL this prints: the
+proxy binds ray.serve_host:ray.serve_port, and the URL names a host clients can reach
+(ray.serve_advertise_host, else serve_host, else this node's IP when serve_host is 0.0.0.0).
+Replica range: ray.serve_min_replicas .. ray.serve_max_replicas (SAFEGUARD_RAY__SERVE_MAX_REPLICAS=4);
+each replica reserves ray.num_cpus_per_replica (CPU) or its GPUs, runs up to model.max_num_seqs
+requests and queues ray.serve_max_queued_requests more; beyond that clients get a retryable 503.
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ from typing import Iterable, Mapping
 
 from safeguard_flow.verdicts import Verdict
 
-# Column keys of OpenAI's 2022 moderation evaluation set (data/moderation-sample.jsonl), by policy name.
+# Label columns by policy name: the codes of OpenAI's 2022 moderation evaluation set (read from its
+# path outside the repo), which the project's own sample (data/sample-posts.jsonl) reuses, plus spam.
 MODERATION_2022_KEYS = {
     "sexual": "S", "hate": "H", "violence": "V", "harassment": "HR", "self-harm": "SH",
-    "sexual/minors": "S3", "hate/threatening": "H2", "violence/graphic": "V2",
+    "sexual/minors": "S3", "hate/threatening": "H2", "violence/graphic": "V2", "spam": "spam",
 }
 
 

@@ -1,4 +1,4 @@
-"""The demo content: the repo's moderation sample and a ``posts`` source table to load it into.
+"""The demo content: the project's labelled sample of posts and a ``posts`` source table to load it into.
 
 One place for the demo, the tests and the benchmarks to seed a warehouse with real text, so they all
 label the same kind of table through the same source definition.
@@ -18,7 +18,7 @@ POSTS_SOURCE = {"name": "posts", "table": "posts", "id_column": "id", "text_colu
                 "updated_at_column": "updated_at"}
 # In a checkout only (a wheel ships neither the demo data nor the example policies).
 _REPO = Path(__file__).resolve().parents[2]
-SAMPLE = _REPO / "data" / "moderation-sample.jsonl"
+SAMPLE = _REPO / "data" / "sample-posts.jsonl"
 POLICIES = _REPO / "policies"
 
 

@@ -192,11 +192,20 @@ class RaySettings(_Section):
     # Custom Ray resources each label replica requests, e.g. {"sg_replica": 1} with `ray start
     # --resources '{"sg_replica": 1}'` on each node to place one replica per node.
     resources_per_replica: dict[str, float] = Field(default_factory=dict)
+    # Back-pressure: requests waiting for a replica beyond the ones it runs (model.max_num_seqs) before
+    # Serve refuses new ones with a retryable 503 instead of queueing them until clients time out
+    # (-1: unbounded queue).
+    serve_max_queued_requests: int = Field(default=16, ge=-1)
+    # The host in the advertised base URL; empty: serve_host, or this node's IP when serve_host is a
+    # wildcard (0.0.0.0 / ::), which clients cannot connect to.
+    serve_advertise_host: str = ""
 
     @model_validator(mode="after")
     def _serve_bounds(self) -> RaySettings:
         if self.serve_min_replicas > self.serve_max_replicas:
             raise ValueError("serve_min_replicas is greater than serve_max_replicas")
+        if self.serve_max_queued_requests == 0:  # Ray Serve refuses a queue of 0
+            raise ValueError("serve_max_queued_requests must be -1 (unbounded) or at least 1")
         return self
 
 

@@ -1,8 +1,10 @@
-"""The Ray Serve app for real: Serve LLM with the small model on the CPU, labelled through by our
-OpenAIEngine (engine.kind=openai), then shut down."""
+"""The Ray Serve app for real: Serve LLM with the small model on the CPU (one deployment shared by the
+module's tests), labelled through by our OpenAIEngine (engine.kind=openai), bad bodies, overload,
+prefix-cache reporting and what a replica reserves; then shut down. The settings-only parts first."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -11,50 +13,230 @@ from tests.ray.label_helpers import RAY_TEST_SERVE_PORT
 
 from safeguard_flow.sample_data import sample_texts
 
-pytestmark = pytest.mark.slow
+# Small batch and queue, so that an overload needs only a few dozen requests on the CPU.
+MAX_NUM_SEQS = 8
+MAX_QUEUED = 4
 
 
-def test_serve_app_labels_20_items_through_the_openai_engine(settings_factory, model_settings, prepared_model,
-                                                            small_policies, ray_settings, ray_head, ray_driver):
-    from safeguard_flow.content import ContentItem
-    from safeguard_flow.engines import build_engine
-    from safeguard_flow.labelling import LabelStats, label_items
+def _settings(**ray):
+    from safeguard_flow.settings import load_settings
+
+    return load_settings(environ={}, ray=ray)
+
+
+def test_replica_engine_is_the_in_process_engine_plus_cached_token_reporting():
+    from safeguard_flow.engines.vllm_args import CPU_BLOCK_SIZE, engine_args
     from safeguard_flow.raylib import serve
 
-    settings = settings_factory(
-        model={**model_settings.model.model_dump(), "max_model_len": 2048, "max_tokens": 48},
+    settings = _settings()
+    kwargs = serve.engine_kwargs(settings)
+    assert kwargs.pop("enable_prompt_tokens_details") is True
+    assert kwargs == engine_args(settings, on_cpu=True)
+    assert kwargs["block_size"] == CPU_BLOCK_SIZE and kwargs["enable_prefix_caching"] is True
+
+
+def test_reservation_and_queue_bounds_follow_the_settings():
+    from safeguard_flow.raylib import serve
+
+    assert serve.placement_bundles(_settings(num_cpus_per_replica=1)) == [{"CPU": 1.0}]
+    assert serve.placement_bundles(_settings(num_cpus_per_replica=0.5)) == [{"CPU": 0.5}]
+    assert serve.placement_bundles(_settings(num_gpus_per_replica=1)) == [{"GPU": 1.0, "CPU": 1.0}]
+    assert serve.replica_limits(_settings(serve_max_queued_requests=7)) == {"max_ongoing_requests": 64,
+                                                                            "max_queued_requests": 7}
+    assert serve.replica_limits(_settings(serve_max_queued_requests=-1)) == {"max_ongoing_requests": 64}
+    # The ingress holds what the replicas can hold and queues (almost) nothing: the proxy refuses the rest.
+    ingress = serve.ingress_options(_settings(serve_max_queued_requests=16, serve_max_replicas=2))
+    assert (ingress["max_ongoing_requests"], ingress["max_queued_requests"]) == (2 * (64 + 16), 1)
+    assert ingress["ray_actor_options"] == {"num_cpus": 0}
+    assert "max_queued_requests" not in serve.ingress_options(_settings(serve_max_queued_requests=-1))
+    # Serve accepts them as deployment options (it refuses a queue of 0, for example).
+    from ray.serve._private.config import DeploymentConfig
+
+    for settings in (_settings(), _settings(serve_max_queued_requests=1), _settings(serve_max_queued_requests=-1)):
+        for options in (serve.replica_limits(settings), serve.ingress_options(settings)):
+            DeploymentConfig.from_default(**{k: v for k, v in options.items() if k != "ray_actor_options"})
+
+
+def test_a_queue_of_zero_is_refused_with_the_setting_named():
+    from safeguard_flow.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="serve_max_queued_requests"):
+        _settings(serve_max_queued_requests=0)
+
+
+def test_advertised_url_is_reachable_not_the_wildcard_bind_host(monkeypatch):
+    import ray
+
+    from safeguard_flow.raylib import serve
+
+    assert serve.base_url(_settings(serve_host="127.0.0.1", serve_port=9000)) == "http://127.0.0.1:9000/v1"
+    assert serve.base_url(_settings(serve_host="0.0.0.0", serve_advertise_host="llm.internal")) == \
+        "http://llm.internal:8000/v1"
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "10.1.2.3")
+    assert serve.base_url(_settings(serve_host="0.0.0.0")) == "http://10.1.2.3:8000/v1"
+    assert serve.base_url(_settings(serve_host="::")) == "http://10.1.2.3:8000/v1"
+
+
+@pytest.fixture(scope="module")
+def serve_app(tmp_path_factory, model_settings, prepared_model, ray_settings, ray_head, ray_driver):
+    """The Serve app deployed once: (settings, base URL, seconds to deploy)."""
+    from safeguard_flow.raylib import serve
+    from safeguard_flow.settings import load_settings
+
+    home = tmp_path_factory.mktemp("serve-home")
+    settings = load_settings(
+        environ={}, home=str(home),
+        model={**model_settings.model.model_dump(), "max_model_len": 2048, "max_tokens": 48,
+               "max_num_seqs": MAX_NUM_SEQS},
         ray={**ray_settings.ray.model_dump(), "serve_port": RAY_TEST_SERVE_PORT, "serve_min_replicas": 1,
-             "serve_max_replicas": 2, "serve_target_ongoing_requests": 32},
+             # One replica: an overload must be refused, not met by a second engine loading meanwhile.
+             "serve_max_replicas": 1, "serve_target_ongoing_requests": MAX_NUM_SEQS,
+             "serve_max_queued_requests": MAX_QUEUED, "num_cpus_per_replica": 1},
         engine={"kind": "openai", "base_url": f"http://127.0.0.1:{RAY_TEST_SERVE_PORT}/v1", "concurrency": 8,
                 "timeout_s": 300},
     )
     started = time.monotonic()
     url = serve.deploy(settings, timeout_s=480)
-    deployed = time.monotonic()
     try:
-        assert url == settings.engine.base_url
-        # The app runs with the autoscaling range from the settings.
-        apps = httpx.get(f"{ray_head.dashboard_url}/api/serve/applications/", timeout=30).json()["applications"]
-        deployments = apps[serve.APP_NAME]["deployments"]
-        llm = next(d for name, d in deployments.items() if name.startswith("LLMServer"))
-        autoscaling = llm["deployment_config"]["autoscaling_config"]
-        assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 2)
-        assert all(r["state"] == "RUNNING" for r in llm["replicas"])
-
-        engine = build_engine(settings)
-        items = [ContentItem.from_raw(f"s{i:02d}", t, "posts") for i, t in enumerate(sample_texts(20))]
-        policies = [p for p in small_policies if p.name == "spam"]  # one policy keeps the CPU test short
-        stats = LabelStats()
-        try:
-            verdicts = label_items(engine, items, policies, stats=stats)
-        finally:
-            engine.close()
-        print(f"serve app: deploy {deployed - started:.0f}s, 20 items labelled in {time.monotonic() - deployed:.0f}s")
-        assert len(verdicts) == 20 * len(policies)
-        assert not [v for v in verdicts if v.parse_status == "engine_error"]
-        assert sum(v.label is not None for v in verdicts) >= 0.8 * len(verdicts)  # constrained answers parse
-        assert stats.prompt_tokens > 0 and stats.completion_tokens > 0
+        yield settings, url, time.monotonic() - started
     finally:
         serve.shutdown()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/models", timeout=5).raise_for_status()
+
+
+def _body(settings, policy, text, **extra):
+    from safeguard_flow.engines.openai_http import OpenAIEngine
+
+    engine = OpenAIEngine(settings)
+    try:
+        return {**engine.request_body(policy, text), **extra}
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_serve_app_labels_20_items_through_the_openai_engine(serve_app, small_policies, ray_head):
+    from safeguard_flow.content import ContentItem
+    from safeguard_flow.engines import build_engine
+    from safeguard_flow.labelling import LabelStats, label_items
+    from safeguard_flow.raylib import serve
+
+    settings, url, deploy_s = serve_app
+    assert url == settings.engine.base_url
+    # The app runs with the autoscaling range and the queue bounds from the settings.
+    apps = httpx.get(f"{ray_head.dashboard_url}/api/serve/applications/", timeout=30).json()["applications"]
+    deployments = apps[serve.APP_NAME]["deployments"]
+    llm = next(d for name, d in deployments.items() if name.startswith("LLMServer"))
+    config = llm["deployment_config"]
+    assert (config["autoscaling_config"]["min_replicas"], config["autoscaling_config"]["max_replicas"]) == (1, 1)
+    assert (config["max_ongoing_requests"], config["max_queued_requests"]) == (MAX_NUM_SEQS, MAX_QUEUED)
+    assert all(r["state"] == "RUNNING" for r in llm["replicas"])
+
+    engine = build_engine(settings)
+    items = [ContentItem.from_raw(f"s{i:02d}", t, "posts") for i, t in enumerate(sample_texts(20))]
+    policies = [p for p in small_policies if p.name == "spam"]  # one policy keeps the CPU test short
+    stats = LabelStats()
+    started = time.monotonic()
+    try:
+        verdicts = label_items(engine, items, policies, stats=stats)
+    finally:
+        engine.close()
+    print(f"serve app: deploy {deploy_s:.0f}s, 20 items labelled in {time.monotonic() - started:.0f}s")
+    assert len(verdicts) == 20 * len(policies)
+    assert not [v for v in verdicts if v.parse_status == "engine_error"]
+    assert sum(v.label is not None for v in verdicts) >= 0.8 * len(verdicts)  # constrained answers parse
+    assert stats.prompt_tokens > 0 and stats.completion_tokens > 0
+
+
+@pytest.mark.slow
+def test_cached_prompt_tokens_are_reported(serve_app, small_policies):
+    from safeguard_flow.engines import build_engine
+    from safeguard_flow.engines.base import LabelRequest
+
+    settings, _, _ = serve_app
+    policy = next(p for p in small_policies if p.name == "self-harm")
+    engine = build_engine(settings)
+    try:
+        first = engine.complete([LabelRequest(0, policy, "a first post to warm the policy prefix")])
+        later = engine.complete([LabelRequest(i, policy, text) for i, text in enumerate(sample_texts(4))])
+    finally:
+        engine.close()
+    assert not first[0].error and all(not c.error for c in later)
+    # The policy (hundreds of tokens) is a shared prefix: vLLM serves its full blocks from the cache,
+    # and the server says so in usage.prompt_tokens_details.cached_tokens.
+    assert all(c.cached_prompt_tokens >= 128 for c in later), [c.cached_prompt_tokens for c in later]
+    assert all(c.cached_prompt_tokens < c.prompt_tokens for c in later)
+
+
+@pytest.mark.slow
+def test_a_replica_reserves_num_cpus_per_replica(serve_app):
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    settings, _, _ = serve_app
+    replica_groups = [pg for pg in placement_group_table().values()
+                      if pg["state"] == "CREATED" and pg["name"].startswith("SERVE_REPLICA::")]
+    assert replica_groups, "no Serve replica placement group"
+    bundles = [[{k: v for k, v in b.items() if v} for b in pg["bundles"].values()] for pg in replica_groups]
+    assert bundles == [[{"CPU": 1.0}]]
+    # The ingress, proxy and controller take no CPU: of the head's 2, one is left for a second replica.
+    assert ray.available_resources().get("CPU", 0) >= 1.0
+    assert settings.ray.num_cpus_per_replica == 1
+
+
+@pytest.mark.slow
+def test_bad_bodies_get_clear_400s(serve_app, small_policies):
+    settings, url, _ = serve_app
+    good = _body(settings, small_policies[0], "hello")
+    bad = {
+        "not json": b"{this is not json",
+        "no messages": {k: v for k, v in good.items() if k != "messages"},
+        "messages not a list": {**good, "messages": "hello"},
+        "unknown role": {**good, "messages": [{"role": "wizard", "content": "hello"}]},
+        "negative max_tokens": {**good, "max_tokens": -5},
+        "temperature not a number": {**good, "temperature": "hot"},
+    }
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for what, body in bad.items():
+            if isinstance(body, bytes):
+                resp = client.post("/chat/completions", content=body, headers={"content-type": "application/json"})
+            else:
+                resp = client.post("/chat/completions", json=body)
+            assert resp.status_code == 400, (what, resp.status_code, resp.text[:300])
+            message = resp.json()["error"]["message"]
+            assert message and len(message) < 2000, (what, message[:300])
+        assert client.post("/chat/completions", json=good).status_code == 200  # and the app still serves
+
+
+@pytest.mark.slow
+def test_overload_is_refused_fast_with_a_retryable_status(serve_app, small_policies):
+    settings, url, _ = serve_app
+    policy = next(p for p in small_policies if p.name == "spam")
+    bodies = [_body(settings, policy, t) for t in sample_texts(48)]
+
+    async def send_all():
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+            async def one(body):
+                started = time.monotonic()
+                resp = await client.post("/chat/completions", json=body)
+                return resp.status_code, time.monotonic() - started
+
+            return await asyncio.gather(*(one(b) for b in bodies))
+
+    outcomes = asyncio.run(send_all())
+    statuses = [s for s, _ in outcomes]
+    refused = [seconds for status, seconds in outcomes if status in (429, 503)]
+    answered = statuses.count(200)
+    # 48 at once against 8 running + 4 queued: most are refused at once, the rest answered, none lost.
+    assert answered + len(refused) == len(bodies), sorted(set(statuses))
+    assert answered >= MAX_NUM_SEQS and len(refused) >= len(bodies) - 2 * (MAX_NUM_SEQS + MAX_QUEUED)
+    assert max(refused) < 5.0, sorted(refused)[-5:]
+
+
+def test_unknown_chat_roles_are_named():
+    from safeguard_flow.raylib.serve_ingress import unknown_roles
+
+    assert unknown_roles([{"role": "system", "content": "p"}, {"role": "user", "content": "x"}]) == []
+    assert unknown_roles([{"role": "wizard", "content": "x"}, {"content": "no role"}]) == ["wizard", "None"]

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from safeguard_flow import prompts
 from safeguard_flow.engines.base import Completion, EngineError, LabelRequest
+from safeguard_flow.engines.vllm_args import engine_args
 from safeguard_flow.policies import Policy
 from safeguard_flow.settings import Settings
 
@@ -53,30 +54,7 @@ class VLLMEngine:
         if on_cpu:
             # Read by the engine-core process vLLM spawns, so it must be in the environment before LLM().
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(m.kv_cache_gib))
-        kwargs: dict[str, Any] = dict(
-            model=path,
-            max_model_len=m.max_model_len,
-            dtype=m.dtype,
-            max_num_seqs=m.max_num_seqs,
-            tensor_parallel_size=m.tensor_parallel_size,
-            enable_prefix_caching=True,
-            seed=0,
-        )
-        if not on_cpu:
-            kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
-        else:
-            # torch.compile adds minutes to start-up on CPU and buys little for short classification outputs.
-            kwargs["enforce_eager"] = True
-            # The prefix cache reuses whole blocks only; 32-token blocks (CPU default 128) keep more of
-            # each policy prefix cached: 15k instead of 25k prompt tokens to compute in the bench.
-            kwargs["block_size"] = 32
-        if m.structured_outputs:
-            so_config: dict[str, Any] = {"backend": "xgrammar", "disable_any_whitespace": True}
-            if self.harmony:
-                # Constrain only the final channel; the analysis channel stays free text.
-                so_config["reasoning_parser"] = "openai_gptoss"
-            kwargs["structured_outputs_config"] = so_config
-        kwargs.update(m.engine_kwargs)
+        kwargs: dict[str, Any] = {"model": path, **engine_args(settings, on_cpu=on_cpu)}
         kwargs.update(llm_overrides)
         self._max_model_len = kwargs["max_model_len"]
         try:

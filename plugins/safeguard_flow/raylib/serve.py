@@ -3,14 +3,17 @@
 `build_app(settings)` makes the Serve application (LLMConfig + build_openai_app) with an autoscaling
 replica range from the settings; `deploy(settings)` runs it on the current Ray cluster with its HTTP
 proxy on `ray.serve_host:ray.serve_port` and returns the base URL our OpenAIEngine (engine.kind =
-openai, engine.base_url = that URL) labels through. On CPU each replica is one CPU bundle and the
-ingress takes no CPU, which fits a 2-core machine; on GPU each replica takes one GPU or a
-tensor-parallel group.
+openai, engine.base_url = that URL) labels through. A replica runs the same vLLM engine arguments
+as the in-process engine (engines/vllm_args.py). On CPU each replica reserves ray.num_cpus_per_replica
+and the ingress takes no CPU, so two 1-CPU replicas fit on a 2-core machine; on GPU each replica takes
+one GPU per tensor-parallel rank. Each replica's queue is bounded (ray.serve_max_queued_requests):
+overload gets a fast, retryable 503 rather than requests that wait until their client gives up.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -34,24 +37,35 @@ def model_source(settings: Settings) -> str:
 
 
 def engine_kwargs(settings: Settings) -> dict[str, Any]:
-    """vLLM engine arguments of a Serve replica, from the same settings as the batch engine."""
-    m = settings.model
-    kwargs: dict[str, Any] = {
-        "max_model_len": m.max_model_len,
-        "max_num_seqs": m.max_num_seqs,
-        "dtype": m.dtype,
-        "tensor_parallel_size": m.tensor_parallel_size,
-    }
-    if settings.ray.num_gpus_per_replica > 0:
-        kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
-    else:
-        # As in VLLMEngine: torch.compile adds minutes to a CPU replica's start-up for little gain.
-        kwargs["enforce_eager"] = True
-    if m.structured_outputs:
-        # Same backend as the batch engine, so JSON answers are constrained identically online.
-        kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
-    kwargs.update(m.engine_kwargs)
+    """vLLM arguments of a Serve replica: the in-process engine's (one builder, so the CPU block size
+    and prefix caching match), plus the server's usage reporting of prefix-cache hits."""
+    from safeguard_flow.engines.vllm_args import engine_args
+
+    kwargs = engine_args(settings, on_cpu=settings.ray.num_gpus_per_replica <= 0)
+    # A frontend argument (not AsyncEngineArgs): usage.prompt_tokens_details.cached_tokens in answers.
+    kwargs.setdefault("enable_prompt_tokens_details", True)
     return kwargs
+
+
+def placement_bundles(settings: Settings) -> list[dict[str, float]]:
+    """What one replica reserves: ray.num_cpus_per_replica CPUs on CPU, one GPU (and one CPU) per
+    tensor-parallel rank on GPU. The replica actor itself asks for nothing (llm_config gives it
+    0 CPUs), so Serve's merge of the actor into the first bundle adds no CPU."""
+    r = settings.ray
+    if r.num_gpus_per_replica > 0:
+        ranks = max(settings.model.tensor_parallel_size, math.ceil(r.num_gpus_per_replica))
+        return [{"GPU": 1.0, "CPU": 1.0} for _ in range(ranks)]
+    return [{"CPU": float(r.num_cpus_per_replica or 1.0)}]
+
+
+def replica_limits(settings: Settings) -> dict[str, int]:
+    """Serve's per-replica concurrency and queue bounds. A replica takes as many requests as its engine
+    batches; up to ray.serve_max_queued_requests more wait, and the rest get a retryable 503 at once."""
+    r = settings.ray
+    limits = {"max_ongoing_requests": max(settings.model.max_num_seqs, r.serve_target_ongoing_requests)}
+    if r.serve_max_queued_requests >= 0:
+        limits["max_queued_requests"] = r.serve_max_queued_requests
+    return limits
 
 
 def llm_config(settings: Settings):
@@ -60,13 +74,11 @@ def llm_config(settings: Settings):
     settings = resolve_paths(settings)
     r = settings.ray
     gpus = r.num_gpus_per_replica > 0
-    tp = settings.model.tensor_parallel_size
-    bundle = {"GPU": 1, "CPU": 1} if gpus else {"CPU": r.num_cpus_per_replica or 1.0}
     env = {**worker_env(), "VLLM_CPU_KVCACHE_SPACE": str(settings.model.kv_cache_gib)} if not gpus else worker_env()
     return LLMConfig(
         model_loading_config={"model_id": served_model_id(settings), "model_source": model_source(settings)},
         engine_kwargs=engine_kwargs(settings),
-        placement_group_config={"bundles": [dict(bundle) for _ in range(tp if gpus else 1)]},
+        placement_group_config={"bundles": placement_bundles(settings)},
         deployment_config={
             "autoscaling_config": {
                 "min_replicas": r.serve_min_replicas,
@@ -74,7 +86,10 @@ def llm_config(settings: Settings):
                 "max_replicas": r.serve_max_replicas,
                 "target_ongoing_requests": r.serve_target_ongoing_requests,
             },
-            "max_ongoing_requests": max(settings.model.max_num_seqs, r.serve_target_ongoing_requests),
+            # Serve adds the replica actor's resources (default 1 CPU) to the first bundle: ask for none,
+            # so a replica reserves exactly its bundles (two 1-CPU replicas fit on 2 cores).
+            "ray_actor_options": {"num_cpus": 0},
+            **replica_limits(settings),
         },
         runtime_env={"env_vars": env},
     )
@@ -83,26 +98,66 @@ def llm_config(settings: Settings):
 def build_app(settings: Settings):
     from ray.serve.llm import build_openai_app
 
+    from safeguard_flow.raylib.serve_ingress import SafeguardIngress
+
     return build_openai_app({
         "llm_configs": [llm_config(settings)],
-        # The router only forwards requests: no CPU of its own, so the replicas get the cores.
-        "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}},
+        # Ray's OpenAI ingress plus a 400 for unknown chat roles (needs this package on the cluster,
+        # as the label job does).
+        "ingress_cls_config": {"ingress_cls": SafeguardIngress},
+        "ingress_deployment_config": ingress_options(settings),
     })
 
 
+def ingress_options(settings: Settings) -> dict[str, Any]:
+    """The ingress only forwards requests: no CPU of its own, so the replicas get the cores. With a
+    bounded replica queue it takes no more than all replicas can hold (plus one), so the HTTP proxy refuses the
+    surplus with a 503 before the ingress parses a body (under overload that parsing alone made
+    refusals take seconds)."""
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
+    limits = replica_limits(settings)
+    if "max_queued_requests" in limits:
+        held = (limits["max_ongoing_requests"] + limits["max_queued_requests"]) * settings.ray.serve_max_replicas
+        # Serve's smallest queue is 1 (0 is refused).
+        options.update(max_ongoing_requests=held, max_queued_requests=1,
+                       autoscaling_config={"target_ongoing_requests": held})
+    return options
+
+
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
+
+
+def advertised_host(settings: Settings) -> str:
+    """The host clients should use: ray.serve_advertise_host, else serve_host unless it is a wildcard
+    bind address, else this node's IP (Serve runs an HTTP proxy on every node)."""
+    r = settings.ray
+    if r.serve_advertise_host:
+        return r.serve_advertise_host
+    if r.serve_host not in _WILDCARD_HOSTS:
+        return r.serve_host
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
 def base_url(settings: Settings) -> str:
-    return f"http://{settings.ray.serve_host}:{settings.ray.serve_port}/v1"
+    host = advertised_host(settings)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{settings.ray.serve_port}/v1"
 
 
 def deploy(settings: Settings, timeout_s: float = 600.0) -> str:
-    """Run the app on the connected Ray cluster and wait until it answers; returns the /v1 base URL."""
+    """Run the app on the connected Ray cluster and wait until it answers; returns the /v1 base URL
+    clients should use (bound on ray.serve_host, advertised as `advertised_host`)."""
     from ray import serve
 
     serve.start(http_options={"host": settings.ray.serve_host, "port": settings.ray.serve_port})
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     url = base_url(settings)
     wait_ready(url, served_model_id(settings), timeout_s)
-    log.info("Serve app %s ready at %s (model %s)", APP_NAME, url, served_model_id(settings))
+    log.info("Serve app %s ready at %s (bound on %s, model %s)", APP_NAME, url, settings.ray.serve_host,
+             served_model_id(settings))
     return url
 
 

@@ -57,6 +57,8 @@ def engine_kwargs(settings: Settings) -> dict[str, Any]:
 def llm_config(settings: Settings):
     from ray.serve.llm import LLMConfig
 
+    from safeguard_flow.engines.vllm_args import engine_args
+
     settings = resolve_paths(settings)
     r = settings.ray
     gpus = r.num_gpus_per_replica > 0
@@ -65,7 +67,7 @@ def llm_config(settings: Settings):
     env = {**worker_env(), "VLLM_CPU_KVCACHE_SPACE": str(settings.model.kv_cache_gib)} if not gpus else worker_env()
     return LLMConfig(
         model_loading_config={"model_id": served_model_id(settings), "model_source": model_source(settings)},
-        engine_kwargs=engine_kwargs(settings),
+        engine_kwargs=engine_args(settings, on_cpu=not gpus),
         placement_group_config={"bundles": [dict(bundle) for _ in range(tp if gpus else 1)]},
         deployment_config={
             "autoscaling_config": {

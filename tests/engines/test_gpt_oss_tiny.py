@@ -95,6 +95,39 @@ def test_tokenizer_ids_agree_with_harmony(tiny_model, all_policies):
     assert tok.encode(enc.decode(rendered), add_special_tokens=False) == rendered  # a whole harmony prompt
 
 
+def test_the_structural_tag_accepts_harmony_and_nothing_else(tiny_model, all_policies):
+    """The grammar vLLM compiles, driven token by token with the checkpoint's own tokenizer."""
+    import xgrammar as xgr
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    stops = prompts.harmony_stop_tokens()
+    info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=tiny_gptoss.VOCAB_SIZE, stop_token_ids=stops)
+    compiler = xgr.GrammarCompiler(info)
+    enc = prompts._harmony_encoding()
+    spam = next(p for p in all_policies if p.name == "spam")
+    harm = next(p for p in all_policies if p.name == "self-harm")
+
+    def accepts(policy, text: str, special=True) -> bool:
+        matcher = xgr.GrammarMatcher(compiler.compile_structural_tag(json.dumps(prompts.harmony_structural_tag(policy))),
+                                     override_stop_tokens=stops)
+        ids = enc.encode(text, allowed_special="all" if special else set(), disallowed_special=() if not special else "all")
+        return all(matcher.accept_token(t) for t in ids) and matcher.is_terminated()
+
+    thought = "<|channel|>analysis<|message|>An ad for phones with a short link. Spam.<|end|><|start|>assistant"
+    assert accepts(spam, thought + "<|channel|>final<|message|>1<|return|>")
+    assert accepts(spam, "<|channel|>final<|message|>0<|return|>")  # the analysis is optional
+    assert accepts(harm, thought + '<|channel|>final <|constrain|>json<|message|>{"violation": 1, '
+                               '"policy_category": "self-harm intent"}<|return|>')
+    assert not accepts(spam, "1<|return|>")  # a bare answer, as a whole-completion grammar forces
+    assert not accepts(spam, thought + "<|channel|>final<|message|>yes<|return|>")  # not in the label set
+    assert not accepts(harm, thought + "<|channel|>final<|message|>{\"violation\": 2}<|return|>")
+    # Control tokens count only as tokens: spelled out in ordinary text they open nothing.
+    assert not accepts(spam, "<|channel|>final<|message|>1<|return|>", special=False)
+    assert not accepts(spam, "<|channel|>analysis<|message|>a<|start|>b<|end|><|start|>assistant"
+                             "<|channel|>final<|message|>1<|return|>")  # no control token inside the analysis
+
+
 @pytest.mark.slow
 def test_labels_through_vllms_gpt_oss_with_an_analysis(tiny_engine, all_policies):
     from safeguard_flow.engines.vllm_local import VLLMEngine

@@ -49,7 +49,7 @@ def json_schema(policy: Policy) -> dict[str, Any] | None:
     }
     required = ["violation", "policy_category"]
     if policy.output_format is OutputFormat.JSON_RATIONALE:
-        props["rationale"] = {"type": "string", "maxLength": 300}
+        props["rationale"] = {"type": "string", "minLength": 1, "maxLength": 300}  # parsing requires one
         required.append("rationale")
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 

@@ -8,6 +8,7 @@ chat model gets system = policy, user = content, rendered by its own chat templa
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any
 
@@ -185,10 +186,39 @@ def harmony_structural_tag(policy: Policy) -> dict[str, Any]:
         answer: dict[str, Any] = {"type": "or", "elements": [const(c) for c in choice]}
         header = [token("<|channel|>"), const("final"), token("<|message|>")]
     else:
-        answer = {"type": "json_schema", "json_schema": json_schema(policy)}
+        answer = {"type": "grammar", "grammar": compact_json_grammar(policy)}
         # `final <|constrain|>json` is how harmony declares a JSON message; a plain `final` is accepted too.
         constrain = {"type": "optional", "content": {"type": "sequence", "elements": [
             const(" "), token("<|constrain|>"), const("json")]}}
         header = [token("<|channel|>"), const("final"), constrain, token("<|message|>")]
     # The message ends with a stop token (<|return|>), which the engine allows once the tag is complete.
     return {"type": "structural_tag", "format": {"type": "sequence", "elements": [analysis, *header, answer]}}
+
+
+def compact_json_grammar(policy: Policy) -> str:
+    """EBNF for the policy's JSON answer in harmony's final channel: compact and free of control text.
+
+    - No free whitespace (`{"violation":1,...}`): a structural tag's `json_schema` format allows any
+      whitespace between tokens, and a sampling model (temperature 1.0) can spend its whole budget on
+      it; the chat path turns it off with `disable_any_whitespace`, this is the same.
+    - No `|` inside strings: xgrammar reads a special token as its text, so `<|end|>` would be a
+      legal character run inside a JSON string, and the harmony parser would end the message there.
+      Every control and reserved token starts with `<|`.
+    Needs xgrammar (it comes with vLLM).
+    """
+    return _compact_json_grammar(json.dumps(json_schema(policy)))  # key order is the answer order
+
+
+# xgrammar's character class for a bounded JSON string ({"type": "string", "maxLength": n}); a
+# `pattern` instead would lose the bounds (xgrammar ignores them next to one).
+_STRING_CHARS = r'[^\"\\\r\n]'
+
+
+@lru_cache(maxsize=64)
+def _compact_json_grammar(schema: str) -> str:
+    import xgrammar as xgr
+
+    ebnf = str(xgr.Grammar.from_json_schema(schema, any_whitespace=False, separators=(",", ":")))
+    if _STRING_CHARS not in ebnf:
+        raise RuntimeError("xgrammar's JSON string rule changed; update prompts._STRING_CHARS")
+    return ebnf.replace(_STRING_CHARS, _STRING_CHARS[:-1] + "|]")

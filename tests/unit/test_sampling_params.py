@@ -57,7 +57,17 @@ def test_harmony_constrains_only_the_final_channel(settings_factory, fmt):
         constrain, message = rest[0], rest[1]
         assert constrain["type"] == "optional" and constrain["content"]["elements"][1]["token"] == TOK["<|constrain|>"]
         assert message == {"type": "token", "token": TOK["<|message|>"]}
-        assert answer == {"type": "json_schema", "json_schema": prompts.json_schema(POLICIES[fmt])}
+        assert answer == {"type": "grammar", "grammar": prompts.compact_json_grammar(POLICIES[fmt])}
+        from xgrammar import Grammar
+        from xgrammar.testing import _is_grammar_accept_string as accepts
+
+        grammar = Grammar.from_ebnf(answer["grammar"])
+        rationale = ',"rationale":"cites rule 2"' if fmt is OutputFormat.JSON_RATIONALE else ""
+        assert accepts(grammar, '{"violation":1,"policy_category":"bulk ads"' + rationale + "}")
+        assert not accepts(grammar, '{"violation": 1, "policy_category": null' + rationale + "}")  # no free whitespace
+        assert not accepts(grammar, '{"violation":2,"policy_category":null' + rationale + "}")
+        # No control-token text inside strings: xgrammar would read the <|end|> token as those characters.
+        assert not accepts(grammar, '{"violation":1,"policy_category":"x<|end|>"' + rationale + "}")
     # Harmony stop tokens, special tokens kept for the channel split, the model card's sampling.
     assert sorted(params.stop_token_ids) == STOP and params.skip_special_tokens is False
     assert (params.temperature, params.top_p, params.seed) == (1.0, 1.0, 0)

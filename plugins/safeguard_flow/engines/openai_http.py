@@ -132,6 +132,10 @@ class OpenAIEngine:
             if choice is not None:
                 # vLLM's extension; the standard response_format has no "one of these strings".
                 body["extra_body"] = {"structured_outputs": {"choice": choice}}
+            elif self.harmony and (grammar := _compact_json_grammar(policy)) is not None:
+                # vLLM's server puts this into the final channel of its harmony structural tag; a JSON
+                # schema there would allow free whitespace (see prompts.compact_json_grammar).
+                body["extra_body"] = {"structured_outputs": {"grammar": grammar}}
             else:
                 body["response_format"] = {
                     "type": "json_schema",
@@ -180,6 +184,13 @@ class OpenAIEngine:
         except (openai.APIResponseValidationError, ValueError) as exc:
             return Completion(error=f"unreadable response from server ({type(exc).__name__}): {str(exc)[:300]}")
         return _to_completion(resp)
+
+
+def _compact_json_grammar(policy: Policy) -> str | None:
+    try:
+        return prompts.compact_json_grammar(policy)
+    except ImportError:  # no xgrammar where this client runs: the server's JSON schema path instead
+        return None
 
 
 def _to_completion(resp: Any) -> Completion:

@@ -11,16 +11,20 @@ tag on the final channel), stop tokens and parsing all run for real. Its answers
   `oss-harmony` package (`decode_bytes` of every id: no download). The HF tokenizer.json is a
   byte-level BPE built from those ranks (tiktoken-style ranks -> tokenizers' BPE merges, the o200k
   pre-tokenizer regex) with the specials at harmony's ids, so HF and harmony agree token for token.
-- Shaping, so that a random model still writes well-formed harmony under the structural tag: three
-  channels of the residual stream carry a fixed signal from the embedding to the output layer (the
-  other 125 stay random). Channel 0 is +1 in every token's embedding: the output layer reads it to
-  give `<|end|>` a logit of ~9 over ~200k near-zero logits, a ~1/24 chance per token, so an
-  analysis closes after about two dozen tokens, and to give every other special token -12, so
-  control and reserved tokens never appear inside free text (the grammar still forces them where
-  harmony needs them: a mask leaves nothing else). Channel 2 is +1 only in `<|message|>`: it
-  cancels the `<|end|>` boost right after it, so the analysis is never empty. Channel 1 is +1
-  only in `<|channel|>`: it raises `analysis` there, so the model opens an analysis message rather
-  than going straight to `final`. The scales are calibrated on a forward pass (`_calibrate`).
+- Shaping, so that a random model still writes well-formed harmony: a few channels of the residual
+  stream carry a fixed signal from a token's embedding to the output layer (the other ~120 stay
+  random), a hand-set bigram table on top of the noise (`SHAPING`, scales calibrated on a forward
+  pass by `_calibrate`):
+  - channel 0 is +1 in every token: `<|end|>` gets a logit of ~9 over ~200k near-zero logits, a ~1/24
+    chance per token (an analysis closes after about two dozen tokens), and every other special
+    token -12, so control and reserved tokens stay out of free text;
+  - right after `<|message|>` the `<|end|>` boost is cancelled: an analysis is never empty;
+  - after `<|channel|>`, `analysis` is strongly preferred (then `final`): the model reasons first;
+  - at each place harmony needs a control token, that token is boosted: `<|channel|>` after
+    `assistant`, `<|message|>` after `analysis` / `final` / `json`, `<|start|>` after `<|end|>`,
+    `assistant` after `<|start|>`. Our structural tag matches control tokens by id anyway; vLLM's
+    server matches them as text, where the model could otherwise spell `<|channel|>` in ordinary
+    tokens.
 """
 
 from __future__ import annotations
@@ -50,8 +54,17 @@ ARCH = dict(num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, hid
             head_dim=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=128,
             layer_types=["sliding_attention", "full_attention"])
 END_PROBABILITY = 1 / 24  # per token of analysis, after ordinary tokens
-ANALYSIS_BIAS = 12.0  # logit added to `analysis` right after <|channel|>
 SPECIAL_PENALTY = 12.0  # logit taken from special tokens (other than <|end|>) in free text
+# (tokens whose embedding carries the channel, {next token: logit added after them}); channel 0 is the constant.
+SHAPING = (
+    (("<|channel|>",), {"analysis": 12.0, "final": 6.0}),
+    (("<|message|>",), {"<|end|>": "cancel_end"}),
+    (("assistant",), {"<|channel|>": 20.0}),
+    (("analysis", "final", "json"), {"<|message|>": 20.0}),
+    (("<|end|>",), {"<|start|>": 20.0}),
+    (("<|start|>",), {"assistant": 12.0}),
+)
+N_SHAPED = 1 + len(SHAPING)
 N_SPECIAL = VOCAB_SIZE - 199_998
 
 
@@ -110,37 +123,37 @@ def build(out: Path, progress: bool = True) -> dict[str, Any]:
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(out)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|end|>", "<|message|>", "<|channel|>", "<|return|>",
-                                                     "<|endoftext|>", "<|startoftext|>")}
-    analysis_id = _single_token(tok, "analysis")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|return|>", "<|call|>", "<|endoftext|>", "<|startoftext|>")}
     config = GptOssConfig(vocab_size=len(tok), bos_token_id=ids["<|startoftext|>"], eos_token_id=ids["<|return|>"],
                           pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False, **ARCH)
     torch.manual_seed(SEED)
     model = GptOssForCausalLM(config).to(torch.float32).eval()
     with torch.no_grad():
         emb, head = model.model.embed_tokens.weight, model.lm_head.weight
-        emb[:, 0:3] = 0.0
+        emb[:, :N_SHAPED] = 0.0
+        head[:, :N_SHAPED] = 0.0
         emb[:, 0] = 1.0
-        emb[ids["<|channel|>"], 1] = 1.0
-        emb[ids["<|message|>"], 2] = 1.0
-        head[:, 0:3] = 0.0
-        h0, h1, h2 = _calibrate(model, tok)
+        for channel, (triggers, _) in enumerate(SHAPING, start=1):
+            emb[[_id(tok, t) for t in triggers], channel] = 1.0
+        scales = _calibrate(model, tok)
         # Target logit for <|end|> over ~200k near-zero logits: p = e^b / (e^b + V).
         b_end = math.log(END_PROBABILITY / (1 - END_PROBABILITY) * len(tok))
-        head[len(tok) - N_SPECIAL:, 0] = -SPECIAL_PENALTY / h0
-        head[ids["<|end|>"], 0] = b_end / h0
-        head[ids["<|end|>"], 2] = -2 * b_end / h2
-        head[analysis_id, 1] = ANALYSIS_BIAS / h1
+        head[len(tok) - N_SPECIAL:, 0] = -SPECIAL_PENALTY / scales[0]
+        head[_id(tok, "<|end|>"), 0] = b_end / scales[0]
+        for channel, (_, boosts) in enumerate(SHAPING, start=1):
+            for target, logit in boosts.items():
+                value = -2 * b_end if logit == "cancel_end" else logit
+                head[_id(tok, target), channel] = value / scales[channel]
     model = model.to(torch.bfloat16)
     model.save_pretrained(str(out), safe_serialization=True)
-    GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=[ids["<|return|>"], tok.convert_tokens_to_ids("<|call|>")],
+    GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=[ids["<|return|>"], ids["<|call|>"]],
                      pad_token_id=config.pad_token_id, do_sample=True, temperature=1.0, top_p=1.0).save_pretrained(str(out))
     path = out / "config.json"
     data = json.loads(path.read_text())
     data["_name_or_path"] = KEY
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     params = sum(p.numel() for p in model.parameters())
-    return {"parameters": params, "end_logit": b_end, "channel_scales": [h0, h1, h2],
+    return {"parameters": params, "end_logit": b_end, "channel_scales": [round(x, 3) for x in scales],
             "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -151,23 +164,30 @@ def _single_token(tok: Any, text: str) -> int:
     return ids[0]
 
 
-def _calibrate(model: Any, tok: Any) -> tuple[float, float, float]:
-    """Final-norm output on channel 0 at ordinary tokens, 1 at <|channel|>, 2 at <|message|> (means)."""
+def _id(tok: Any, token: str) -> int:
+    """Id of a special token or of a word that is one token in the harmony vocabulary."""
+    if token.startswith("<|"):
+        return tok.convert_tokens_to_ids(token)
+    return _single_token(tok, token)
+
+
+def _calibrate(model: Any, tok: Any) -> list[float]:
+    """Mean final-norm output of each shaped channel where it is set (channel 0: at ordinary tokens)."""
     import torch
 
     from safeguard_flow.prompts import _harmony_encoding
 
     text = ("<|start|>user<|message|>Is this spam? Buy cheap followers now<|end|><|start|>assistant"
-            "<|channel|>analysis<|message|>The user asks whether the post is spam. It sells followers.")
+            "<|channel|>analysis<|message|>The user asks whether the post is spam. It sells followers.<|end|>"
+            "<|start|>assistant<|channel|>final <|constrain|>json<|message|>1<|return|>")
     ids = _harmony_encoding().encode(text, allowed_special="all")
     with torch.no_grad():
         hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
     first_special = VOCAB_SIZE - N_SPECIAL
-    ordinary = [i for i, t in enumerate(ids) if t < first_special]
-    at = {name: [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids(name)]
-          for name in ("<|channel|>", "<|message|>")}
-    scales = (float(hidden[ordinary, 0].mean()), float(hidden[at["<|channel|>"], 1].mean()),
-              float(hidden[at["<|message|>"], 2].mean()))
+    scales = [float(hidden[[i for i, t in enumerate(ids) if t < first_special], 0].mean())]
+    for channel, (triggers, _) in enumerate(SHAPING, start=1):
+        wanted = {_id(tok, t) for t in triggers}
+        scales.append(float(hidden[[i for i, t in enumerate(ids) if t in wanted], channel].mean()))
     if min(scales) <= 0:
         raise RuntimeError(f"calibration failed (channel means {scales})")
     return scales

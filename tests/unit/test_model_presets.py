@@ -86,3 +86,12 @@ def test_model_info_says_where_each_value_came_from(settings_factory):
     assert info["settings"]["temperature"] == {"value": 1.0, "from": "preset gpt-oss-tiny"}
     assert info["output_budget_by_effort"] == {"low": 384, "medium": 512, "high": 768}
     assert model_presets.find_preset("/models/unknown-model") is None
+
+
+def test_presets_survive_the_trip_to_a_ray_replica(settings_factory):
+    from safeguard_flow.raylib.settings_env import resolve_paths
+
+    shipped = resolve_paths(settings_factory(model={"name": "openai/gpt-oss-safeguard-20b", "max_tokens": 700}))
+    r = resolve(shipped, on_cpu=False)
+    assert r.sources["temperature"] == "preset gpt-oss-safeguard-20b" and r.values["temperature"] == 1.0
+    assert r.values["max_tokens"] == 700 and r.sources["max_tokens"] == "setting"

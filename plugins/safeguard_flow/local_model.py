@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m safeguard_flow.local_model")
     parser.add_argument("command", choices=["prepare", "info", "verify"])
-    parser.add_argument("--key", help=f"one of {', '.join(KNOWN_MODELS)} (default: model.name)")
+    parser.add_argument("--key", help=f"one of {', '.join([*KNOWN_MODELS, TINY_KEY])} (default: model.name)")
     parser.add_argument("--force", action="store_true", help="prepare again even if a finished folder exists")
     args = parser.parse_args(argv)
     settings = get_settings()

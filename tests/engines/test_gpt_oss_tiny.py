@@ -191,3 +191,33 @@ def test_cut_off_reasoning_is_retried_once_then_truncated(tiny_engine, all_polic
     assert seen == [4, 8] and c.finish_reason == "length" and c.completion_tokens == 12
     (v,) = label_items(tiny_engine, [ContentItem.from_raw("x", TEXTS[0])], [spam])
     assert v.parse_status == "truncated" and v.label is None
+
+
+@pytest.mark.slow
+def test_model_prepare_builds_it_offline(tmp_path, monkeypatch, capsys):
+    """`safeguard-flow model prepare gpt-oss-tiny` with every network connection refused."""
+    import os
+    import socket
+
+    from safeguard_flow import cli
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for key in [k for k in os.environ if k.startswith("SAFEGUARD_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SAFEGUARD_MODEL__CACHE_DIR", str(tmp_path / "models"))
+    assert cli.main(["model", "prepare", "gpt-oss-tiny"]) == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert folder == tmp_path / "models" / "gpt-oss-tiny"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "safeguard_manifest.json"} <= \
+        {p.name for p in folder.iterdir()}
+    monkeypatch.setenv("SAFEGUARD_MODEL__NAME", "gpt-oss-tiny")
+    assert cli.main(["model", "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["in_force"]["preset"] == "gpt-oss-tiny" and info["in_force"]["harmony"] is True
+    assert info["in_force"]["harmony_reason"] == "config.json model_type=gpt_oss"
+    assert info["cache"]["prepared"] is True
+    assert cli.main(["model", "verify", "--key", "gpt-oss-tiny"]) == 0

@@ -51,15 +51,19 @@ def cmd_label(args: argparse.Namespace) -> int:
 def cmd_model_prepare(args: argparse.Namespace) -> int:
     from safeguard_flow import local_model
 
-    path = local_model.prepare(_settings(args), key=args.key, force=args.force)
+    settings = _settings(args)
+    path = local_model.prepare(settings, key=args.name or args.key, force=args.force)
     print(path)
     return 0
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from safeguard_flow import local_model
+    from safeguard_flow import local_model, model_presets
 
-    print(json.dumps(local_model.info(_settings(args)), indent=2, default=str))
+    settings = _settings(args)
+    # What the engine will use and why (preset, setting or default, field by field), then the cache.
+    in_force = model_presets.resolve(settings).as_dict()
+    print(json.dumps({"in_force": in_force, "cache": local_model.info(settings)}, indent=2, default=str))
     return 0
 
 
@@ -378,14 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     model = sub.add_parser("model", help="the local model").add_subparsers(dest="model_command", required=True)
-    p = model.add_parser("prepare", help="convert the packaged GGUF model into a cached HF folder")
-    p.add_argument("--key", help="which known local model (default: settings model.name)")
+    p = model.add_parser("prepare", help="convert the packaged GGUF model into a cached HF folder, or build "
+                                         "gpt-oss-tiny (random-weight gpt-oss) offline")
+    p.add_argument("name", nargs="?", help="which local model (qwen2.5-0.5b-instruct, qwen2.5-1.5b-instruct, "
+                                           "gpt-oss-tiny; default: settings model.name)")
+    p.add_argument("--key", help="same as NAME")
     p.add_argument("--force", action="store_true", help="convert again even if a verified folder exists")
     p.set_defaults(func=cmd_model_prepare)
     p = model.add_parser("verify", help="re-hash the prepared model's files against its manifest")
     p.add_argument("--key", help="which known local model (default: settings model.name)")
     p.set_defaults(func=cmd_model_verify)
-    model.add_parser("info", help="show what is in the model cache").set_defaults(func=cmd_model_info)
+    model.add_parser("info", help="show the model settings in force (and which preset or setting gave each) "
+                                  "and what is in the model cache").set_defaults(func=cmd_model_info)
 
     db = sub.add_parser("db", help="warehouse schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
-import fcntl
 import hashlib
 import io
 import json
@@ -130,6 +129,8 @@ def prepare(settings: Settings, key: str | None = None, *, force: bool = False, 
 
     Idempotent and safe to call from several processes at once (a lock file serialises them).
     """
+    if (key or settings.model.name) == TINY_KEY:
+        return _prepare_tiny(settings, force=force)
     spec = spec_for(key or settings.model.name)
     cache = settings.model_cache_dir
     final = model_dir(settings, spec.key)
@@ -160,8 +161,8 @@ def prepare(settings: Settings, key: str | None = None, *, force: bool = False, 
 
 def verify(settings: Settings, key: str | None = None) -> list[str]:
     """Re-hash every file of a prepared folder against its manifest. Returns the problems (empty = ok)."""
-    spec = spec_for(key or settings.model.name)
-    folder = model_dir(settings, spec.key)
+    key = key or settings.model.name
+    folder = model_dir(settings, key if key == TINY_KEY else spec_for(key).key)
     manifest = _read_manifest(folder)
     if manifest is None:
         return [f"{folder}: not prepared (no {MANIFEST})"]
@@ -199,8 +200,17 @@ def info(settings: Settings) -> dict[str, Any]:
             entry["prepared_at"] = manifest.get("prepared_at")
             entry["gguf_name"] = manifest.get("gguf", {}).get("general.name")
         cached.append(entry)
+    tiny_folder = model_dir(settings, TINY_KEY)
+    tiny = _read_manifest(tiny_folder)
+    cached.append({"key": TINY_KEY, "prepared": _tiny_ok(tiny_folder), "path": str(tiny_folder),
+                   "description": "random-weight gpt-oss (2 layers, 4 experts, o200k_harmony vocabulary), "
+                                  "built offline by `safeguard-flow model prepare gpt-oss-tiny`",
+                   "size_bytes": sum(f["size"] for f in tiny["files"].values()) if tiny else None,
+                   "prepared_at": tiny.get("prepared_at") if tiny else None})
     out: dict[str, Any] = {"configured": name, "cache_dir": str(settings.model_cache_dir), "models": cached}
-    if name in KNOWN_MODELS:
+    if name == TINY_KEY:
+        out.update(cached[-1])
+    elif name in KNOWN_MODELS:
         out.update(next(e for e in cached if e["key"] == name))
     else:
         out.update({"key": name, "path": name if Path(name).expanduser().exists() else None,
@@ -212,12 +222,58 @@ def resolve_model(settings: Settings) -> str:
     """What to hand the engine: the prepared folder for a known key (prepared now if missing),
     an existing local path as is, or the name as is (a model id the cluster's model store serves)."""
     name = settings.model.name
-    if name in KNOWN_MODELS:
+    if name in KNOWN_MODELS or name == TINY_KEY:
         return str(prepare(settings, name))
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())
     return name
+
+
+# --- gpt-oss-tiny ------------------------------------------------------------------------------
+
+TINY_KEY = "gpt-oss-tiny"
+
+
+def _tiny_ok(folder: Path) -> bool:
+    manifest = _read_manifest(folder)
+    if not manifest or manifest.get("key") != TINY_KEY or manifest.get("manifest_version") != MANIFEST_VERSION:
+        return False
+    return all((folder / n).is_file() and (folder / n).stat().st_size == e.get("size")
+               for n, e in (manifest.get("files") or {}).items())
+
+
+def _prepare_tiny(settings: Settings, *, force: bool) -> Path:
+    """Build the random-weight gpt-oss checkpoint (tiny_gptoss.py), fully offline, with a manifest."""
+    from safeguard_flow import tiny_gptoss
+
+    cache = settings.model_cache_dir
+    final = model_dir(settings, TINY_KEY)
+    if not force and _tiny_ok(final):
+        return final
+    cache.mkdir(parents=True, exist_ok=True)
+    with _lock(cache / f".{TINY_KEY}.lock"):
+        if not force and _tiny_ok(final):
+            return final
+        work = cache / f"{TINY_KEY}.partial"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            stats = tiny_gptoss.build(work)
+        except ImportError as exc:
+            raise ModelPrepareError(f"building {TINY_KEY} needs transformers, torch and oss-harmony "
+                                    f"(pip install 'safeguard-flow[cpu]'): {exc}") from None
+        files = sorted(p for p in work.iterdir() if p.is_file())
+        manifest = {
+            "manifest_version": MANIFEST_VERSION, "key": TINY_KEY, "build": stats,
+            "architecture": tiny_gptoss.ARCH, "seed": tiny_gptoss.SEED,
+            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tools": _tool_versions(),
+            "files": {p.name: {"size": p.stat().st_size, "sha256": _sha256_file(p)} for p in files},
+        }
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        _swap_into_place(work, final)
+        log.info("prepared %s in %.0fs at %s", TINY_KEY, stats["seconds"], final)
+    return final
 
 
 # --- steps ---------------------------------------------------------------------------------------
@@ -436,18 +492,15 @@ def _manifest_ok(folder: Path, spec: LocalModelSpec) -> bool:
 
 
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _tool_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for dist in ("transformers", "torch", "gguf", "accelerate"):
+    for dist in ("transformers", "torch", "gguf", "accelerate", "oss-harmony", "tokenizers"):
         with contextlib.suppress(PackageNotFoundError):
             out[dist] = version(dist)
     return out
@@ -455,16 +508,19 @@ def _tool_versions() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process that is preparing the model (lock {path})", file=sys.stderr)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """One preparer per model across processes (filelock: released even if the holder dies)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process that is preparing the model (lock {path})", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m safeguard_flow.local_model")
     parser.add_argument("command", choices=["prepare", "info", "verify"])
-    parser.add_argument("--key", help=f"one of {', '.join(KNOWN_MODELS)} (default: model.name)")
+    parser.add_argument("--key", help=f"one of {', '.join([*KNOWN_MODELS, TINY_KEY])} (default: model.name)")
     parser.add_argument("--force", action="store_true", help="prepare again even if a finished folder exists")
     args = parser.parse_args(argv)
     settings = get_settings()

@@ -8,6 +8,7 @@ chat model gets system = policy, user = content, rendered by its own chat templa
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any
 
@@ -49,7 +50,7 @@ def json_schema(policy: Policy) -> dict[str, Any] | None:
     }
     required = ["violation", "policy_category"]
     if policy.output_format is OutputFormat.JSON_RATIONALE:
-        props["rationale"] = {"type": "string", "maxLength": 300}
+        props["rationale"] = {"type": "string", "minLength": 1, "maxLength": 300}  # parsing requires one
         required.append("rationale")
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
@@ -60,9 +61,34 @@ def choices(policy: Policy) -> list[str] | None:
 
 
 def is_harmony_model(model_name: str, prompt_format: str = "auto") -> bool:
+    """By name only; the engines ask model_presets.resolve, which reads the checkpoint's config.json first."""
     if prompt_format != "auto":
         return prompt_format == "harmony"
     return "gpt-oss" in model_name.lower()
+
+
+# --- chat-template models ---------------------------------------------------------------------
+# Rendering the template to text and letting the engine tokenise it would read `<|im_end|>` typed
+# inside a post as a control token (a forged turn). So the template is rendered around placeholders
+# and only its own pieces may hold special tokens; the policy and the content are encoded as text.
+
+_PLACEHOLDERS = ("\ue000sg-system\ue000", "\ue000sg-user\ue000")  # private-use: no template changes them
+
+
+def chat_prompt_tokens(tokenizer: Any, policy: Policy, content: str) -> list[int]:
+    """Token ids of the chat-template prompt, with the policy and content never read as control tokens."""
+    texts = (system_prompt(policy), content)
+    messages = [{"role": "system", "content": _PLACEHOLDERS[0]}, {"role": "user", "content": _PLACEHOLDERS[1]}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids: list[int] = []
+    rest = rendered
+    for placeholder, text in zip(_PLACEHOLDERS, texts):
+        head, sep, rest = rest.partition(placeholder)
+        if not sep:
+            raise ValueError("the chat template dropped or reordered the system/user message")
+        ids += tokenizer.encode(head, add_special_tokens=False)
+        ids += tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+    return ids + tokenizer.encode(rest, add_special_tokens=False)
 
 
 # --- harmony -------------------------------------------------------------------------------
@@ -118,3 +144,81 @@ def parse_harmony_completion(token_ids: list[int]) -> tuple[str | None, str | No
         text = "".join(getattr(c, "text", "") for c in msg.content)
         (final if msg.channel == "final" else analysis).append(text)
     return ("".join(final) if final else None), ("\n".join(analysis) if analysis else None)
+
+
+# Control tokens of the harmony format (o200k_harmony ids).
+HARMONY_CONTROL = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|constrain|>", "<|return|>", "<|call|>")
+
+
+@lru_cache(maxsize=1)
+def harmony_token_ids() -> dict[str, int]:
+    enc = _harmony_encoding()
+    return {name: enc.encode(name, allowed_special="all")[0] for name in HARMONY_CONTROL}
+
+
+def harmony_structural_tag(policy: Policy) -> dict[str, Any]:
+    """xgrammar structural tag (vLLM `structured_outputs.structural_tag`) for one harmony completion:
+    an optional analysis message in free text, then the final channel holding the policy's answer.
+
+    The same shape vLLM's server builds for gpt-oss (vllm/parser/harmony.py) but stricter: control
+    tokens are matched by id (a post cannot spell `<|end|>` in ordinary tokens to steer the grammar),
+    and the analysis may not contain control or reserved tokens. Only the final channel is
+    constrained to the answer; the analysis stays free.
+    """
+    tok = harmony_token_ids()
+
+    def token(name: str) -> dict[str, Any]:
+        return {"type": "token", "token": tok[name]}
+
+    def const(text: str) -> dict[str, Any]:
+        return {"type": "const_string", "value": text}
+
+    analysis = {"type": "optional", "content": {"type": "sequence", "elements": [
+        token("<|channel|>"), const("analysis"),
+        {"type": "tag", "begin": token("<|message|>"),
+         "content": {"type": "any_text", "excludes": [*HARMONY_CONTROL, "<|reserved_", "<|endoftext|>",
+                                                      "<|startoftext|>"]},
+         "end": token("<|end|>")},
+        token("<|start|>"), const("assistant"),
+    ]}}
+    choice = choices(policy)
+    if choice is not None:
+        answer: dict[str, Any] = {"type": "or", "elements": [const(c) for c in choice]}
+        header = [token("<|channel|>"), const("final"), token("<|message|>")]
+    else:
+        answer = {"type": "grammar", "grammar": compact_json_grammar(policy)}
+        # `final <|constrain|>json` is how harmony declares a JSON message; a plain `final` is accepted too.
+        constrain = {"type": "optional", "content": {"type": "sequence", "elements": [
+            const(" "), token("<|constrain|>"), const("json")]}}
+        header = [token("<|channel|>"), const("final"), constrain, token("<|message|>")]
+    # The message ends with a stop token (<|return|>), which the engine allows once the tag is complete.
+    return {"type": "structural_tag", "format": {"type": "sequence", "elements": [analysis, *header, answer]}}
+
+
+def compact_json_grammar(policy: Policy) -> str:
+    """EBNF for the policy's JSON answer in harmony's final channel: compact and free of control text.
+
+    - No free whitespace (`{"violation":1,...}`): a structural tag's `json_schema` format allows any
+      whitespace between tokens, and a sampling model (temperature 1.0) can spend its whole budget on
+      it; the chat path turns it off with `disable_any_whitespace`, this is the same.
+    - No `|` inside strings: xgrammar reads a special token as its text, so `<|end|>` would be a
+      legal character run inside a JSON string, and the harmony parser would end the message there.
+      Every control and reserved token starts with `<|`.
+    Needs xgrammar (it comes with vLLM).
+    """
+    return _compact_json_grammar(json.dumps(json_schema(policy)))  # key order is the answer order
+
+
+# xgrammar's character class for a bounded JSON string ({"type": "string", "maxLength": n}); a
+# `pattern` instead would lose the bounds (xgrammar ignores them next to one).
+_STRING_CHARS = r'[^\"\\\r\n]'
+
+
+@lru_cache(maxsize=64)
+def _compact_json_grammar(schema: str) -> str:
+    import xgrammar as xgr
+
+    ebnf = str(xgr.Grammar.from_json_schema(schema, any_whitespace=False, separators=(",", ":")))
+    if _STRING_CHARS not in ebnf:
+        raise RuntimeError("xgrammar's JSON string rule changed; update prompts._STRING_CHARS")
+    return ebnf.replace(_STRING_CHARS, _STRING_CHARS[:-1] + "|]")

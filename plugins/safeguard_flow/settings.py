@@ -152,6 +152,8 @@ class ModelSettings(_Section):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     max_content_chars: int = Field(default=20_000, ge=1)  # longer content is cut (and flagged)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Nucleus sampling; gpt-oss presets use the model card's 1.0 (see model_presets.py).
+    top_p: float = Field(default=1.0, gt=0, le=1)
 
 
 class EngineSettings(_Section):

@@ -1,6 +1,7 @@
 """OpenAIEngine's retry, backoff, timeout and error mapping against a tiny real HTTP server.
 
-The server is scripted (a status sequence per test) so each failure mode is deterministic; the same
+The engine is the `openai` SDK's client (its retries, backoff, Retry-After and timeouts) plus our
+mapping of failures to per-request errors or an engine-wide EngineError. The server is scripted (a status sequence per test) so each failure mode is deterministic; the same
 engine runs against a real vLLM OpenAI server in test_openai_server.py.
 """
 
@@ -92,10 +93,10 @@ def server():
 def make_engine(settings_factory, server):
     engines = []
 
-    def make(steps, **engine_settings):
+    def make(steps, model=None, **engine_settings):
         server["script"] = Script(steps)
         settings = settings_factory(engine={"kind": "openai", "base_url": server["url"], "backoff_s": 0.01,
-                                            **engine_settings})
+                                            **engine_settings}, model=model or {})
         engine = OpenAIEngine(settings)
         engines.append(engine)
         return engine, server["script"]
@@ -215,3 +216,24 @@ def test_build_engine_kind_openai(settings_factory):
     engine.close()
     with pytest.raises(EngineError, match="SAFEGUARD_ENGINE__BASE_URL"):
         build_engine(settings_factory(engine={"kind": "openai"}))
+
+
+def test_harmony_model_cut_off_is_retried_once_with_a_larger_budget(make_engine, small_policies):
+    cut = (200, {"choices": [{"message": {"content": None, "reasoning": "thinking and thin"},
+                              "finish_reason": "length"}], "usage": {"prompt_tokens": 300, "completion_tokens": 2048}})
+    gpt_oss = {"name": "openai/gpt-oss-safeguard-20b"}  # harmony and its preset, by name (no config.json here)
+    spam = next(p for p in small_policies if p.name == "spam")
+    engine, script = make_engine([cut, ok("1")], model=gpt_oss)
+    (c,) = engine.complete([_req(spam)])
+    assert c.error is None and c.text == "1" and c.finish_reason == "stop"
+    first, second = script.bodies
+    assert first["reasoning_effort"] == spam.reasoning_effort.value
+    assert (first["temperature"], first["top_p"]) == (1.0, 1.0)  # the model card's sampling
+    assert second["max_tokens"] == min(first["max_tokens"] * 4, 32_768 - 300)
+    assert c.completion_tokens == 2048 + 1  # both attempts count
+    engine, script = make_engine([cut], model=gpt_oss)  # cut off twice: one retry only, then truncated
+    (c,) = engine.complete([_req(spam)])
+    assert c.finish_reason == "length" and len(script.bodies) == 2
+    engine, script = make_engine([cut])  # a chat model is not retried
+    (c,) = engine.complete([_req(spam)])
+    assert c.finish_reason == "length" and len(script.bodies) == 1

@@ -1,16 +1,17 @@
 """The harmony (gpt-oss) branch of VLLMEngine: prompt token ids, stop tokens, length check, and the
 split of completion tokens into final/analysis.
 
-No gpt-oss model fits this machine, so this drives the adapter's own methods without a loaded
-vllm.LLM; the model-independent parts (SamplingParams, StructuredOutputsParams, TokensPrompt) are
-vLLM's real classes. The chat branch runs end to end in test_vllm_engine.py.
+This drives the adapter's own methods without a loaded vllm.LLM (the model-independent parts,
+SamplingParams, StructuredOutputsParams and TokensPrompt, are vLLM's real classes); the harmony path
+runs end to end through vLLM's GptOss model with gpt-oss-tiny in test_gpt_oss_tiny.py.
 """
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
-from safeguard_flow import prompts
+from safeguard_flow import model_presets, prompts
 from safeguard_flow.engines.base import LabelRequest
 from safeguard_flow.engines.vllm_local import VLLMEngine
 
@@ -19,8 +20,8 @@ def _harmony_engine(settings_factory, max_model_len=4096):
     settings = settings_factory(model={"name": "openai/gpt-oss-safeguard-20b", "max_model_len": max_model_len})
     engine = object.__new__(VLLMEngine)  # no vllm.LLM: only the request/response mapping is exercised
     engine.settings, engine.model_name, engine.harmony = settings, settings.model.name, True
+    engine.resolved = model_presets.resolve(settings, on_cpu=True)
     engine._max_model_len = max_model_len
-    engine._harmony_stop = prompts.harmony_stop_tokens()
     return engine
 
 
@@ -33,9 +34,12 @@ def test_harmony_prompt_and_params(settings_factory, small_policies):
     assert prep.prompt_tokens == len(prep.prompt["prompt_token_ids"])
     assert set(prep.params.stop_token_ids) == set(prompts.harmony_stop_tokens())
     assert prep.params.skip_special_tokens is False
-    assert prep.params.structured_outputs.choice == ["0", "1"]
+    assert prep.params.structured_outputs.choice is None  # the final channel only, never the whole completion
+    assert json.loads(prep.params.structured_outputs.structural_tag) == prompts.harmony_structural_tag(policy)
+    assert prep.params.max_tokens == 2048  # the 20b preset's budget for reasoning effort low
     harm = next(p for p in small_policies if p.name == "self-harm")
-    assert engine._prepare(1, LabelRequest(1, harm, "x")).params.structured_outputs.json["required"][0] == "violation"
+    tag = json.loads(engine._prepare(1, LabelRequest(1, harm, "x")).params.structured_outputs.structural_tag)
+    assert tag["format"]["elements"][-1]["json_schema"]["required"][0] == "violation"
 
 
 def test_harmony_prompt_too_long_is_a_request_error(settings_factory, small_policies):

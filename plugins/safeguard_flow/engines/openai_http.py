@@ -1,37 +1,36 @@
 """OpenAI-compatible HTTP engine: a vLLM server, a Ray Serve LLM app, or any /v1/chat/completions.
 
-Bounded concurrency (a thread pool of engine.concurrency), per-request timeouts, retries with
-exponential backoff on connection errors, 429 and 5xx. A 4xx for one request (prompt too long,
+Built on the `openai` SDK: its client does the timeouts and the retries (engine.max_retries; it
+retries connection errors, 408, 409, 429 and 5xx with exponential backoff, jitter and Retry-After).
+Bounded concurrency is a thread pool of engine.concurrency. A 4xx for one request (prompt too long,
 bad schema) becomes that request's error; a server that cannot be reached at all, or that refuses
 our credentials or model, fails the whole call with EngineError so a batch job stops instead of
 writing a run full of error verdicts.
 
 Harmony (gpt-oss) models: the server renders harmony itself (the system message becomes the
-developer instructions, `reasoning_effort` the system message); the answer is `content`, the
-chain of thought comes back in `reasoning` (older vLLM: `reasoning_content`).
+developer instructions, `reasoning_effort` the system message) and turns the choice / JSON schema
+into a structural tag on the final channel; the answer is `content`, the chain of thought comes back
+in `reasoning` (older vLLM: `reasoning_content`). A reasoning model cut off by its output budget is
+asked once more with a larger budget.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-import httpx
-
-from safeguard_flow import prompts
+from safeguard_flow import model_presets, prompts
 from safeguard_flow.engines.base import Completion, EngineError, LabelRequest
 from safeguard_flow.policies import Policy
 from safeguard_flow.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_RETRIED_STATUS = {408, 409, 429}  # and every 5xx: the SDK retries these before we see them
 _FATAL_STATUS = {401, 403, 404}  # wrong key, wrong URL or unknown model: every request would fail
-_MAX_RETRY_AFTER_S = 30.0
 
 
 class _Fatal(Exception):
@@ -39,7 +38,9 @@ class _Fatal(Exception):
 
 
 class OpenAIEngine:
-    def __init__(self, settings: Settings, *, base_url: str | None = None, transport: httpx.BaseTransport | None = None):
+    def __init__(self, settings: Settings, *, base_url: str | None = None):
+        import openai
+
         self.settings = settings
         e = settings.engine
         url = (base_url or e.base_url).rstrip("/")
@@ -50,17 +51,16 @@ class OpenAIEngine:
             raise EngineError(f"engine.base_url {url!r} must start with http:// or https://")
         self.base_url = url
         self.model_name = settings.model.name
-        self.harmony = prompts.is_harmony_model(settings.model.name, settings.model.prompt_format)
+        # No local vLLM needed to decide: an HTTP client sends what the remote model's preset says.
+        self.resolved = model_presets.resolve(settings, on_cpu=False)
+        self.harmony = self.resolved.harmony
         self._concurrency = e.concurrency
         self._max_retries = e.max_retries
-        self._backoff_s = e.backoff_s
-        headers = {"Authorization": f"Bearer {e.api_key}"} if e.api_key else {}
-        self._client = httpx.Client(
+        self._client = openai.OpenAI(
             base_url=url,
-            headers=headers,
-            timeout=httpx.Timeout(e.timeout_s, connect=min(10.0, e.timeout_s)),
-            limits=httpx.Limits(max_connections=e.concurrency, max_keepalive_connections=e.concurrency),
-            transport=transport,
+            api_key=e.api_key or "EMPTY",
+            timeout=openai.Timeout(e.timeout_s, connect=min(10.0, e.timeout_s)),
+            max_retries=e.max_retries,
         )
         self._closed = threading.Event()
 
@@ -78,7 +78,7 @@ class OpenAIEngine:
                 try:
                     results.append(fut.result())
                 except _Fatal as exc:
-                    self._closed.set()  # the other workers stop retrying
+                    self._closed.set()  # the other workers stop sending
                     for f in futures:
                         f.cancel()
                     raise EngineError(str(exc)) from None
@@ -87,11 +87,15 @@ class OpenAIEngine:
     def count_tokens(self, text: str) -> int:
         """The server's tokenizer (vLLM's POST /tokenize, beside /v1); servers without it get a
         pessimistic estimate (one token per 2 UTF-8 bytes), so windows err on the short side."""
+        import httpx
+
         if getattr(self, "_tokenize_url", "") is not None:
             url = self._tokenize_url if hasattr(self, "_tokenize_url") else self.base_url.removesuffix("/v1") + "/tokenize"
             try:
-                resp = self._client.post(url, json={"model": self.model_name, "prompt": text,
-                                                    "add_special_tokens": False})
+                # Not an OpenAI API route, so not through the SDK client: a plain POST beside /v1.
+                resp = httpx.post(url, json={"model": self.model_name, "prompt": text, "add_special_tokens": False},
+                                  headers={"Authorization": f"Bearer {self.settings.engine.api_key}"},
+                                  timeout=self.settings.engine.timeout_s)
                 if resp.status_code == 200 and isinstance(resp.json().get("count"), int):
                     self._tokenize_url = url
                     return int(resp.json()["count"])
@@ -111,38 +115,47 @@ class OpenAIEngine:
         self.close()
 
     def wait_ready(self, timeout_s: float = 60.0, interval_s: float = 1.0) -> None:
-        """Block until GET {base_url}/models answers 200 (servers load the model before that)."""
+        """Block until GET {base_url}/models answers (servers load the model before that)."""
+        import openai
+
         deadline = time.monotonic() + timeout_s
         last = "no answer"
+        probe = self._client.with_options(max_retries=0, timeout=5.0)
         while time.monotonic() < deadline:
             try:
-                resp = self._client.get("/models", timeout=5.0)
-                if resp.status_code == 200:
-                    return
-                last = f"HTTP {resp.status_code}"
-            except httpx.HTTPError as exc:
+                probe.models.list()
+                return
+            except openai.APIStatusError as exc:
+                last = f"HTTP {exc.status_code}"
+            except openai.APIError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             time.sleep(interval_s)
         raise EngineError(f"server at engine.base_url={self.base_url} not ready after {timeout_s:.0f}s ({last})")
 
     # --- internals --------------------------------------------------------------------------------
 
-    def request_body(self, policy: Policy, content: str) -> dict[str, Any]:
-        m = self.settings.model
+    def request_body(self, policy: Policy, content: str, max_tokens: int | None = None) -> dict[str, Any]:
+        """The chat.completions.create arguments; vLLM's own fields travel in `extra_body`."""
+        v = self.resolved.values
         body: dict[str, Any] = {
-            "model": m.name,
+            "model": self.model_name,
             "messages": prompts.chat_messages(policy, content),
-            "temperature": m.temperature,
-            "max_tokens": m.max_tokens,
+            "temperature": v["temperature"],
+            "top_p": v["top_p"],
+            "max_tokens": max_tokens or self.resolved.max_tokens_for(policy.reasoning_effort.value),
             "seed": 0,
         }
         if self.harmony:
             body["reasoning_effort"] = policy.reasoning_effort.value
-        if m.structured_outputs:
+        if self.settings.model.structured_outputs:
             choice = prompts.choices(policy)
             if choice is not None:
                 # vLLM's extension; the standard response_format has no "one of these strings".
-                body["structured_outputs"] = {"choice": choice}
+                body["extra_body"] = {"structured_outputs": {"choice": choice}}
+            elif self.harmony and (grammar := _compact_json_grammar(policy)) is not None:
+                # vLLM's server puts this into the final channel of its harmony structural tag; a JSON
+                # schema there would allow free whitespace (see prompts.compact_json_grammar).
+                body["extra_body"] = {"structured_outputs": {"grammar": grammar}}
             else:
                 body["response_format"] = {
                     "type": "json_schema",
@@ -151,81 +164,82 @@ class OpenAIEngine:
         return body
 
     def _one(self, req: LabelRequest) -> Completion:
-        body = self.request_body(req.policy, req.content)
-        attempt = 0
-        while True:
-            if self._closed.is_set():
-                return Completion(error="engine closed before the request was sent")
-            retry_after: float | None = None
-            try:
-                resp = self._client.post("/chat/completions", json=body)
-            except httpx.ConnectError as exc:
-                problem, fatal = f"cannot connect to {self.base_url}: {exc}", True
-            except httpx.TimeoutException as exc:
-                problem, fatal = f"timed out after engine.timeout_s={self.settings.engine.timeout_s}s " \
-                                 f"({type(exc).__name__})", False
-            except httpx.TransportError as exc:
-                problem, fatal = f"transport error talking to {self.base_url}: {type(exc).__name__}: {exc}", False
-            else:
-                if resp.status_code == 200:
-                    return self._parse(resp)
-                detail = _error_detail(resp)
-                if resp.status_code in _FATAL_STATUS:
-                    raise _Fatal(f"{self.base_url}/chat/completions answered HTTP {resp.status_code} for model "
-                                 f"{self.model_name!r} (check engine.base_url, engine.api_key, model.name): {detail}")
-                if resp.status_code not in _RETRY_STATUS:
-                    return Completion(error=f"HTTP {resp.status_code}: {detail}")
-                problem, fatal = f"HTTP {resp.status_code}: {detail}", False
-                retry_after = _retry_after(resp)
-            if attempt >= self._max_retries:
-                if fatal:
-                    raise _Fatal(f"{problem} (after {attempt + 1} attempts; is the server running at "
-                                 f"engine.base_url?)")
-                return Completion(error=f"{problem} (after {attempt + 1} attempts)")
-            delay = retry_after if retry_after is not None else self._backoff_s * (2 ** attempt)
-            delay *= 1.0 + random.uniform(0.0, 0.1)  # jitter so concurrent retries spread out
-            log.info("request failed (%s); retry %d/%d in %.2fs", problem, attempt + 1, self._max_retries, delay)
-            if self._closed.wait(delay):
-                return Completion(error=f"engine closed while retrying: {problem}")
-            attempt += 1
+        first = self._send(self.request_body(req.policy, req.content))
+        if not (self.harmony and first.error is None and first.finish_reason == "length"):
+            return first
+        # A reasoning model ran out of budget (usually mid-analysis): once more with a larger one.
+        budget = self.resolved.max_tokens_for(req.policy.reasoning_effort.value)
+        room = self.resolved.values["max_model_len"] - first.prompt_tokens
+        bigger = min(budget * self.resolved.retry_factor, room) if first.prompt_tokens else budget * 2
+        if bigger <= budget:
+            return first
+        retried = self._send(self.request_body(req.policy, req.content, max_tokens=bigger))
+        if retried.error is None:
+            retried.completion_tokens += first.completion_tokens
+            return retried
+        return first
 
-    def _parse(self, resp: httpx.Response) -> Completion:
+    def _send(self, body: dict[str, Any]) -> Completion:
+        import openai
+
+        if self._closed.is_set():
+            return Completion(error="engine closed before the request was sent")
         try:
-            data = resp.json()
-            choice = data["choices"][0]
-            message = choice.get("message") or {}
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            return Completion(error=f"unreadable response from server ({type(exc).__name__}): {resp.text[:300]}")
-        usage = data.get("usage") or {}
-        details = usage.get("prompt_tokens_details") or {}
-        return Completion(
-            text=message.get("content"),
-            analysis=message.get("reasoning") or message.get("reasoning_content"),
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached_prompt_tokens=int(details.get("cached_tokens") or 0),
-        )
+            resp = self._client.chat.completions.create(**body)
+        except openai.APITimeoutError:
+            return Completion(error=f"timed out after engine.timeout_s={self.settings.engine.timeout_s}s "
+                                    f"(after {self._max_retries + 1} attempts)")
+        except openai.APIConnectionError as exc:
+            raise _Fatal(f"cannot connect to {self.base_url}: {exc.__cause__ or exc} (after "
+                         f"{self._max_retries + 1} attempts; is the server running at engine.base_url?)") from None
+        except openai.APIStatusError as exc:
+            detail = _error_detail(exc)
+            if exc.status_code in _FATAL_STATUS:
+                raise _Fatal(f"{self.base_url}/chat/completions answered HTTP {exc.status_code} for model "
+                             f"{self.model_name!r} (check engine.base_url, engine.api_key, model.name): "
+                             f"{detail}") from None
+            retried = exc.status_code in _RETRIED_STATUS or exc.status_code >= 500
+            suffix = f" (after {self._max_retries + 1} attempts)" if retried else ""
+            return Completion(error=f"HTTP {exc.status_code}: {detail}{suffix}")
+        except (openai.APIResponseValidationError, ValueError) as exc:
+            return Completion(error=f"unreadable response from server ({type(exc).__name__}): {str(exc)[:300]}")
+        return _to_completion(resp)
 
 
-def _error_detail(resp: httpx.Response) -> str:
+def _compact_json_grammar(policy: Policy) -> str | None:
     try:
-        data = resp.json()
-    except ValueError:
-        return resp.text[:300] or resp.reason_phrase
-    if isinstance(data, dict):
-        err = data.get("error", data)
+        return prompts.compact_json_grammar(policy)
+    except ImportError:  # no xgrammar where this client runs: the server's JSON schema path instead
+        return None
+
+
+def _to_completion(resp: Any) -> Completion:
+    try:
+        choice = resp.choices[0]
+        message = choice.message
+    except (AttributeError, IndexError, TypeError) as exc:
+        return Completion(error=f"unreadable response from server ({type(exc).__name__}): {str(resp)[:300]}")
+    extra = getattr(message, "model_extra", None) or {}
+    usage = getattr(resp, "usage", None)
+    details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None
+    return Completion(
+        text=message.content,
+        analysis=extra.get("reasoning") or extra.get("reasoning_content"),
+        finish_reason=choice.finish_reason,
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        cached_prompt_tokens=int(getattr(details, "cached_tokens", 0) or 0),
+    )
+
+
+def _error_detail(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
         if isinstance(err, dict):
             return str(err.get("message") or err)[:500]
         return str(err)[:500]
-    return str(data)[:500]
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return min(max(float(value), 0.0), _MAX_RETRY_AFTER_S)
-    except ValueError:
-        return None
+    if body is not None:
+        return str(body)[:500]
+    response = getattr(exc, "response", None)
+    return (response.text[:300] if response is not None else "") or str(exc)[:300]

@@ -7,12 +7,13 @@ prompt is computed once and then served from vLLM's prefix cache. vLLM is import
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from safeguard_flow import prompts
+from safeguard_flow import model_presets, prompts
 from safeguard_flow.engines.base import Completion, EngineError, LabelRequest
 from safeguard_flow.engines.vllm_args import engine_args
 from safeguard_flow.policies import Policy
@@ -26,7 +27,7 @@ class _Prepared:
     """A request made ready for vLLM, or the reason it cannot be sent."""
 
     index: int
-    prompt: Any = None  # a chat conversation (list of messages) or a TokensPrompt (harmony)
+    prompt: Any = None  # a TokensPrompt (harmony or chat template, rendered by prompts.py)
     params: Any = None  # vllm.SamplingParams
     prompt_tokens: int = 0
     error: str | None = None
@@ -41,7 +42,6 @@ class VLLMEngine:
         self.settings = settings
         m = settings.model
         self.model_name = m.name
-        self.harmony = prompts.is_harmony_model(m.name, m.prompt_format)
         path = model_path or local_model.resolve_model(settings)
         self.model_path = path
         try:
@@ -51,10 +51,13 @@ class VLLMEngine:
             raise EngineError(f"engine.kind=vllm needs vLLM installed (pip install 'safeguard-flow[cpu]' or "
                               f"'[gpu]'): {exc}") from None
         on_cpu = current_platform.is_cpu()
+        self.resolved = model_presets.resolve(settings, on_cpu=on_cpu, model_path=path)
+        self.harmony = self.resolved.harmony
+        kwargs: dict[str, Any] = dict(model=path, **engine_args(settings, on_cpu=on_cpu, model_path=path))
         if on_cpu:
-            # Read by the engine-core process vLLM spawns, so it must be in the environment before LLM().
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(m.kv_cache_gib))
-        kwargs: dict[str, Any] = {"model": path, **engine_args(settings, on_cpu=on_cpu)}
+            # vLLM's CPU platform lets this variable override kv_cache_memory_bytes; the engine-core
+            # process it spawns inherits it. Set from model.kv_cache_gib, so the setting always wins.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.resolved.values["kv_cache_gib"])
         kwargs.update(llm_overrides)
         self._max_model_len = kwargs["max_model_len"]
         try:
@@ -63,7 +66,6 @@ class VLLMEngine:
             raise EngineError(f"vLLM could not start model {path!r} (model.name={m.name!r}): "
                               f"{type(exc).__name__}: {exc}") from exc
         self.tokenizer = self.llm.get_tokenizer()
-        self._harmony_stop = prompts.harmony_stop_tokens() if self.harmony else None
 
     # --- Engine protocol --------------------------------------------------------------------------
 
@@ -81,10 +83,35 @@ class VLLMEngine:
         if ready:
             for prep, out in zip(ready, self._run_with_fallback(ready)):
                 results[prep.index] = out if isinstance(out, Completion) else self._to_completion(out)
+        if self.harmony and ready:
+            self._retry_cut_off(requests, ready, results)
         return [r if r is not None else Completion(error="engine returned no output") for r in results]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _retry_cut_off(self, requests: Sequence[LabelRequest], ready: list[_Prepared],
+                       results: list[Completion | None]) -> None:
+        """A reasoning model that ran out of output budget gets one more try with a larger budget."""
+        again: list[_Prepared] = []
+        for prep in ready:
+            first = results[prep.index]
+            if first is None or first.error is not None or first.finish_reason != "length":
+                continue
+            budget = prep.params.max_tokens
+            bigger = min(budget * self.resolved.retry_factor, self._max_model_len - prep.prompt_tokens)
+            if bigger > budget:
+                again.append(_Prepared(prep.index, prep.prompt, self.sampling_params(
+                    requests[prep.index].policy, bigger), prep.prompt_tokens))
+        if not again:
+            return
+        log.info("%d request(s) hit their output budget; retrying once with a larger one", len(again))
+        for prep, out in zip(again, self._run_with_fallback(again)):
+            retried = out if isinstance(out, Completion) else self._to_completion(out)
+            first = results[prep.index]
+            assert first is not None
+            retried.completion_tokens += first.completion_tokens  # both attempts were generated
+            results[prep.index] = retried
 
     def reset_prefix_cache(self) -> None:
         """Drop vLLM's prefix cache (benchmarks use it to compare modes fairly)."""
@@ -111,57 +138,34 @@ class VLLMEngine:
     # --- internals --------------------------------------------------------------------------------
 
     def sampling_params(self, policy: Policy, max_tokens: int | None = None):
-        """Per-request sampling params: greedy, the policy's answer constrained where supported."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        m = self.settings.model
-        structured = None
-        if m.structured_outputs:
-            choice = prompts.choices(policy)
-            if choice is not None:
-                structured = StructuredOutputsParams(choice=choice)
-            else:
-                structured = StructuredOutputsParams(json=prompts.json_schema(policy), disable_any_whitespace=True)
-        extra: dict[str, Any] = {}
-        if self.harmony:
-            extra = {"stop_token_ids": self._harmony_stop, "skip_special_tokens": False}
-        return SamplingParams(
-            temperature=m.temperature,
-            max_tokens=max_tokens or m.max_tokens,
-            structured_outputs=structured,
-            seed=0,
-            **extra,
-        )
+        return sampling_params(self.settings, policy, harmony=self.harmony, resolved=self.resolved,
+                               max_tokens=max_tokens)
 
     def _prepare(self, index: int, req: LabelRequest) -> _Prepared:
         """Render and measure the prompt; a prompt that cannot fit becomes an error, not a batch failure."""
+        from vllm.inputs import TokensPrompt
+
         try:
             if self.harmony:
-                from vllm.inputs import TokensPrompt
-
                 ids = prompts.harmony_prompt_tokens(req.policy, req.content)
-                prompt: Any = TokensPrompt(prompt_token_ids=ids)
-                n_tokens = len(ids)
             else:
-                prompt = prompts.chat_messages(req.policy, req.content)
-                text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-                n_tokens = len(self.tokenizer.encode(text, add_special_tokens=False))
+                ids = prompts.chat_prompt_tokens(self.tokenizer, req.policy, req.content)
         except Exception as exc:  # noqa: BLE001 - e.g. content the tokenizer or template rejects
             return _Prepared(index, error=f"could not render the prompt: {type(exc).__name__}: {exc}")
+        n_tokens = len(ids)
         room = self._max_model_len - n_tokens
         if room < 1:
             return _Prepared(index, prompt_tokens=n_tokens, error=(
                 f"prompt is {n_tokens} tokens, longer than model.max_model_len={self._max_model_len} "
                 f"(lower model.max_content_chars or raise model.max_model_len)"))
         # Near the limit, ask for fewer tokens rather than fail: a short answer may still fit.
-        max_tokens = min(self.settings.model.max_tokens, room)
-        return _Prepared(index, prompt, self.sampling_params(req.policy, max_tokens), n_tokens)
+        max_tokens = min(self.resolved.max_tokens_for(req.policy.reasoning_effort.value), room)
+        return _Prepared(index, TokensPrompt(prompt_token_ids=ids), self.sampling_params(req.policy, max_tokens),
+                         n_tokens)
 
     def _run(self, batch: list[_Prepared]) -> list[Any]:
-        if self.harmony:
-            return self.llm.generate([p.prompt for p in batch], [p.params for p in batch], use_tqdm=False)
-        return self.llm.chat([p.prompt for p in batch], [p.params for p in batch], use_tqdm=False)
+        # Token ids on both paths: the prompt was tokenised by us, content as text (see prompts.py).
+        return self.llm.generate([p.prompt for p in batch], [p.params for p in batch], use_tqdm=False)
 
     def _run_with_fallback(self, batch: list[_Prepared]) -> list[Any]:
         try:
@@ -204,3 +208,37 @@ class VLLMEngine:
             completion_tokens=completion_tokens,
             cached_prompt_tokens=cached,
         )
+
+
+def sampling_params(settings: Settings, policy: Policy, *, harmony: bool, max_tokens: int | None = None,
+                    resolved: model_presets.ResolvedModel | None = None):
+    """Per-request sampling params: the preset's (or settings') sampling, the answer constrained.
+
+    Harmony: a structural tag constrains only the final channel (an optional free analysis message
+    first), generation stops at harmony's stop tokens, and special tokens are kept so the completion
+    can be split into channels. Chat models: the choice or JSON schema constrains the whole reply.
+    """
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    resolved = resolved or model_presets.resolve(settings)
+    v = resolved.values
+    structured = None
+    if settings.model.structured_outputs:
+        if harmony:
+            structured = StructuredOutputsParams(structural_tag=json.dumps(prompts.harmony_structural_tag(policy)))
+        elif (choice := prompts.choices(policy)) is not None:
+            structured = StructuredOutputsParams(choice=choice)
+        else:
+            structured = StructuredOutputsParams(json=prompts.json_schema(policy), disable_any_whitespace=True)
+    extra: dict[str, Any] = {}
+    if harmony:
+        extra = {"stop_token_ids": prompts.harmony_stop_tokens(), "skip_special_tokens": False}
+    return SamplingParams(
+        temperature=v["temperature"],
+        top_p=v["top_p"],
+        max_tokens=max_tokens or resolved.max_tokens_for(policy.reasoning_effort.value),
+        structured_outputs=structured,
+        seed=0,
+        **extra,
+    )

@@ -71,6 +71,7 @@ def replica_limits(settings: Settings) -> dict[str, int]:
 def llm_config(settings: Settings):
     from ray.serve.llm import LLMConfig
 
+
     settings = resolve_paths(settings)
     r = settings.ray
     gpus = r.num_gpus_per_replica > 0

@@ -28,10 +28,11 @@ _DOC_KIND = "safeguard-flow settings"
 
 def resolve_paths(settings: Settings) -> Settings:
     """The same settings with home, warehouse URL, model cache and policies dir made absolute."""
-    data = settings.model_dump()
+    # Only what was set stays set: model presets (model_presets.py) fill the model fields left unset.
+    data = settings.model_dump(exclude_unset=True)
     data["home"] = str(settings.home_path)
-    data["warehouse"]["url"] = settings.warehouse_url
-    data["model"]["cache_dir"] = str(settings.model_cache_dir.resolve())
+    data.setdefault("warehouse", {})["url"] = settings.warehouse_url
+    data.setdefault("model", {})["cache_dir"] = str(settings.model_cache_dir.resolve())
     policies = Path(settings.policies_dir).expanduser()
     if not policies.is_absolute() and policies.exists():
         data["policies_dir"] = str(policies.resolve())

@@ -12,7 +12,6 @@ from safeguard_flow import prompts, tiny_gptoss
 from safeguard_flow.content import ContentItem
 from safeguard_flow.labelling import label_items
 from safeguard_flow.policies import load_policy_set
-from safeguard_flow.testing.folder_scope import release_when_leaving
 from safeguard_flow.verdicts import INPUT_ERROR, OK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,14 +39,14 @@ def tiny_model(tiny_settings) -> Path:
     return local_model.prepare(tiny_settings, "gpt-oss-tiny")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_engine(tiny_settings, tiny_model):
+    """Only this module uses it: module scope frees the engine before the next folder's start."""
     from safeguard_flow.engines import build_engine
 
     engine = build_engine(tiny_settings)
-    close = release_when_leaving(Path(__file__).parent, engine.close)
     yield engine
-    close()
+    engine.close()
 
 
 @pytest.fixture(scope="session")

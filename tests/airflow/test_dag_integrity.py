@@ -137,6 +137,13 @@ def test_plugin_creates_the_label_pool_once(airflow_db):
         session.query(Pool).filter(Pool.pool == pools.LABEL_POOL).delete()
     pools.on_starting(component=object())  # a task runner: no database, nothing done
     assert Pool.get_pool(pools.LABEL_POOL) is None
+    from airflow.jobs.job import Job
+
+    Job()  # what a scheduler / triggerer / DAG processor does first: the plugin's listener runs
+    pool = Pool.get_pool(pools.LABEL_POOL)
+    assert pool is not None
+    with create_session() as session:
+        session.query(Pool).filter(Pool.pool == pools.LABEL_POOL).delete()
     assert pools.ensure_label_pool() is True
     pool = Pool.get_pool(pools.LABEL_POOL)
     assert (pool.slots, pool.include_deferred) == (1, True)

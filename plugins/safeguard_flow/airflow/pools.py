@@ -40,9 +40,7 @@ def ensure_label_pool(slots: int = DEFAULT_SLOTS) -> bool:
 
 @hookimpl
 def on_starting(component) -> None:
-    from airflow.jobs.job import Job
-
-    if not isinstance(component, Job):  # task runners have no database access
+    if type(component).__module__ != "airflow.jobs.job":  # task runners have no database access
         return
     try:
         ensure_label_pool()

@@ -44,11 +44,7 @@ def test_reservation_and_queue_bounds_follow_the_settings():
     assert serve.replica_limits(_settings(serve_max_queued_requests=7)) == {"max_ongoing_requests": 64,
                                                                             "max_queued_requests": 7}
     assert serve.replica_limits(_settings(serve_max_queued_requests=-1)) == {"max_ongoing_requests": 64}
-    # The ingress holds what the replicas can hold and queues (almost) nothing: the proxy refuses the rest.
-    ingress = serve.ingress_options(_settings(serve_max_queued_requests=16, serve_max_replicas=2))
-    assert (ingress["max_ongoing_requests"], ingress["max_queued_requests"]) == (2 * (64 + 16), 1)
-    assert ingress["ray_actor_options"] == {"num_cpus": 0}
-    assert "max_queued_requests" not in serve.ingress_options(_settings(serve_max_queued_requests=-1))
+    assert serve.ingress_options(_settings()) == {"ray_actor_options": {"num_cpus": 0}}
     # Serve accepts them as deployment options (it refuses a queue of 0, for example).
     from ray.serve._private.config import DeploymentConfig
 
@@ -232,7 +228,8 @@ def test_overload_is_refused_fast_with_a_retryable_status(serve_app, small_polic
     # 48 at once against 8 running + 4 queued: most are refused at once, the rest answered, none lost.
     assert answered + len(refused) == len(bodies), sorted(set(statuses))
     assert answered >= MAX_NUM_SEQS and len(refused) >= len(bodies) - 2 * (MAX_NUM_SEQS + MAX_QUEUED)
-    assert max(refused) < 5.0, sorted(refused)[-5:]
+    # Refused, not queued until the client gives up (120 s here): seconds at most on a loaded machine.
+    assert max(refused) < 10.0, sorted(refused)[-5:]
 
 
 def test_unknown_chat_roles_are_named():

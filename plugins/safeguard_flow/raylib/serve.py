@@ -111,18 +111,11 @@ def build_app(settings: Settings):
 
 
 def ingress_options(settings: Settings) -> dict[str, Any]:
-    """The ingress only forwards requests: no CPU of its own, so the replicas get the cores. With a
-    bounded replica queue it takes no more than all replicas can hold (plus one), so the HTTP proxy refuses the
-    surplus with a 503 before the ingress parses a body (under overload that parsing alone made
-    refusals take seconds)."""
-    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
-    limits = replica_limits(settings)
-    if "max_queued_requests" in limits:
-        held = (limits["max_ongoing_requests"] + limits["max_queued_requests"]) * settings.ray.serve_max_replicas
-        # Serve's smallest queue is 1 (0 is refused).
-        options.update(max_ongoing_requests=held, max_queued_requests=1,
-                       autoscaling_config={"target_ongoing_requests": held})
-    return options
+    """The ingress only forwards requests: no CPU of its own, so the replicas get the cores. It stays
+    unbounded on purpose: Serve counts a request as queued while it is being assigned to a replica,
+    so a small ingress queue refused requests at concurrency 4 under machine load; the replicas'
+    bounded queues refuse the surplus (503) instead."""
+    return {"ray_actor_options": {"num_cpus": 0}}
 
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}

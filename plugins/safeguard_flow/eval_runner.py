@@ -103,7 +103,7 @@ def _with_versions(settings: Settings, policies: list[Policy]) -> tuple[list[Pol
     return [p.with_version(found[(p.name, p.sha256)]) if (p.name, p.sha256) in found else p for p in policies], engine
 
 
-def run_eval(settings: Settings, policies_dir: str | Path, dataset: str, output: str | Path, *,
+def run_eval(settings: Settings, policies_dir: str | Path | list[Policy], dataset: str, output: str | Path, *,
              label_flags: Mapping[str, str] | None = None, limit: int | None = None, id_column: str = "id",
              text_column: str = "text", engine=None, chunk_size: int = 64, progress: bool = True) -> EvalResult:
     from tqdm import tqdm
@@ -115,7 +115,8 @@ def run_eval(settings: Settings, policies_dir: str | Path, dataset: str, output:
     from safeguard_flow.warehouse import evals as eval_store
     from safeguard_flow.warehouse.version_diff import eval_comparisons
 
-    all_policies = load_policy_set(policies_dir)
+    # A folder of policy files (the CLI), or stored versions (the relabel flow evaluates those).
+    all_policies = list(policies_dir) if isinstance(policies_dir, list) else load_policy_set(policies_dir)
     label_map = label_map_for(settings, all_policies, label_flags or {})
     known = {p.name for p in all_policies}
     unknown = sorted(set(label_map) - known)

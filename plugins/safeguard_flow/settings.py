@@ -178,7 +178,7 @@ class EvalSettings(_Section):
     policies: dict[str, EvalDatasetSettings] = Field(default_factory=dict)  # by policy name
     bootstrap_samples: int = Field(default=1000, ge=10)  # resamples of rows for the F1 intervals
     seed: int = 0
-    output_dir: str = ""  # empty: <home>/evals
+    output_dir: str = ""  # reports of the relabel flow (evals, diffs); empty: <home>/reports
 
 
 class Settings(_Section):

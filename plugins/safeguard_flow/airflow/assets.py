@@ -54,6 +54,7 @@ def policy_change_extra(result: Any) -> dict[str, Any]:
         "sha256": result.policy.sha256,
         "previous_version": result.previous_version,
         "created": bool(result.created),
+        "shadow": bool(getattr(result, "shadow", False)),  # labels in shadow; BI keeps the promoted version
     }
 
 

@@ -130,6 +130,13 @@ def test_shadow_diff_refused_forced_and_passing_promotion(warehouse_url, tmp_pat
     assert run("policies", "diff", POLICY, "1", "2", "--html", str(tmp_path / "diff.html")) == 0
     assert "McNemar" in (tmp_path / "diff.html").read_text()
 
+    # The relabel flow's review step: the diff report and the gate; no promotion without auto_promote.
+    from safeguard_flow.policy_change import review_version
+
+    review = review_version(engine, settings, POLICY, 2, actor="airflow:test")
+    assert review["shadow"] and review["compared_with"] == 1 and review["gate_passed"] is False
+    assert review["outcome"].startswith("awaiting promotion") and "McNemar" in open(review["report"]).read()
+
     # Refused: F1 drops and too many flips. Recorded, nothing changes.
     capsys.readouterr()
     assert run("policies", "promote", POLICY, "2", "--actor", "alice") == 1
@@ -159,13 +166,14 @@ def test_shadow_diff_refused_forced_and_passing_promotion(warehouse_url, tmp_pat
     _relabel(engine, settings, v3, by_id, order)
     _store_eval(engine, settings, v3, rows, dataset)
     assert _current(engine, settings) == {(2, 1)}
-    capsys.readouterr()
-    assert run("policies", "promote", POLICY, "3", "--actor", "carol") == 0
-    assert "promoted" in capsys.readouterr().out
+    auto = settings.model_copy(update={"policy_gate": settings.policy_gate.model_copy(update={"auto_promote": True})})
+    review = review_version(engine, auto, POLICY, 3, actor="airflow:relabel/run-1")  # the gate passes: promoted
+    assert review["gate_passed"] is True and review["outcome"] == "promoted"
     assert _current(engine, settings) == {(3, 1)}
+    capsys.readouterr()
     assert run("policies", "promotions", POLICY) == 0
     listing = capsys.readouterr().out
-    assert "legal asked for it" in listing and "carol" in listing and listing.count(" refused ") == 2, listing
+    assert "legal asked for it" in listing and "airflow:relabel/run-1" in listing and listing.count(" refused ") == 2, listing
     engine.dispose()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from safeguard_flow.policies import Policy, load_policy_set
 from safeguard_flow.settings import Settings
 
 log = logging.getLogger(__name__)
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 @dataclass
@@ -59,16 +61,13 @@ def read_dataset(settings: Settings, dataset: str, label_map: Mapping[str, str],
         return read_labelled_file(dataset, label_map, id_column, text_column)
     import sqlalchemy as sa
 
-    from safeguard_flow.settings import _identifier
     from safeguard_flow.warehouse.db import make_engine
 
     schema, _, table = dataset.rpartition(".")
-    try:
-        for part, what in ((table, "--dataset table"), (schema or None, "--dataset schema"), (id_column, "--id-column"),
-                           (text_column, "--text-column"), *((c, "--label column") for c in label_map.values())):
-            _identifier(part, what)
-    except ValueError as exc:
-        raise ValueError(f"{exc} (or {dataset!r} is a file that does not exist)") from None
+    for part, what in ((table, "--dataset table"), (schema or None, "--dataset schema"), (id_column, "--id-column"),
+                       (text_column, "--text-column"), *((c, "--label column") for c in label_map.values())):
+        if part is not None and not _IDENT_RE.match(part):  # names are only ever bound from reflection
+            raise ValueError(f"{what} {part!r} is not a plain SQL identifier (or {dataset!r} is a file that does not exist)")
     engine = make_engine(settings)
     try:
         try:

@@ -190,3 +190,48 @@ def test_view_file_and_migration_agree():
     view = (sql_dir() / "views" / "policy_version_diff.sql").read_text()
     body = "\n".join(line for line in view.splitlines() if not line.startswith("--"))
     assert body.replace("${verdicts}", "{verdicts}").strip() == module.POLICY_VERSION_DIFF.strip()
+
+
+def test_eval_dataset_from_a_warehouse_table(sqlite_url, settings_factory):
+    from safeguard_flow.eval_runner import read_dataset
+
+    settings = settings_factory(sqlite_url)
+    engine = db.make_engine(settings)
+    table = sa.Table("labelled_posts", sa.MetaData(), sa.Column("post_id", sa.String, primary_key=True),
+                     sa.Column("body", sa.Text), sa.Column("is_spam", sa.Integer))
+    with engine.begin() as conn:
+        table.create(conn)
+        conn.execute(table.insert(), [{"post_id": "b", "body": "buy now", "is_spam": 1},
+                                      {"post_id": "a", "body": "hello", "is_spam": None}])
+    engine.dispose()
+    rows = read_dataset(settings, "labelled_posts", {"spam": "is_spam"}, id_column="post_id", text_column="body")
+    assert [(r.content_id, r.text, r.gold) for r in rows] == [("a", "hello", {"spam": None}), ("b", "buy now", {"spam": 1})]
+    with pytest.raises(ValueError, match="no column"):
+        read_dataset(settings, "labelled_posts", {"spam": "nope"}, id_column="post_id", text_column="body")
+    with pytest.raises(FileNotFoundError, match="neither a file nor a table"):
+        read_dataset(settings, "missing_table", {"spam": "x"})
+    with pytest.raises(ValueError, match="plain SQL identifier"):
+        read_dataset(settings, "posts; drop table x", {"spam": "x"})
+
+
+def test_front_matter_shadow_publishes_a_shadow_version(sqlite_url, settings_factory, tmp_path):
+    from safeguard_flow.policies import PolicyError, parse_policy
+
+    settings = settings_factory(sqlite_url)
+    schema.upgrade(settings)
+    engine = db.make_engine(settings)
+    path = copy_policies(tmp_path / "p", [POLICY]) / "self-harm.md"
+    plain = load_policy(path)
+    policy_store.publish_policies(engine, settings, [plain], author="t")
+    text = path.read_text().replace("name: self-harm", "name: self-harm\nshadow: true", 1) + "\nMore examples.\n"
+    shadow = parse_policy(text, path)
+    assert shadow.shadow and not plain.shadow
+    assert parse_policy(text.replace("shadow: true", "shadow: false"), path).sha256 == shadow.sha256  # not identity
+    (result,) = policy_store.publish_policies(engine, settings, [shadow], author="sync")
+    assert (result.version, result.shadow, result.changed, result.previous_version) == (2, True, False, 1)
+    assert [p.version for p in policy_store.get_policies(engine, settings)] == [1]
+    (again,) = policy_store.publish_policies(engine, settings, [plain], author="sync", shadow=True)
+    assert (again.version, again.shadow) == (1, False)  # the promoted text is not a shadow of itself
+    with pytest.raises(PolicyError, match="shadow"):
+        parse_policy(text.replace("shadow: true", "shadow: maybe"), path)
+    engine.dispose()

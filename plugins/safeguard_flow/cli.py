@@ -99,7 +99,7 @@ def cmd_policies_validate(args: argparse.Namespace) -> int:
     try:
         tokenizer, count = tokenizer_for(settings)
         lengths = {r.policy: r for r in lint(policies, settings, count)}
-    except (FileNotFoundError, OSError) as exc:
+    except (OSError, ImportError) as exc:  # no prepared model / no transformers: say so, still validate
         print(f"warning: token lengths not checked: {exc}", file=sys.stderr)
         tokenizer, lengths = "none", {}
     print(table(["policy", "format", "effort", "words", "tokens", "length", "sha256"],

@@ -1,1 +1,0 @@
-"""Eval tests start the real vLLM engine (through the CLI) and release it when the command ends."""

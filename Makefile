@@ -14,7 +14,15 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: demo test install model browser bench clean
+.PHONY: demo test install model browser bench clean eval-full
+
+# `make eval-full`: the eight moderation policies on OpenAI's 2022 moderation set (1,200 rows), read
+# from where it lies (never copied into the repo). EVAL_LIMIT=N scores the first N rows only.
+MODERATION_SET ?= ../shared/datasets/openai-moderation-2022/samples-1200.jsonl
+EVAL_OUT       ?= artifacts/eval-full
+EVAL_LIMIT     ?=
+MODERATION_LABELS := sexual=S hate=H violence=V harassment=HR self-harm=SH sexual/minors=S3 \
+                     hate/threatening=H2 violence/graphic=V2
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +52,11 @@ bench: model
 	$(BIN)/python bench/engine_throughput.py
 	$(BIN)/python bench/ray_job_bench.py
 	$(BIN)/python bench/warehouse_bench.py
+
+eval-full: model
+	@test -f $(MODERATION_SET) || { echo "MODERATION_SET=$(MODERATION_SET) not found (set it to samples-1200.jsonl)"; exit 2; }
+	$(BIN)/safeguard-flow eval --policies policies --dataset $(MODERATION_SET) --text-column prompt \
+		$(foreach l,$(MODERATION_LABELS),--label $(l)) --output $(EVAL_OUT) $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT))
 
 clean:
 	rm -rf $(VENV) .safeguard artifacts

@@ -1,8 +1,13 @@
-"""Relabel after a policy change: the content in scope, labelled with the new policy version only.
+"""Relabel after a policy change: the content in scope, labelled with the new policy version only;
+the version evaluated on its policy's eval dataset, and a diff report with the promotion gate.
 
 Scheduled on the policy assets (through the `safeguard_policy_changes` alias the policy sync emits
 on): each changed policy gets its own warehouse run, labelled, validated and published. Verdicts of
 older versions stay, so the BI view `verdict_flips` shows what the new version changed.
+
+A shadow version (published with --shadow or `shadow: true`) labels the same way while BI keeps the
+promoted version; `review` writes its diff report and runs the gate, and promotes it only when
+policy_gate.auto_promote is on (else: `safeguard-flow policies promote POLICY VERSION`).
 
 Trigger by hand with params, for example {"policy": "spam", "scope": "since", "since": "2025-01-01",
 "limit": 1000} (version defaults to the active one).
@@ -34,7 +39,9 @@ def safeguard_relabel():
     runs = tasks.extract_relabel()
     labelled = tasks.label(runs, mapped=True)
     checked = tasks.validate.expand(run=runs)
-    labelled >> checked >> tasks.publish.expand(run=runs)
+    published = tasks.publish.expand(run=runs)
+    labelled >> checked >> published
+    published >> tasks.review_versions(tasks.evaluate_versions())
 
 
 safeguard_relabel()

@@ -74,6 +74,9 @@ class Policy:
     path: str = ""
     version: int | None = None  # set once the policy is stored in the warehouse
     sha256: str = field(default="", compare=False)
+    # Publish as a shadow version (labels, but BI keeps the promoted version): front matter `shadow: true`.
+    # Not part of the sha256: promoting a shadow text never makes a new version.
+    shadow: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.sha256:
@@ -125,7 +128,7 @@ def parse_policy(source: str, path: str | Path = "<string>") -> Policy:
         raise PolicyError(path, "front matter", f"invalid YAML: {exc}") from None
     if not isinstance(meta, dict):
         raise PolicyError(path, "front matter", "must be a mapping of fields")
-    known = {"name", "labels", "output_format", "reasoning_effort", "owner", "description"}
+    known = {"name", "labels", "output_format", "reasoning_effort", "owner", "description", "shadow"}
     unknown = sorted(set(meta) - known)
     if unknown:
         raise PolicyError(path, unknown[0], f"unknown field (known: {', '.join(sorted(known))})")
@@ -146,6 +149,8 @@ def parse_policy(source: str, path: str | Path = "<string>") -> Policy:
     for key in ("owner", "description"):
         if key in meta and not isinstance(meta[key], str):
             raise PolicyError(path, key, "must be a string")
+    if not isinstance(meta.get("shadow", False), bool):
+        raise PolicyError(path, "shadow", f"must be true or false (got {meta['shadow']!r})")
 
     body = canonical_text(match.group(2))
     # A heading inside a fenced code block (an example answer, a quoted post) is not a section.
@@ -163,6 +168,7 @@ def parse_policy(source: str, path: str | Path = "<string>") -> Policy:
         owner=meta.get("owner", ""),
         description=meta.get("description", ""),
         path=str(path),
+        shadow=meta.get("shadow", False),
     )
 
 

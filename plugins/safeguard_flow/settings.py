@@ -236,6 +236,32 @@ class QualitySettings(_Section):
         return self
 
 
+class PolicyGateSettings(_Section):
+    """When `policies promote` (and the relabel flow's auto-promotion) may make a shadow version current."""
+
+    max_f1_drop: float = Field(default=0.02, ge=0, le=1)  # eval F1 of the candidate vs the promoted version
+    max_flip_rate: float = Field(default=0.10, ge=0, le=1)  # 0->1 and 1->0 flips / content both labelled
+    auto_promote: bool = False  # the relabel flow promotes a shadow version itself when the gate passes
+    require_eval: bool = True  # refuse when the policy has an eval dataset but a version has no eval on it
+
+
+class EvalDatasetSettings(_Section):
+    """A labelled dataset for one policy: a JSONL/CSV file or a warehouse table."""
+
+    dataset: str
+    label_column: str
+    id_column: str = "id"
+    text_column: str = "text"
+    limit: int | None = Field(default=None, ge=1)
+
+
+class EvalSettings(_Section):
+    policies: dict[str, EvalDatasetSettings] = Field(default_factory=dict)  # by policy name
+    bootstrap_samples: int = Field(default=1000, ge=10)  # resamples of rows for the F1 intervals
+    seed: int = 0
+    output_dir: str = ""  # reports of the relabel flow (evals, diffs); empty: <home>/reports
+
+
 class Settings(BaseSettings):
     # Environment names and parsing for pydantic-settings; `Settings(...)` itself reads no source
     # (see settings_customise_sources): load_settings() assembles them in the documented order.
@@ -250,6 +276,8 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    policy_gate: PolicyGateSettings = Field(default_factory=PolicyGateSettings)
+    evals: EvalSettings = Field(default_factory=EvalSettings)
 
     @property
     def home_path(self) -> Path:

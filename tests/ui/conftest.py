@@ -38,7 +38,12 @@ def api_server(seeded_warehouse, tmp_path_factory):
     settings, _ = seeded_warehouse
     conn = {"conn_type": "safeguard_warehouse", "extra": {"url": settings.warehouse_url}}
     env = {"AIRFLOW_CONN_SAFEGUARD_WAREHOUSE_DEFAULT": json.dumps(conn), "SAFEGUARD_HOME": settings.home}
-    af = LocalAirflow(tmp_path_factory.mktemp("airflow-ui"), API_PORT, ROOT / "dags", env=env, components=("api-server",))
+    # The test harness's port variables (SAFEGUARD_TEST_*) are not settings: keep them from the server.
+    harness = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SAFEGUARD_TEST_")}
+    try:
+        af = LocalAirflow(tmp_path_factory.mktemp("airflow-ui"), API_PORT, ROOT / "dags", env=env, components=("api-server",))
+    finally:
+        os.environ.update(harness)
     af.init_db()
     af.start(timeout_s=180)
     yield af

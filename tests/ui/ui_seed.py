@@ -81,6 +81,8 @@ def seed(engine, settings, policies_dir: Path, per_day: int = 8) -> dict:
     publish.publish_run(engine, settings, relabel)
     _backdate(engine, settings, relabel, DAYS[-1])
 
+    facts = _seed_evals(engine, settings, rows, {1: v1["self-harm"], 2: v2}, policies_dir.parent / "eval")
+
     # A night whose verdicts are half unparseable: the gate quarantines it, nothing is published.
     late = [dict(r, id=f"late-{n}", updated_at="2026-11-23T06:00:00+00:00") for n, r in enumerate(rows[:6])]
     posts = sa.Table("posts", sa.MetaData(), autoload_with=engine)
@@ -99,4 +101,30 @@ def seed(engine, settings, policies_dir: Path, per_day: int = 8) -> dict:
         pass
     with engine.connect() as conn:
         published = conn.execute(sa.select(sa.func.count()).select_from(schema.tables(settings).verdicts)).scalar_one()
-    return {"rows": len(rows), "published": published, "quarantined_run": bad, "relabel_run": relabel}
+    return {"rows": len(rows), "published": published, "quarantined_run": bad, "relabel_run": relabel, **facts}
+
+
+def _seed_evals(engine, settings, rows, versions, out: Path) -> dict:
+    """Evals of self-harm v1 and v2 on the sample's annotations (predictions as the seed labels them),
+    stored like `safeguard-flow eval` stores them, and v2's report.html (with PNGs) written to `out`."""
+    from safeguard_flow.eval_report import write_eval_report
+    from safeguard_flow.evaluation import LabelledRow, compute_metrics, dataset_sha256
+    from safeguard_flow.warehouse import evals
+    from safeguard_flow.warehouse.version_diff import eval_comparisons
+
+    labelled = [LabelledRow(r["id"], r["text"], {"self-harm": r.get("SH")}) for r in rows]
+    dataset = "/data/self-harm-eval.jsonl"
+    ids = {}
+    for version, policy in versions.items():
+        verdicts = [Verdict(content_id=r["id"], policy="self-harm", policy_version=version, label=_label("self-harm", version, r),
+                            parse_status=OK, model="annotations") for r in rows]
+        metrics = compute_metrics(labelled, verdicts, ["self-harm"], bootstrap_samples=200)
+        metrics.update(model="annotations", engine="none", prompt_tokens=1234, completion_tokens=56, seconds=1.5,
+                       dataset=dataset, policy_versions={"self-harm": {"version": version, "sha256": policy.sha256}})
+        ids[version] = evals.store_eval(engine, settings, metrics, labelled, verdicts, dataset=dataset,
+                                        dataset_sha256=dataset_sha256(labelled), label_map={"self-harm": "SH"})
+        metrics["eval_id"] = ids[version]
+    (comparison,) = eval_comparisons(engine, settings, "self-harm", versions[1].sha256, versions[2].sha256)
+    out.mkdir(parents=True, exist_ok=True)
+    report = write_eval_report(out, metrics, {"self-harm": {"old_version": 1, "new_version": 2, "comparison": comparison}})
+    return {"eval_ids": ids, "eval_report": report}

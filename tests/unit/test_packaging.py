@@ -41,6 +41,8 @@ def test_wheel_ships_every_module_and_the_sql_folder(tmp_path):
     sql = {f"safeguard_flow/sql/{p.relative_to(ROOT / 'sql').as_posix()}" for p in (ROOT / "sql").rglob("*")
            if p.is_file() and "__pycache__" not in p.parts}
     assert not sql - names, f"sql files missing from the wheel: {sql - names}"
+    templates = {f"safeguard_flow/templates/{p.name}" for p in (package / "templates").glob("*.html")}
+    assert templates and not templates - names, f"templates missing from the wheel: {templates - names}"
 
     # Installed from the wheel (no checkout around it), the schema code finds the packaged sql/.
     site = tmp_path / "site"

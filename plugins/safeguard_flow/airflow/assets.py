@@ -67,6 +67,7 @@ def policy_change_extra(change: Any) -> dict[str, Any]:
         "previous_version": change.previous_version,
         "created": bool(change.created),
         "change_id": int(change.id),
+        "shadow": bool(getattr(change, "shadow", False)),  # labels in shadow; BI keeps the promoted version
     }
 
 

@@ -145,6 +145,51 @@ def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[str]:
         return out
 
 
+# --- policy change: eval, diff report, gate (safeguard_flow.policy_change) -------------------------------
+
+
+def _targets(engine, settings, ctx) -> dict[str, int]:
+    from safeguard_flow.warehouse import policy_store
+
+    active = {p.name: int(p.version) for p in policy_store.get_policies(engine, settings)}
+    try:
+        return relabel_targets(dict(ctx["params"]), ctx.get("triggering_asset_events"), active)
+    except ValueError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+@task(task_id="evaluate")
+def evaluate_versions(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, Any]]:
+    """Evaluate each changed version (and the promoted one, if not yet) on its policy's eval dataset
+    (settings evals.policies), with the configured engine in this worker. Policies without one are skipped."""
+    from safeguard_flow.policy_change import evaluate_version
+
+    ctx = get_current_context()
+    with _warehouse(safeguard_conn_id) as (engine, settings):
+        out = []
+        for name, version in sorted(_targets(engine, settings, ctx).items()):
+            out += evaluate_version(engine, settings, name, version)
+        for e in out:
+            log.info("eval %s: %s v%s F1 %.3f, report %s", e["eval_id"], e["policy"], e["version"], e["f1"], e["report"])
+        return out
+
+
+@task(task_id="review", trigger_rule="none_failed")
+def review_versions(evaluated: list[dict[str, Any]], safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, Any]]:
+    """Once the new versions labelled their scope: the diff report per version, the promotion gate for
+    shadow versions, and the promotion itself only with policy_gate.auto_promote."""
+    from safeguard_flow.policy_change import review_version
+
+    ctx = get_current_context()
+    actor = f"airflow:{ctx['dag_run'].dag_id}/{ctx['dag_run'].run_id}"
+    with _warehouse(safeguard_conn_id) as (engine, settings):
+        out = [review_version(engine, settings, name, version, actor)
+               for name, version in sorted(_targets(engine, settings, ctx).items())]
+        for r in out:
+            log.info("policy %s v%s: %s", r["policy"], r["version"], r)
+        return out
+
+
 # --- label ------------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,9 @@
 A FastAPI app the plugin mounts on the API server (``/safeguard``); the Airflow nav shows it through
 an external view (an iframe on ``/plugin/safeguard``). Everything is read from the warehouse's BI
 views and runs table through :class:`SafeguardWarehouseHook`, so the UI shows what BI tools see.
-The page is server-rendered HTML with an inline SVG chart: no JavaScript bundle to build or vendor.
+Pages are server-rendered from Jinja2 templates (autoescaped; plugins/safeguard_flow/templates) with
+inline SVG charts: no JavaScript bundle to build or vendor. Besides the overview: a report per run
+(``runs/<id>``), per eval (``evals/<id>``) and per version pair (``diff/<policy>/<old>/<new>``).
 JSON endpoints under ``api/`` return the same data.
 
 Access needs a logged-in Airflow user (the API server's JWT, sent as the ``_token`` cookie inside
@@ -13,16 +15,17 @@ the Airflow UI or as a bearer token).
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
-from html import escape
 from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
+from markupsafe import Markup
 
 from safeguard_flow.airflow.svg_chart import line_chart
 from safeguard_flow.redact import mask_url
 from safeguard_flow.settings import Settings
 from safeguard_flow.warehouse.runs import RunStatus
+from safeguard_flow.templating import render
 
 URL_PREFIX = "/safeguard"
 
@@ -47,13 +50,51 @@ class Dashboard:
 
         t = schema.tables(self.settings).policies
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.name, t.c.current_version, t.c.pinned_version, t.c.updated_at).order_by(t.c.name))
+            rows = conn.execute(sa.select(t.c.name, t.c.current_version, t.c.pinned_version, t.c.shadow_version,
+                                          t.c.updated_at).order_by(t.c.name))
             return [dict(r._mapping) for r in rows]
 
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         from safeguard_flow.warehouse import runs
 
         return [r.to_dict() for r in runs.list_runs(self.engine, self.settings, limit=limit)]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        from safeguard_flow.warehouse import runs
+
+        return runs.get_run(self.engine, self.settings, run_id)
+
+    def run_labels(self, run_id: str) -> list[dict[str, Any]]:
+        import sqlalchemy as sa
+
+        from safeguard_flow.warehouse import schema
+
+        s = schema.tables(self.settings).verdict_staging
+        q = (sa.select(s.c.policy, s.c.policy_version, s.c.label, sa.func.count().label("n"))
+             .where(s.c.run_id == run_id).group_by(s.c.policy, s.c.policy_version, s.c.label)
+             .order_by(s.c.policy, s.c.label))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def evals(self, limit: int = 10) -> list[dict[str, Any]]:
+        from safeguard_flow.warehouse import evals
+
+        return evals.list_evals(self.engine, self.settings, limit=limit)
+
+    def eval(self, eval_id: str) -> dict[str, Any] | None:
+        from safeguard_flow.warehouse import evals
+
+        return evals.get_eval(self.engine, self.settings, eval_id)
+
+    def promotions(self, limit: int = 10) -> list[dict[str, Any]]:
+        from safeguard_flow.warehouse.promotion import list_promotions
+
+        return list_promotions(self.engine, self.settings, limit=limit)
+
+    def version_diff(self, policy: str, old: int, new: int, examples: int = 10):
+        from safeguard_flow.warehouse.version_diff import compare_versions
+
+        return compare_versions(self.engine, self.settings, policy, old, new, examples=examples)
 
     def daily_rates(self, days: int = 30) -> list[dict[str, Any]]:
         import sqlalchemy as sa
@@ -138,6 +179,37 @@ def create_app(
     def index(days: int = Query(30, ge=1, le=366)) -> HTMLResponse:
         return HTMLResponse(render_page(dashboard(), days=days))
 
+    @app.get("/runs/{run_id}", response_class=HTMLResponse, dependencies=guard)
+    def run_report(run_id: str, days: int = Query(30, ge=1, le=366)) -> HTMLResponse:
+        from safeguard_flow.warehouse.errors import RunNotFound
+
+        try:
+            return HTMLResponse(render_run_report(dashboard(), run_id, days=days))
+        except RunNotFound as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+
+    @app.get("/evals/{eval_id}", response_class=HTMLResponse, dependencies=guard)
+    def eval_report(eval_id: str) -> HTMLResponse:
+        found = dashboard().eval(eval_id)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"no eval {eval_id!r}")
+        return HTMLResponse(render("eval_report.html", m={**found["metrics"], "eval_id": eval_id}, images=[],
+                                   comparisons={}, back="../"))
+
+    @app.get("/diff/{policy:path}/{old}/{new}", response_class=HTMLResponse, dependencies=guard)
+    def diff_report(policy: str, old: int, new: int) -> HTMLResponse:
+        from safeguard_flow.warehouse.errors import WarehouseError
+
+        try:
+            diff = dashboard().version_diff(policy, old, new)
+        except WarehouseError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        return HTMLResponse(render("diff_report.html", d=diff, gate=None, back="../" * (policy.count("/") + 3)))
+
+    @app.get("/api/evals", dependencies=guard)
+    def api_evals(limit: int = Query(20, ge=1, le=500)) -> list[dict[str, Any]]:
+        return _jsonable(dashboard().evals(limit))
+
     @app.get("/api/runs", dependencies=guard)
     def api_runs(limit: int = Query(20, ge=1, le=500)) -> list[dict[str, Any]]:
         return _jsonable(dashboard().recent_runs(limit))
@@ -176,64 +248,42 @@ async def _check_airflow_user(request: Request) -> None:
     await resolve_user_from_token(token)
 
 
-# --- rendering ---------------------------------------------------------------------------------
-
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px 24px;color:#111827;background:#fff}
-h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px}
-.muted{color:#6b7280;fill:#6b7280;font-size:12px}
-table{border-collapse:collapse;font-size:13px;margin-bottom:8px} th,td{padding:4px 10px;border-bottom:1px solid #e5e7eb;text-align:left}
-th{background:#f9fafb;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.badge{display:inline-block;padding:1px 8px;border-radius:9px;font-size:12px;background:#e5e7eb}
-.badge.published{background:#dcfce7;color:#166534}.badge.quarantined,.badge.failed{background:#fee2e2;color:#991b1b}
-.badge.labelling,.badge.extracting,.badge.extracted,.badge.labelled,.badge.validated,.badge.created{background:#dbeafe;color:#1e40af}
-.charts{display:flex;flex-wrap:wrap;gap:16px}.chart{border:1px solid #e5e7eb;border-radius:6px;background:#fff}
-.chart .grid{stroke:#e5e7eb}.chart .axis{font-size:11px;fill:#6b7280}.chart .legend{font-size:11px;fill:#374151}
-.chart .chart-title{font-size:13px;font-weight:600;fill:#111827}
-.cards{display:flex;gap:12px;margin:12px 0}.card{border:1px solid #e5e7eb;border-radius:6px;padding:8px 14px;min-width:120px}
-.card b{display:block;font-size:20px}
-"""
+# --- rendering (templates/safeguard_view.html, run_report.html; autoescaped) ---------------------
 
 
 def render_page(dashboard: Dashboard, days: int = 30) -> str:
-    policies = dashboard.policies()
     runs = dashboard.recent_runs(20)
     rates = dashboard.daily_rates(days)
-    flips = dashboard.flip_summary()
-    samples = dashboard.recent_flips(15)
-
-    published = sum(1 for r in runs if r.get("status") == RunStatus.PUBLISHED)
-    quarantined = sum(1 for r in runs if r.get("status") == RunStatus.QUARANTINED)
-    total_verdicts = sum(int(r["verdicts"] or 0) for r in rates)
-    body = [
-        "<h1>Safeguard Flow</h1>",
-        f'<div class="muted">warehouse {escape(mask_url(dashboard.settings.warehouse_url))} &middot; last {days} day(s)</div>',
-        '<div class="cards">',
-        _card("policies", len(policies)),
-        _card(f"verdicts ({days}d)", total_verdicts),
-        _card("recent runs published", published),
-        _card("recent runs quarantined", quarantined),
-        "</div>",
-        "<h2>Positive rate per policy version</h2>",
-        _charts(rates),
-        "<h2>Flips between policy versions</h2>",
-        _flip_table(flips),
-        _sample_flips(samples),
-        "<h2>Recent runs</h2>",
-        _runs_table(runs),
-        "<h2>Policies</h2>",
-        _table(
-            ["policy", "current version", "pinned version", "updated"],
-            [[p["name"], p["current_version"], p["pinned_version"] or "", _fmt_time(p["updated_at"])] for p in policies],
-        ),
-    ]
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Safeguard Flow</title>'
-        f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>"
+    return render(
+        "safeguard_view.html",
+        warehouse=mask_url(dashboard.settings.warehouse_url), days=days,
+        policies=dashboard.policies(), runs=runs, charts=_charts(rates),
+        total_verdicts=sum(int(r["verdicts"] or 0) for r in rates),
+        published=sum(1 for r in runs if r.get("status") == RunStatus.PUBLISHED),
+        quarantined=sum(1 for r in runs if r.get("status") == RunStatus.QUARANTINED),
+        flips=dashboard.flip_summary(), samples=dashboard.recent_flips(15),
+        evals=dashboard.evals(10), promotions=dashboard.promotions(10),
     )
 
 
-def _charts(rates: list[dict[str, Any]]) -> str:
+def render_run_report(dashboard: Dashboard, run_id: str, days: int = 30) -> str:
+    """One run: counts, timings, validation, the positive rate of its policies' versions over time,
+    its verdicts by label, and the flips of each of its policy versions against the version before."""
+    run = dashboard.run(run_id)
+    names = {n for n, _ in run["policy_refs"]}
+    rates = [r for r in dashboard.daily_rates(days) if r["policy"] in names]
+    diffs = []
+    for name, version in run["policy_refs"]:
+        if version > 1:
+            try:
+                diffs.append(dashboard.version_diff(name, version - 1, version, examples=5))
+            except ValueError:  # the previous version was never stored (cannot happen through publish)
+                pass
+    return render("run_report.html", run=run, charts=_charts(rates), labels=dashboard.run_labels(run_id), diffs=diffs)
+
+
+def _charts(rates: list[dict[str, Any]]) -> list[Markup]:
+    """One inline SVG chart per policy, a line per version (svg_chart escapes its own text)."""
     by_policy: dict[str, dict[str, list[tuple[date, float | None]]]] = {}
     for r in rates:
         if r["day"] is None:
@@ -242,73 +292,7 @@ def _charts(rates: list[dict[str, Any]]) -> str:
         by_policy.setdefault(r["policy"], {}).setdefault(f"v{r['policy_version']}", []).append(
             (r["day"], None if rate is None else float(rate))
         )
-    if not by_policy:
-        return '<p class="muted">No published verdicts in this period.</p>'
-    charts = [line_chart(series, title=name) for name, series in sorted(by_policy.items())]
-    return f'<div class="charts">{"".join(charts)}</div>'
-
-
-def _flip_table(flips: list[dict[str, Any]]) -> str:
-    if not flips:
-        return '<p class="muted">No policy has verdicts under two versions yet.</p>'
-    rows = []
-    for f in flips:
-        compared = int(f.get("compared") or 0)
-        share = f"{int(f['flips']) / compared:.1%}" if compared else ""
-        rows.append([f["policy"], f"v{f['old_version']} &rarr; v{f['new_version']}", compared, int(f["flips"]), share,
-                     int(f["to_positive"] or 0), int(f["to_safe"] or 0), int(f["with_error"] or 0)])
-    return _table(["policy", "versions", "items compared", "flips", "flip rate", "0 &rarr; 1", "1 &rarr; 0", "error involved"], rows, raw_cols={1, 5, 6})
-
-
-def _sample_flips(samples: list[dict[str, Any]]) -> str:
-    if not samples:
-        return ""
-    rows = [[s["policy"], f"{s['source']}/{s['content_id']}", f"v{s['old_version']}: {_label(s['old_label'])}",
-             f"v{s['new_version']}: {_label(s['new_label'])}", s.get("new_category") or "", "" if s["same_content"] else "content edited"]
-            for s in samples]
-    return "<details><summary class=\"muted\">latest flipped items</summary>" + _table(
-        ["policy", "item", "old", "new", "new category", "note"], rows) + "</details>"
-
-
-def _runs_table(runs: list[dict[str, Any]]) -> str:
-    if not runs:
-        return '<p class="muted">No runs yet.</p>'
-    rows = []
-    for r in runs:
-        refs = ", ".join(f"{n} v{v}" for n, v in (r.get("policy_refs") or []))
-        interval = ""
-        if r.get("interval_start"):
-            interval = f"{_fmt_time(r['interval_start'])} &rarr; {_fmt_time(r.get('interval_end'))}"
-        status = escape(str(r.get("status")))
-        rows.append([
-            escape(str(r["id"])), escape(str(r.get("kind"))), f'<span class="badge {status}">{status}</span>', interval,
-            escape(refs), r.get("items"), r.get("verdicts"), r.get("errors"), r.get("positives"), escape(_fmt_time(r.get("created_at"))),
-        ])
-    return _table(["run", "kind", "status", "interval", "policies", "items", "verdicts", "errors", "positives", "created"],
-                  rows, raw_cols=set(range(10)))
-
-
-def _table(headers: list[str], rows: list[list[Any]], raw_cols: set[int] | None = None) -> str:
-    """Cells are escaped unless their column is in raw_cols (already-escaped HTML)."""
-    raw_cols = raw_cols or set()
-    head = "".join(f"<th>{h}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            text = "" if cell is None else (str(cell) if i in raw_cols else escape(str(cell)))
-            cls = ' class="num"' if isinstance(cell, (int, float)) and not isinstance(cell, bool) else ""
-            cells.append(f"<td{cls}>{text}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _card(label: str, value: Any) -> str:
-    return f'<div class="card"><b>{escape(str(value))}</b><span class="muted">{escape(label)}</span></div>'
-
-
-def _label(value: Any) -> str:
-    return "error" if value is None else str(value)
+    return [Markup(line_chart(series, title=name)) for name, series in sorted(by_policy.items())]
 
 
 def _as_date(value: Any) -> date | None:
@@ -319,12 +303,6 @@ def _as_date(value: Any) -> date | None:
     return date.fromisoformat(str(value)[:10])
 
 
-def _fmt_time(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
-    return str(value)
 
 
 def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from safeguard_flow.warehouse.db import UTCDateTime
 
 TABLE_NAMES = ("policies", "policy_versions", "runs", "work_items", "run_chunks", "verdict_staging", "verdicts",
-               "verdict_analysis", "policy_changes")
-VIEW_NAMES = ("current_verdicts", "daily_policy_rates", "verdict_flips", "run_errors")
+               "verdict_analysis", "policy_changes", "evals", "eval_scores", "eval_predictions", "policy_promotions")
+VIEW_NAMES = ("current_verdicts", "daily_policy_rates", "verdict_flips", "run_errors", "policy_version_diff")
 
 # Work items carry a bucket taken from their content hash; a run's chunks are bucket ranges, so every
 # copy of one text lands in the same chunk (and is labelled once there by labelling.label_items).
@@ -39,6 +39,10 @@ class WarehouseTables:
     verdicts: sa.Table
     verdict_analysis: sa.Table
     policy_changes: sa.Table
+    evals: sa.Table
+    eval_scores: sa.Table
+    eval_predictions: sa.Table
+    policy_promotions: sa.Table
 
 
 def _verdict_columns() -> list[sa.Column]:
@@ -77,6 +81,8 @@ def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
         sa.Column("description", sa.Text, nullable=False, server_default=""),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
+        # A version published as shadow: it labels, but the BI views keep current_version until promoted.
+        sa.Column("shadow_version", sa.Integer),
     )
     policy_versions = sa.Table(
         f"{p}policy_versions", md,
@@ -206,5 +212,54 @@ def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
         sa.Column("changed_at", UTCDateTime, nullable=False),
         sa.Index(f"{p}ix_policy_changes_name", "name", "id"),
     )
+    evals = sa.Table(  # one row per `safeguard-flow eval`
+        f"{p}evals", md,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("dataset", sa.String(500), nullable=False),  # absolute file path, or table:<name>
+        sa.Column("dataset_sha256", sa.String(64), nullable=False),  # over the rows scored (ids, texts, gold)
+        sa.Column("rows_scored", sa.Integer, nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("engine", sa.String(50), nullable=False),
+        sa.Column("policy_refs", sa.JSON, nullable=False),  # {name: {"version", "sha256"}}
+        sa.Column("label_map", sa.JSON, nullable=False),  # {policy: gold column}
+        sa.Column("metrics", sa.JSON, nullable=False),  # metrics.json as written
+        sa.Column("output_dir", sa.Text),
+        sa.Column("created_by", sa.String(200), nullable=False, server_default=""),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Index(f"{p}ix_evals_dataset", "dataset", "created_at"),
+    )
+    eval_scores = sa.Table(  # per eval and policy: what the gate and the diff compare
+        f"{p}eval_scores", md,
+        sa.Column("eval_id", sa.String(64), primary_key=True),
+        sa.Column("policy", sa.String(64), primary_key=True),
+        sa.Column("policy_version", sa.Integer),  # NULL: the evaluated text was not published
+        sa.Column("policy_sha256", sa.String(64), nullable=False),
+        *(sa.Column(c, sa.Integer, nullable=False) for c in ("tp", "fp", "fn", "tn", "errors", "skipped")),
+        *(sa.Column(c, sa.Float, nullable=False) for c in ("precision", "recall", "f1", "f1_low", "f1_high")),
+        sa.Index(f"{p}ix_eval_scores_sha", "policy", "policy_sha256"),
+    )
+    eval_predictions = sa.Table(  # paired predictions for McNemar's test between two evals
+        f"{p}eval_predictions", md,
+        sa.Column("eval_id", sa.String(64), primary_key=True),
+        sa.Column("policy", sa.String(64), primary_key=True),
+        sa.Column("content_id", sa.String(200), primary_key=True),
+        sa.Column("gold", sa.Integer, nullable=False),
+        sa.Column("label", sa.Integer),  # NULL: error verdict
+        sa.Column("parse_status", sa.String(20), nullable=False),
+    )
+    policy_promotions = sa.Table(  # every promotion, refusal and forced promotion
+        f"{p}policy_promotions", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("policy", sa.String(64), nullable=False),
+        sa.Column("from_version", sa.Integer),
+        sa.Column("to_version", sa.Integer, nullable=False),
+        sa.Column("outcome", sa.String(20), nullable=False),  # promoted | refused | forced
+        sa.Column("actor", sa.String(200), nullable=False),
+        sa.Column("figures", sa.JSON, nullable=False),
+        sa.Column("problems", sa.JSON, nullable=False),  # why the gate failed ([] when it passed)
+        sa.Column("reason", sa.Text),  # required for a forced promotion
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Index(f"{p}ix_policy_promotions_policy", "policy", "created_at"),
+    )
     return WarehouseTables(md, policies, policy_versions, runs, work_items, run_chunks, verdict_staging, verdicts,
-                           verdict_analysis, policy_changes)
+                           verdict_analysis, policy_changes, evals, eval_scores, eval_predictions, policy_promotions)

@@ -11,6 +11,11 @@ the change log (``<prefix>policy_changes``) with the version it replaced, so who
 changes later (the policy sync's asset events) gives the true ``previous_version``. A policy's first
 version replaces nothing and is not a change to relabel for: new content is labelled with it by the
 nightly runs; label the history with it by a relabel run for that policy.
+
+A version published as shadow (``publish_policies(..., shadow=True)`` or ``shadow: true`` in the
+file's front matter) is stored and recorded as the policy's shadow_version, but current_version does
+not move: it labels (relabel runs name it explicitly) while the BI views keep the promoted version,
+until `safeguard_flow.promotion.promote` passes the gate.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class PublishResult:
     changed: bool  # the policy's current version moved (new text, or a revert to an older text)
     created: bool = False  # a new version row was written
     previous_version: int | None = None
+    shadow: bool = False  # stored as the policy's shadow version; current_version did not move
 
 
 @dataclass(frozen=True)
@@ -52,18 +58,20 @@ class PolicyChange:
     changed_at: dt.datetime
 
 
-def publish_policies(engine: Engine, settings: Settings, policies: Sequence[Policy], author: str) -> list[PublishResult]:
-    """Store each policy's text as a version if new; make it the policy's current version."""
+def publish_policies(engine: Engine, settings: Settings, policies: Sequence[Policy], author: str,
+                     shadow: bool = False) -> list[PublishResult]:
+    """Store each policy's text as a version if new; make it the policy's current version, or its
+    shadow version when `shadow` (or the policy file's `shadow: true`)."""
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise WarehouseError(f"publish_policies: policy names repeat in one call: {sorted(names)}")
     # One transaction per policy, retried: concurrent publishers of the same text race on the
     # unique (name, sha256) / (name, version) keys; the loser retries and finds the stored version.
-    return [retrying(lambda p=p: _publish_one(engine, settings, p, author), what=f"publish policy {p.name}",
+    return [retrying(lambda p=p: _publish_one(engine, settings, p, author, shadow or p.shadow), what=f"publish policy {p.name}",
                      retry_on=(sa.exc.IntegrityError,)) for p in policies]
 
 
-def _publish_one(engine: Engine, settings: Settings, policy: Policy, author: str) -> PublishResult:
+def _publish_one(engine: Engine, settings: Settings, policy: Policy, author: str, shadow: bool = False) -> PublishResult:
     t = tables(settings)
     now = utcnow()
     with write_tx(engine) as conn:
@@ -86,7 +94,20 @@ def _publish_one(engine: Engine, settings: Settings, policy: Policy, author: str
             ))
         else:
             version = existing
+        if shadow:
+            # The promoted version stays current; a text that is current already is just unchanged.
+            as_shadow = version != previous
+            if as_shadow and head.shadow_version != version:
+                conn.execute(t.policies.update().where(t.policies.c.name == policy.name).values(
+                    shadow_version=version, updated_at=now))
+                if previous is not None:  # logged so the policy sync announces it: it relabels in shadow
+                    conn.execute(t.policy_changes.insert().values(
+                        name=policy.name, version=version, previous_version=previous, sha256=policy.sha256,
+                        created=created, author=author, changed_at=now))
+            return PublishResult(policy.with_version(version), version, False, created, previous, shadow=as_shadow)
         changed = previous != version
+        if head.shadow_version == version:  # published as current: it is no longer a shadow
+            conn.execute(t.policies.update().where(t.policies.c.name == policy.name).values(shadow_version=None))
         if changed or head.owner != policy.owner or head.description != policy.description:
             conn.execute(t.policies.update().where(t.policies.c.name == policy.name).values(
                 current_version=version, owner=policy.owner, description=policy.description, updated_at=now))
@@ -100,7 +121,7 @@ def _publish_one(engine: Engine, settings: Settings, policy: Policy, author: str
 def _lock_policy_row(conn: Connection, settings: Settings, policy: Policy, now) -> sa.Row:
     """The policy's head row, created if missing and locked (FOR UPDATE) so publishers serialize."""
     t = tables(settings).policies
-    conn.execute(_insert_ignore(conn, t, dict(name=policy.name, current_version=None, pinned_version=None,
+    conn.execute(_insert_ignore(conn, t, dict(name=policy.name, current_version=None, pinned_version=None, shadow_version=None,
                                               owner=policy.owner, description=policy.description,
                                               created_at=now, updated_at=now)))
     return conn.execute(sa.select(t).where(t.c.name == policy.name).with_for_update()).one()
@@ -125,7 +146,9 @@ def get_policies(engine: Engine, settings: Settings, refs: Iterable[tuple[str, i
     with engine.connect() as conn:
         heads = {r.name: r for r in conn.execute(sa.select(t.policies))}
         if refs is None:
-            wanted = [(name, None) for name in sorted(heads)]
+            # A policy published only as shadow so far has no active version yet.
+            wanted = [(name, None) for name in sorted(heads)
+                      if (heads[name].pinned_version or heads[name].current_version) is not None]
         else:
             wanted = [(name, version) for name, version in refs]
         out = []

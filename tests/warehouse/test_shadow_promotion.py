@@ -16,7 +16,7 @@ import yaml
 from safeguard_flow import cli
 from safeguard_flow.evaluation import LabelledRow, compute_metrics, dataset_key, dataset_sha256, mcnemar_exact
 from safeguard_flow.policies import load_policy
-from safeguard_flow.quality import enforce_gate
+from safeguard_flow import pipeline
 from safeguard_flow.sample_data import POSTS_SOURCE, copy_policies, load_sample, read_sample
 from safeguard_flow.settings import load_settings
 from safeguard_flow.verdicts import OK, Verdict
@@ -48,7 +48,8 @@ def _relabel(engine, settings, policy, rows_by_id, order) -> str:
             content_id=i.content_id, policy=policy.name, policy_version=policy.version, source=i.source,
             content_hash=i.content_hash, label=_label(policy.version, rows_by_id[i.content_id], order[i.content_id]),
             parse_status=OK, rationale=f"v{policy.version} on {i.content_id}", model="annotations") for i in items])
-    enforce_gate(engine, settings, run_id)
+    pipeline.finish_labelling(engine, settings, run_id)
+    pipeline.validate(engine, settings, run_id)
     publish.publish_run(engine, settings, run_id)
     return run_id
 

@@ -107,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The demo's source and label mode; everything else from the usual settings (env / safeguard.yaml).
     os.environ.setdefault("SAFEGUARD_SOURCES", json.dumps([POSTS_SOURCE]))
     os.environ.setdefault("SAFEGUARD_RAY__LABEL_MODE", "in_process")
+    # The 0.5B stand-in exercises the path; it is no policy classifier and calls most posts spam, which
+    # the default gate (quality.max_positive_rate 0.8) rightly quarantines. The demo shows the pipeline.
+    os.environ.setdefault("SAFEGUARD_QUALITY__MAX_POSITIVE_RATE", "1.0")
     settings = load_settings()
     settings.home_path.mkdir(parents=True, exist_ok=True)
     log_path = settings.home_path / "logs" / f"demo-{dt.datetime.now():%Y%m%dT%H%M%S}.log"

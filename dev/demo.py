@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     from safeguard_flow.pipeline import day_interval, interval_run_id
     from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.redact import mask_url
     from safeguard_flow.report import format_run, format_views
     from safeguard_flow.settings import load_settings
     from safeguard_flow.warehouse import db, policy_store, runs, schema
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = db.make_engine(settings)
     schema.upgrade(settings, engine=engine)
     n = load_sample(engine, read_sample())
-    print(f"loaded {n} rows into table posts of {settings.warehouse_url}")
+    print(f"loaded {n} rows into table posts of {mask_url(settings.warehouse_url)}")
 
     policies = load_policy_set(args.policies or settings.policies_dir)
     wanted = [p for p in args.only.split(",") if p]

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from safeguard_flow import model_presets, prompts
 from safeguard_flow.engines.base import Completion, EngineError, LabelRequest
 from safeguard_flow.policies import Policy
+from safeguard_flow.redact import mask_url
 from safeguard_flow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class OpenAIEngine:
             raise EngineError("engine.kind=openai needs engine.base_url (SAFEGUARD_ENGINE__BASE_URL), "
                               "for example http://127.0.0.1:8000/v1")
         if not url.startswith(("http://", "https://")):
-            raise EngineError(f"engine.base_url {url!r} must start with http:// or https://")
+            raise EngineError(f"engine.base_url {mask_url(url)!r} must start with http:// or https://")
         self.base_url = url
         self.model_name = settings.model.name
         # No local vLLM needed to decide: an HTTP client sends what the remote model's preset says.
@@ -130,7 +131,7 @@ class OpenAIEngine:
             except openai.APIError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             time.sleep(interval_s)
-        raise EngineError(f"server at engine.base_url={self.base_url} not ready after {timeout_s:.0f}s ({last})")
+        raise EngineError(f"server at engine.base_url={mask_url(self.base_url)} not ready after {timeout_s:.0f}s ({last})")
 
     # --- internals --------------------------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class OpenAIEngine:
             return Completion(error=f"timed out after engine.timeout_s={self.settings.engine.timeout_s}s "
                                     f"(after {self._max_retries + 1} attempts)")
         except openai.APIConnectionError as exc:
-            raise _Fatal(f"cannot connect to {self.base_url}: {exc.__cause__ or exc} (after "
+            raise _Fatal(f"cannot connect to {mask_url(self.base_url)}: {exc.__cause__ or exc} (after "
                          f"{self._max_retries + 1} attempts; is the server running at engine.base_url?)") from None
         except openai.APIStatusError as exc:
             detail = _error_detail(exc)

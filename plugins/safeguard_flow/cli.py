@@ -340,6 +340,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_load(args: argparse.Namespace) -> int:
+    from safeguard_flow.redact import mask_url
     from safeguard_flow.sample_data import SAMPLE, load_sample, read_sample
     from safeguard_flow.warehouse import schema
     from safeguard_flow.warehouse.db import make_engine
@@ -351,7 +352,8 @@ def cmd_sample_load(args: argparse.Namespace) -> int:
         n = load_sample(engine, read_sample(args.path or SAMPLE))
     finally:
         engine.dispose()
-    print(f"loaded {n} rows into table posts of {settings.warehouse_url}")
+    print(f"loaded {n} rows into table posts of {mask_url(settings.warehouse_url)}")
+    return 0
 
 
 def cmd_ray_start(args: argparse.Namespace) -> int:

@@ -64,3 +64,10 @@ def test_truncated():
 def test_safe_label_drops_category():
     out = parse_output('{"violation":0,"policy_category":"SH-1"}', J)
     assert (out.label, out.category) == (0, None)
+
+
+
+def test_json_with_raw_control_characters_in_strings_parses():
+    # xgrammar's JSON string rule allows raw tabs and other control characters; json's strict mode does not.
+    p = parse_output('{"violation":1,"policy_category":"a\tb\x0bc"}', OutputFormat.JSON)
+    assert p.parse_status == "ok" and p.label == 1 and p.category == "a\tb\x0bc"

@@ -81,7 +81,7 @@ def _item(row: dict, fallback_id: str, lineno: int, source: str) -> ContentItem:
 
 VERDICT_FIELDS = (
     "content_id", "policy", "policy_version", "label", "category", "rationale", "parse_status", "error",
-    "raw_output", "prompt_tokens", "completion_tokens", "model", "content_hash", "source",
+    "raw_output", "prompt_tokens", "completion_tokens", "model", "content_hash", "source", "analysis",
 )
 
 

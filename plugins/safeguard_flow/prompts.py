@@ -187,10 +187,9 @@ def harmony_structural_tag(policy: Policy) -> dict[str, Any]:
         header = [token("<|channel|>"), const("final"), token("<|message|>")]
     else:
         answer = {"type": "grammar", "grammar": compact_json_grammar(policy)}
-        # `final <|constrain|>json` is how harmony declares a JSON message; a plain `final` is accepted too.
-        constrain = {"type": "optional", "content": {"type": "sequence", "elements": [
-            const(" "), token("<|constrain|>"), const("json")]}}
-        header = [token("<|channel|>"), const("final"), constrain, token("<|message|>")]
+        # A plain final header: an optional ` <|constrain|>json` here made xgrammar 0.2.8's mask allow
+        # <|constrain|> where its matcher then rejected it (vLLM terminated those requests).
+        header = [token("<|channel|>"), const("final"), token("<|message|>")]
     # The message ends with a stop token (<|return|>), which the engine allows once the tag is complete.
     return {"type": "structural_tag", "format": {"type": "sequence", "elements": [analysis, *header, answer]}}
 

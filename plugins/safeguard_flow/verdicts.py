@@ -144,15 +144,17 @@ def _parse_json(text: str, require_rationale: bool) -> ParsedOutput:
 
 
 def _load_json_object(text: str) -> dict[str, Any]:
+    # strict=False: raw control characters inside strings (a tab, \x0b) are what xgrammar's JSON
+    # grammar allows there, so an answer the grammar produced must not fail on them.
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, strict=False)
     except json.JSONDecodeError:
         # Tolerate prose or code fences around one JSON object, nothing more.
         match = _JSON_OBJECT_RE.search(text)
         if not match:
             raise ValueError(f"answer is not JSON: {text[:80]!r}") from None
         try:
-            obj = json.loads(match.group(0))
+            obj = json.loads(match.group(0), strict=False)
         except json.JSONDecodeError as exc:
             raise ValueError(f"answer is not valid JSON ({exc.msg}): {text[:80]!r}") from None
     if not isinstance(obj, dict):

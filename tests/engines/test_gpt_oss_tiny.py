@@ -116,7 +116,7 @@ def test_the_structural_tag_accepts_harmony_and_nothing_else(tiny_model, all_pol
     thought = "<|channel|>analysis<|message|>An ad for phones with a short link. Spam.<|end|><|start|>assistant"
     assert accepts(spam, thought + "<|channel|>final<|message|>1<|return|>")
     assert accepts(spam, "<|channel|>final<|message|>0<|return|>")  # the analysis is optional
-    assert accepts(harm, thought + '<|channel|>final <|constrain|>json<|message|>{"violation":1,'
+    assert accepts(harm, thought + '<|channel|>final<|message|>{"violation":1,'
                                '"policy_category":"self-harm intent"}<|return|>')
     assert not accepts(harm, thought + '<|channel|>final<|message|>{"violation": 1, "policy_category": null}'
                                    '<|return|>')  # compact JSON only: no whitespace to wander in

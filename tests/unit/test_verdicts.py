@@ -81,3 +81,8 @@ def test_binary_parser_still_reads_clean_answers(text, label):
     from safeguard_flow.verdicts import OK, parse_output
 
     assert (parse_output(text, OutputFormat.BINARY).label, parse_output(text, OutputFormat.BINARY).parse_status) == (label, OK)
+
+def test_json_with_raw_control_characters_in_strings_parses():
+    # xgrammar's JSON string rule allows raw tabs and other control characters; json's strict mode does not.
+    p = parse_output('{"violation":1,"policy_category":"a\tb\x0bc"}', OutputFormat.JSON)
+    assert p.parse_status == "ok" and p.label == 1 and p.category == "a\tb\x0bc"

@@ -53,6 +53,9 @@ def flow(tmp_path_factory, vllm_server, af_ray_head):
     af = LocalAirflow(tmp / "airflow", STACK_PORT, DAGS, env=env)
     for key in [k for k in af.env if k.startswith("SAFEGUARD_TEST_")]:  # test ports, not settings
         del af.env[key]
+    # A worker's first call to the API server (PATCH .../run) waits on the SQLite metadata DB while
+    # the DAG processor and scheduler write; Airflow's 5 s default failed the first sync on a busy box.
+    af.env["AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT"] = "60"
     af.init_db()
     af.start()
     try:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from safeguard_flow.warehouse import runs
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
 from safeguard_flow.warehouse.runs import Run, RunStatus
+from safeguard_flow.warehouse.staging import finish_labelling  # noqa: F401  (a step of this pipeline)
 
 if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.engine import Engine
@@ -251,24 +252,6 @@ def label(engine: Engine, settings: Settings, run_id: str, *, isolate: bool = Tr
     return _label_in_worker(engine, settings, run_id, log_file, progress, on_progress)
 
 
-def finish_labelling(engine: Engine, settings: Settings, run_id: str) -> Run:
-    """Close the label step of a run whose chunks are all staged (by a label job, or written directly
-    with staging.write_chunk): labelled, with the whole run's token counts. A run labelled already is
-    left as it is; RunStateError while chunks are pending."""
-    from safeguard_flow.warehouse import staging
-
-    run = runs.get_run(engine, settings, run_id)
-    if run.status in _DONE:
-        return run
-    pending = staging.pending_chunks(engine, settings, run_id)
-    if pending:
-        raise RunStateError(f"run {run_id!r} has {len(pending)} chunk(s) not labelled yet: {pending[:20]}")
-    totals = staging.progress(engine, settings, run_id)  # earlier (killed) jobs included
-    runs.transition(engine, settings, run_id, RunStatus.LABELLED, label_finished_at=_now(),
-                    prompt_tokens=totals["prompt_tokens"], completion_tokens=totals["completion_tokens"])
-    return runs.get_run(engine, settings, run_id)
-
-
 def _label_in_worker(engine: Engine, settings: Settings, run_id: str, log_file, progress: bool, on_progress) -> LabelOutcome:
     from safeguard_flow.warehouse import staging
 
@@ -281,7 +264,8 @@ def _label_in_worker(engine: Engine, settings: Settings, run_id: str, log_file, 
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT if out else None,
                                     start_new_session=True)
             assert proc.stdin is not None
-            proc.stdin.write(settings.model_dump_json().encode())
+            # Only what was set: the model preset fills the unset model fields in the worker too.
+            proc.stdin.write(settings.model_dump_json(exclude_unset=True).encode())
             proc.stdin.close()
             code = _follow(engine, settings, run_id, proc, progress, on_progress, staging)
         except BaseException:

@@ -86,6 +86,10 @@ def test_settings_travel_to_a_job_as_one_document_without_secrets(settings_facto
     plain, none = settings_document(settings_factory())  # SQLite: nothing secret, nothing to hand over
     assert none == {} and settings_from_document(plain) == resolve_paths(settings_factory())
 
+    # Unset model fields stay unset on the Ray side, so the model's preset fills them there too.
+    shipped = settings_from_document(*settings_document(s))
+    assert "max_tokens" not in shipped.model.model_fields_set and "dtype" in shipped.model.model_fields_set
+
 
 def test_label_job_submission_ships_the_package_not_the_working_folder(settings_factory, tmp_path, monkeypatch):
     import safeguard_flow.settings

@@ -60,14 +60,15 @@ def masked_url(url: str) -> str:
 
 def split_secrets(settings: Settings) -> tuple[dict[str, Any], dict[str, str]]:
     """(settings as a JSON-able dict with secrets masked, {dotted field: secret value})."""
-    data = settings.model_dump(mode="json")
+    # Only what was set travels: model presets fill the unset model fields on the Ray side too.
+    data = settings.model_dump(mode="json", exclude_unset=True)
     found: dict[str, str] = {}
-    url = data["warehouse"]["url"]
+    url = data.get("warehouse", {}).get("url")
     if url and _url_has_secret(url):
         found["warehouse.url"] = url
         data["warehouse"]["url"] = masked_url(url)
-    api_key = data["engine"]["api_key"]
-    if api_key not in _NO_API_KEY:
+    api_key = data.get("engine", {}).get("api_key")
+    if api_key is not None and api_key not in _NO_API_KEY:
         found["engine.api_key"] = api_key
         data["engine"]["api_key"] = "***"
     return data, found

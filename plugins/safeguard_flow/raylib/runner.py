@@ -26,7 +26,6 @@ class LabelJobError(RuntimeError):
 def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
     """Label the run's pending chunks; the run ends labelled. If this raises (or is interrupted) the
     run is marked failed with the reason; running it again resumes (a failed run included)."""
-    from safeguard_flow import pipeline
     from safeguard_flow.warehouse import db, policy_store, runs, staging
     from safeguard_flow.warehouse.runs import RunStatus
 
@@ -68,7 +67,7 @@ def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
             summary.wall_s = time.perf_counter() - started
             if left:
                 raise LabelJobError(f"run {run_id}: {len(left)} chunks still pending after the job: {left[:20]}")
-            pipeline.finish_labelling(engine, settings, run_id)
+            staging.finish_labelling(engine, settings, run_id)
         except BaseException as exc:  # an interrupt too: the run must not stay 'labelling'
             reason = f"label job: {type(exc).__name__}: {exc}"
             try:

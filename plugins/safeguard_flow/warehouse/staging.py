@@ -17,7 +17,7 @@ from safeguard_flow.settings import Settings
 from safeguard_flow.verdicts import Verdict
 from safeguard_flow.warehouse.db import bulk_insert, retrying, utcnow, write_tx
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
-from safeguard_flow.warehouse.runs import Run, get_run
+from safeguard_flow.warehouse.runs import Run, RunStatus, get_run, transition
 from safeguard_flow.warehouse.schema import tables
 
 _SHOW = 5  # keys quoted in an error
@@ -183,3 +183,20 @@ def purge_run(engine: Engine, settings: Settings, run_id: str, force: bool = Fal
             raise RunStateError(f"run {run_id!r} is {run.status}; purge only finished runs (or force=True)")
         return {table.name: conn.execute(table.delete().where(table.c.run_id == run_id)).rowcount
                 for table in (t.work_items, t.run_chunks, t.verdict_staging)}
+
+
+def finish_labelling(engine: Engine, settings: Settings, run_id: str) -> Run:
+    """Close the label step of a run whose chunks are all staged (by a label job, or written directly
+    with write_chunk): labelled, with the whole run's token counts. A run labelled already is left as
+    it is; RunStateError while chunks are pending. Here, not in the pipeline, so the Ray job that
+    stages the chunks needs only the warehouse."""
+    run = get_run(engine, settings, run_id)
+    if run.status in (RunStatus.LABELLED, RunStatus.VALIDATED, RunStatus.PUBLISHED):
+        return run
+    pending = pending_chunks(engine, settings, run_id)
+    if pending:
+        raise RunStateError(f"run {run_id!r} has {len(pending)} chunk(s) not labelled yet: {pending[:20]}")
+    totals = progress(engine, settings, run_id)  # earlier (killed) jobs included
+    transition(engine, settings, run_id, RunStatus.LABELLED, label_finished_at=utcnow(),
+               prompt_tokens=totals["prompt_tokens"], completion_tokens=totals["completion_tokens"])
+    return get_run(engine, settings, run_id)

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from safeguard_flow.labelling import label_items
-from safeguard_flow.pipeline import validate as enforce_gate
+from safeguard_flow import pipeline
 from safeguard_flow.settings import QualitySettings, SourceSettings, WarehouseSettings
 from safeguard_flow.verdicts import INPUT_ERROR, OK
 from safeguard_flow.warehouse import db, extract, policy_store, publish, runs, schema, staging
@@ -79,7 +79,8 @@ def test_poison_rows_never_block_the_run_and_nothing_is_lost(poisoned, vllm_engi
         items = staging.read_chunk(engine, settings, run_id, chunk)
         verdicts = label_items(vllm_engine, items, policies, max_content_chars=settings.model.max_content_chars)
         staging.write_chunk(engine, settings, run_id, chunk, verdicts)
-    report = enforce_gate(engine, settings, run_id)
+    pipeline.finish_labelling(engine, settings, run_id)
+    report = pipeline.validate(engine, settings, run_id)
     assert report.success, report.summary
     publish.publish_run(engine, settings, run_id)
 

@@ -89,8 +89,9 @@ def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small
 
     frame = staged(settings, run_id).set_index(["content_id", "policy"])
     long_id, bytes_id, null_id = "p0013", "p0014", "p0015"
-    assert set(frame.loc[long_id]["parse_status"]) == {"engine_error"}
-    assert "max_model_len" in frame.loc[long_id]["error"].iloc[0]
+    # Longer than the model's context: labelled in windows whose verdicts combine, not failed.
+    # (the windows themselves: tests/engines/test_vllm_engine.py, tests/engines/test_poison_input.py)
+    assert set(frame.loc[long_id]["parse_status"]) == {"ok"} and set(frame.loc[long_id]["label"]) <= {0, 1}
     assert set(frame.loc[bytes_id]["parse_status"]) == {"input_error"}
     assert set(frame.loc[null_id]["parse_status"]) == {"input_error"}
     good = frame.drop(index=[long_id, bytes_id, null_id], level=0)

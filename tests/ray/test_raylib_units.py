@@ -171,9 +171,28 @@ def test_an_unhealthy_replica_closes_its_engine_before_it_exits(small_policies, 
         raise SystemExit(code)
 
     monkeypatch.setattr(labeller.os, "_exit", exit_)
+    # This test process's own children (a Ray head, servers of other tests) are not an engine's.
+    monkeypatch.setattr(labeller, "_engine_processes", lambda: [])
     with pytest.raises(SystemExit):
         replica.label(0)
     assert events == ["close", "exit 1"] and replica.engine is None
+
+
+def test_engine_processes_are_this_sessions_children_only():
+    """A child started in a session of its own (the local Ray head) is never killed with an engine."""
+    import subprocess
+    import sys
+
+    from safeguard_flow.raylib import labeller
+
+    same = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        pids = {p.pid for p in labeller._engine_processes()}
+        assert same.pid in pids and own.pid not in pids
+    finally:
+        same.kill()
+        own.kill()
 
 
 def test_chunk_progress_lines_name_items_and_rate(capsys):

@@ -91,12 +91,7 @@ class ChunkLabeller:
     def shutdown_engine(self, timeout_s: float = 30.0) -> None:
         """Close the engine and make sure no process it started outlives this replica."""
         engine, self.engine = getattr(self, "engine", None), None
-        try:
-            import psutil
-
-            children = psutil.Process().children(recursive=True)
-        except Exception:  # psutil missing: the engine's own shutdown is all we can do
-            children = []
+        children = _engine_processes()
         if engine is not None:
             try:
                 engine.close()
@@ -119,6 +114,19 @@ class ChunkLabeller:
                 engine.close()
             except Exception:  # closing at interpreter exit: nothing useful to do with an error
                 pass
+
+
+def _engine_processes() -> list:
+    """The processes the engine may have left behind: this process's descendants in its own session
+    (vLLM's EngineCore and TP workers). A process started in a session of its own (a local Ray head,
+    a server) is not the engine's and is never touched."""
+    try:
+        import psutil
+
+        sid = os.getsid(0)
+        return [p for p in psutil.Process().children(recursive=True) if os.getsid(p.pid) == sid]
+    except Exception:  # psutil missing, or a child gone meanwhile: the engine's own shutdown is all we do
+        return []
 
 
 class _Progress:

@@ -1,7 +1,7 @@
 """gpt-oss-tiny figures: checkpoint size on disk, build time, vLLM load time, items/s through the
 harmony path (structural tag, analysis + final), and how well-formed the output is.
 
-Run: `python bench/gpt_oss_tiny_bench.py [--items 40] [--policies all|spam,...]` (under sg-heavy on
+Run: `python bench/gpt_oss_tiny_bench.py [--items 40] [--policies all|spam,...]` (alone on
 the shared machine). Prints one JSON object; `items_per_s` counts items x policies as labelled pairs
 per second too (`pairs_per_s`).
 """

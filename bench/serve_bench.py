@@ -8,7 +8,7 @@ Prints, against a fresh local Ray head:
   - an overload burst (default 200 requests at concurrency 256, 10 s client timeout): how many were
     answered, refused with a retryable 429/503 (and how fast), timed out or failed otherwise.
 
-Run (heavy: a Ray head and vLLM engines): `sg-heavy timeout 2400 python bench/serve_bench.py`.
+Run (heavy: a Ray head and vLLM engines): `timeout 2400 python bench/serve_bench.py` (alone on the machine).
 Ports default to SAFEGUARD_TEST_PORT_BASE + 300.. (GCS), + 365 (dashboard), + 380 (Serve HTTP).
 """
 

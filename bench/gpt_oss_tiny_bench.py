@@ -1,8 +1,8 @@
 """gpt-oss-tiny figures: checkpoint size on disk, build time, vLLM load time, items/s through the
 harmony path (structural tag, analysis + final), and how well-formed the output is.
 
-Run: `python bench/gpt_oss_tiny_bench.py [--items 40] [--policies all|spam,...]` (alone on
-the shared machine). Prints one JSON object; `items_per_s` counts items x policies as labelled pairs
+Run: `python bench/gpt_oss_tiny_bench.py [--items 40] [--policies all|spam,...]` (best alone on
+a shared machine). Prints one JSON object; `items_per_s` counts items x policies as labelled pairs
 per second too (`pairs_per_s`).
 """
 

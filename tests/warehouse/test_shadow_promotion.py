@@ -189,8 +189,7 @@ def test_view_file_and_migration_agree():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     view = (sql_dir() / "views" / "policy_version_diff.sql").read_text()
-    body = "\n".join(line for line in view.splitlines() if not line.startswith("--"))
-    assert body.replace("${verdicts}", "{verdicts}").strip() == module.POLICY_VERSION_DIFF.strip()
+    assert view.replace("${verdicts}", "{verdicts}").strip() == module.POLICY_VERSION_DIFF.strip()
 
 
 def test_eval_dataset_from_a_warehouse_table(sqlite_url, settings_factory):

@@ -23,7 +23,10 @@ TS = sa.DateTime(timezone=True)
 
 # The same text as sql/views/policy_version_diff.sql (a test keeps them equal); {verdicts} is the
 # quoted, schema-qualified verdict table.
-POLICY_VERSION_DIFF = """
+POLICY_VERSION_DIFF = """-- What a new policy version changes, per policy and pair of versions (old < new): the content both
+-- versions labelled (same source and content id), how many verdicts flipped 0 -> 1 and 1 -> 0, how
+-- many involve an error on either side, and the flip rate over the pairs both labelled without
+-- error. `safeguard-flow policies diff` and the promotion gate compute the same figures.
 SELECT
     a.policy,
     a.policy_version AS old_version,

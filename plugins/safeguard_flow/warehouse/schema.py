@@ -118,15 +118,13 @@ class _engine:
 _PLACEHOLDER_RE = re.compile(r"\$\{?([a-z_]+)\}?")
 
 
-def view_sql(name: str, dialect: sa.engine.Dialect, prefix: str, schema: str | None, text: str | None = None) -> str:
-    """`CREATE VIEW` body for one view: sql/views/<dialect>/<name>.sql if present, else sql/views/<name>.sql
-    (or the template `text` given)."""
+def view_sql(name: str, dialect: sa.engine.Dialect, prefix: str, schema: str | None) -> str:
+    """`CREATE VIEW` body for one view: sql/views/<dialect>/<name>.sql if present, else sql/views/<name>.sql."""
     base = sql_dir() / "views"
     path = base / dialect.name / f"{name}.sql"
     if not path.is_file():
         path = base / f"{name}.sql"
-    if text is None:
-        text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
     names = qualified_names(dialect, prefix, schema)
     unknown = set(_PLACEHOLDER_RE.findall(text)) - set(names)
     if unknown:
@@ -140,11 +138,11 @@ def qualified_names(dialect: sa.engine.Dialect, prefix: str, schema: str | None)
     return {n: qual + quote(prefix + n) for n in (*TABLE_NAMES, *VIEW_NAMES)}
 
 
-def create_views(conn: Connection, prefix: str, schema: str | None, templates: dict[str, str] | None = None) -> None:
-    """(Re)create every view from sql/views, or from `templates` ({view: SQL template}) where given."""
+def create_views(conn: Connection, prefix: str, schema: str | None) -> None:
+    """(Re)create every view from sql/views (the head revision's SQL)."""
     names = qualified_names(conn.dialect, prefix, schema)
     for view in VIEW_NAMES:
-        body = view_sql(view, conn.dialect, prefix, schema, (templates or {}).get(view))
+        body = view_sql(view, conn.dialect, prefix, schema)
         if conn.dialect.paramstyle in ("format", "pyformat"):
             body = body.replace("%", "%%")  # a literal '%' (LIKE 'x%') is not a driver placeholder
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {names[view]}")
@@ -155,21 +153,3 @@ def drop_views(conn: Connection, prefix: str, schema: str | None) -> None:
     names = qualified_names(conn.dialect, prefix, schema)
     for view in reversed(VIEW_NAMES):
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {names[view]}")
-
-
-# Stopgap until migrations 0002/0003 carry their own SQL: the daily-rates view as of revision 0003
-# (sql/views now holds 0004's, which needs a column 0004 adds).
-def daily_rates_0003(dialect: str) -> dict[str, str]:
-    day = {"sqlite": "date(COALESCE(r.interval_start, v.labelled_at))",
-           "postgresql": "CAST((COALESCE(r.interval_start, v.labelled_at) AT TIME ZONE 'UTC') AS DATE)"}.get(
-        dialect, "CAST(COALESCE(r.interval_start, v.labelled_at) AS DATE)")
-    return {"daily_policy_rates": (
-        "SELECT v.policy, v.policy_version, " + day + " AS day, COUNT(*) AS verdicts,\n"
-        "    SUM(CASE WHEN v.parse_status = 'ok' THEN 1 ELSE 0 END) AS labelled,\n"
-        "    SUM(CASE WHEN v.label >= 1 THEN 1 ELSE 0 END) AS positives,\n"
-        "    SUM(CASE WHEN v.parse_status <> 'ok' THEN 1 ELSE 0 END) AS errors,\n"
-        "    CAST(SUM(CASE WHEN v.label >= 1 THEN 1 ELSE 0 END) AS FLOAT)\n"
-        "        / NULLIF(SUM(CASE WHEN v.parse_status = 'ok' THEN 1 ELSE 0 END), 0) AS positive_rate,\n"
-        "    CAST(SUM(CASE WHEN v.parse_status <> 'ok' THEN 1 ELSE 0 END) AS FLOAT) / COUNT(*) AS error_rate\n"
-        "FROM ${verdicts} v LEFT JOIN ${runs} r ON r.id = v.run_id\n"
-        "GROUP BY v.policy, v.policy_version, " + day + "\n")}

@@ -2,7 +2,8 @@
 
 Prints, against a fresh local Ray head:
   - req/s, p50 and p99 latency and errors at concurrency 4 / 16 / 64 (chat completions as the
-    project's OpenAIEngine sends them: sample posts x policies, constrained answers);
+    project's OpenAIEngine sends them: sample posts x policies, constrained answers; a refused request
+    is resent after its Retry-After, as the openai SDK does, and counted as retried);
   - labelling through Serve (OpenAIEngine, label_items) vs the in-process vLLM engine on the same
     items and policies (items/s and their ratio), with the prefix-cache hits each reports;
   - an overload burst (default 200 requests at concurrency 256, 10 s client timeout): how many were
@@ -37,7 +38,10 @@ def make_settings(args, home: Path):
         engine={"kind": "openai", "base_url": f"http://127.0.0.1:{args.serve_port}/v1",
                 "concurrency": args.label_concurrency, "timeout_s": 300},
         ray={"local_port": args.ray_port, "local_dashboard_port": args.dashboard_port, "local_num_cpus": 2,
-             "auth_mode": "disabled", "serve_port": args.serve_port, "serve_min_replicas": 1, "serve_max_replicas": 1},
+             "auth_mode": "disabled", "serve_port": args.serve_port, "serve_min_replicas": 1, "serve_max_replicas": 1,
+             **{k: v for k, v in {"serve_max_ongoing_requests": args.max_ongoing,
+                                  "serve_max_queued_requests": args.max_queued,
+                                  "serve_request_timeout_s": args.request_timeout}.items() if v is not None}},
     )
 
 
@@ -48,28 +52,37 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
-async def burst(url: str, bodies: list[dict], concurrency: int, timeout_s: float) -> dict:
-    """Send every body with at most `concurrency` in flight; outcome and latency of each."""
+async def burst(url: str, bodies: list[dict], concurrency: int, timeout_s: float, retries: int = 0) -> dict:
+    """Send every body with at most `concurrency` in flight; outcome and latency of each. With
+    `retries`, a refused request (429/503) is sent again after its Retry-After, as the openai SDK
+    does; its latency counts from the first attempt."""
     import httpx
 
     sem = asyncio.Semaphore(concurrency)
     outcomes: list[tuple[str, float, dict]] = []
+    retried = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout_s), limits=limits) as client:
         async def one(body: dict) -> None:
-            async with sem:
-                start = time.perf_counter()
-                try:
-                    resp = await client.post("/chat/completions", json=body)
-                    kind = str(resp.status_code)
-                    usage = resp.json().get("usage") or {} if resp.status_code == 200 else {}
-                    extra = {"retry_after": resp.headers.get("retry-after"),
-                             "cached": ((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)}
-                except httpx.TimeoutException:
-                    kind, extra = "timeout", {}
-                except httpx.HTTPError as exc:
-                    kind, extra = type(exc).__name__, {}
-                outcomes.append((kind, time.perf_counter() - start, extra))
+            nonlocal retried
+            start = time.perf_counter()
+            for attempt in range(retries + 1):
+                async with sem:
+                    try:
+                        resp = await client.post("/chat/completions", json=body)
+                        kind = str(resp.status_code)
+                        usage = resp.json().get("usage") or {} if resp.status_code == 200 else {}
+                        extra = {"retry_after": resp.headers.get("retry-after"),
+                                 "cached": ((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)}
+                    except httpx.TimeoutException:
+                        kind, extra = "timeout", {}
+                    except httpx.HTTPError as exc:
+                        kind, extra = type(exc).__name__, {}
+                if kind not in ("429", "503") or attempt == retries:
+                    break
+                retried += 1
+                await asyncio.sleep(float(extra.get("retry_after") or 1))
+            outcomes.append((kind, time.perf_counter() - start, extra))
 
         start = time.perf_counter()
         await asyncio.gather(*(one(b) for b in bodies))
@@ -87,7 +100,7 @@ async def burst(url: str, bodies: list[dict], concurrency: int, timeout_s: float
         "refused_max_s": max(refused) if refused else float("nan"),
         "retry_after": sorted({str(e.get("retry_after")) for k, _, e in outcomes if k in ("429", "503")}),
         "timeouts": counts.get("timeout", 0), "counts": counts,
-        "cached_tokens": sum(e.get("cached", 0) for k, _, e in outcomes if k == "200"),
+        "cached_tokens": sum(e.get("cached", 0) for k, _, e in outcomes if k == "200"), "retried": retried,
     }
 
 
@@ -123,6 +136,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=128, help="requests per concurrency level")
     parser.add_argument("--label-concurrency", type=int, default=64,
                         help="engine.concurrency of the OpenAIEngine (64: the replica's batch, as in-process)")
+    parser.add_argument("--retries", type=int, default=5,
+                        help="load levels: resend a refused request after its Retry-After up to this often (as the openai SDK)")
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--burst-concurrency", type=int, default=256)
     parser.add_argument("--burst-timeout", type=float, default=10.0)
@@ -132,6 +147,10 @@ def main() -> int:
     parser.add_argument("--dashboard-port", type=int, default=BASE + 365)
     parser.add_argument("--serve-port", type=int, default=BASE + 380)
     parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument("--skip-label", action="store_true", help="no labelling runs (only the load levels and the burst)")
+    parser.add_argument("--max-ongoing", type=int, default=None, help="ray.serve_max_ongoing_requests (default: settings)")
+    parser.add_argument("--max-queued", type=int, default=None, help="ray.serve_max_queued_requests (default: settings)")
+    parser.add_argument("--request-timeout", type=float, default=None, help="ray.serve_request_timeout_s (default: settings)")
     args = parser.parse_args()
 
     # Two engines at once here (in-process and the replica): 1 GiB of KV cache each is plenty for 64
@@ -157,7 +176,7 @@ def main() -> int:
     # The in-process engine stays up beside the Serve replica (idle while the other works) so the two
     # are measured in turn, twice each: on a shared machine the load changes from minute to minute.
     in_process = None
-    if not args.skip_in_process:
+    if not (args.skip_in_process or args.skip_label):
         from safeguard_flow.engines.vllm_local import VLLMEngine
 
         start = time.perf_counter()
@@ -184,11 +203,11 @@ def main() -> int:
         bodies = [client.request_body(p, t) for p in policies for t in texts]
         asyncio.run(burst(url, bodies[:8], 4, 300))  # warm-up
         for c in [int(x) for x in args.concurrency.split(",")]:
-            r = asyncio.run(burst(url, bodies[:args.requests], c, 300))
+            r = asyncio.run(burst(url, bodies[:args.requests], c, 300, retries=args.retries))
             results[f"c{c}"] = r
             print(f"concurrency {c:3d}: {r['ok_per_s']:.2f} req/s, p50 {r['p50_s']:.2f}s, p99 {r['p99_s']:.2f}s, "
                   f"{r['counts']}", flush=True)
-        for turn in (1, 2):
+        for turn in () if args.skip_label else (1, 2):
             label_in_process(f"in_process_{turn}")
             conc = args.label_concurrency
             engine = OpenAIEngine(settings.model_copy(update={"engine": settings.engine.model_copy(update={"concurrency": conc})}))
@@ -215,8 +234,9 @@ def main() -> int:
     for c in [int(x) for x in args.concurrency.split(",")]:
         r = results[f"c{c}"]
         errors = r["requests"] - r["ok"]
-        print(f"concurrency {c:3d}: {r['ok_per_s']:6.2f} req/s  p99 {r['p99_s']:5.2f}s  errors {errors}")
-    for turn in (1, 2):
+        print(f"concurrency {c:3d}: {r['ok_per_s']:6.2f} req/s  p99 {r['p99_s']:5.2f}s  errors {errors}  "
+              f"(retried after a 503: {r['retried']})")
+    for turn in () if args.skip_label else (1, 2):
         s = results[f"serve_label_{turn}"]
         line = (f"labelling through Serve, turn {turn} (engine.concurrency={args.label_concurrency}): "
                 f"{s['items_per_s']:.2f} items/s, cached {s['cached']}/{s['prompt_tokens']} prompt tokens")
@@ -227,7 +247,8 @@ def main() -> int:
         print(line)
     b = results["burst"]
     print(f"overload burst: {b['ok']} answered, {b['refused']} refused (429/503; p99 {b['refused_p99_s']:.2f}s), "
-          f"{b['timeouts']} client timeouts, other {b['requests'] - b['ok'] - b['refused'] - b['timeouts']}")
+          f"{b['counts'].get('408', 0)} ended by the server's timeout (408), {b['timeouts']} client timeouts, "
+          f"other {b['requests'] - b['ok'] - b['refused'] - b['timeouts'] - b['counts'].get('408', 0)}")
     return 0
 
 

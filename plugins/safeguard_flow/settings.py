@@ -194,10 +194,17 @@ class RaySettings(_Section):
     # Custom Ray resources each label replica requests, e.g. {"sg_replica": 1} with `ray start
     # --resources '{"sg_replica": 1}'` on each node to place one replica per node.
     resources_per_replica: dict[str, float] = Field(default_factory=dict)
-    # Back-pressure: requests waiting for a replica beyond the ones it runs (model.max_num_seqs) before
-    # Serve refuses new ones with a retryable 503 instead of queueing them until clients time out
-    # (-1: unbounded queue).
+    # Back-pressure. A replica runs up to serve_max_ongoing_requests at once (0: model.max_num_seqs,
+    # what its engine batches, on GPU; on CPU at most serve_target_ongoing_requests);
+    # serve_max_queued_requests more wait (-1: unbounded); beyond that Serve
+    # answers a 503 at once with Retry-After: serve_retry_after_s, which clients retry. Size the two so
+    # that what a replica admits finishes within the clients' timeout: on a CPU replica a batch of
+    # max_num_seqs takes longer than most clients wait. serve_request_timeout_s > 0 also ends any
+    # request still unanswered after that long with a retryable 408 and cancels its generation.
+    serve_max_ongoing_requests: int = Field(default=0, ge=0)
     serve_max_queued_requests: int = Field(default=16, ge=-1)
+    serve_retry_after_s: float = Field(default=1.0, ge=0)
+    serve_request_timeout_s: float = Field(default=0.0, ge=0)
     # The host in the advertised base URL; empty: serve_host, or this node's IP when serve_host is a
     # wildcard (0.0.0.0 / ::), which clients cannot connect to.
     serve_advertise_host: str = ""

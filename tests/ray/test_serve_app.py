@@ -41,16 +41,31 @@ def test_reservation_and_queue_bounds_follow_the_settings():
     assert serve.placement_bundles(_settings(num_cpus_per_replica=1)) == [{"CPU": 1.0}]
     assert serve.placement_bundles(_settings(num_cpus_per_replica=0.5)) == [{"CPU": 0.5}]
     assert serve.placement_bundles(_settings(num_gpus_per_replica=1)) == [{"GPU": 1.0, "CPU": 1.0}]
-    assert serve.replica_limits(_settings(serve_max_queued_requests=7)) == {"max_ongoing_requests": 64,
-                                                                            "max_queued_requests": 7}
-    assert serve.replica_limits(_settings(serve_max_queued_requests=-1)) == {"max_ongoing_requests": 64}
+    refusal = {"status_code": 503, "retry_after_s": 1.0}
+    # A CPU replica runs the autoscaling target (16), a GPU one its engine's batch (max_num_seqs 64).
+    assert serve.replica_limits(_settings(serve_max_queued_requests=7)) == {
+        "max_ongoing_requests": 16, "max_queued_requests": 7, "backpressure_config": refusal}
+    assert serve.replica_limits(_settings(serve_max_queued_requests=-1, num_gpus_per_replica=1)) == {
+        "max_ongoing_requests": 64, "backpressure_config": refusal}
+    assert serve.replica_limits(_settings(serve_max_ongoing_requests=6, serve_retry_after_s=3)) == {
+        "max_ongoing_requests": 6, "max_queued_requests": 16,
+        "backpressure_config": {"status_code": 503, "retry_after_s": 3.0}}
+    assert serve.http_options(_settings(serve_port=9000)) == {"host": "127.0.0.1", "port": 9000}
+    assert serve.http_options(_settings(serve_request_timeout_s=8))["request_timeout_s"] == 8
     assert serve.ingress_options(_settings()) == {"ray_actor_options": {"num_cpus": 0}}
     # Serve accepts them as deployment options (it refuses a queue of 0, for example).
     from ray.serve._private.config import DeploymentConfig
 
-    for settings in (_settings(), _settings(serve_max_queued_requests=1), _settings(serve_max_queued_requests=-1)):
-        for options in (serve.replica_limits(settings), serve.ingress_options(settings)):
-            DeploymentConfig.from_default(**{k: v for k, v in options.items() if k != "ray_actor_options"})
+    from ray.serve.config import HTTPOptions
+
+    for settings in (_settings(), _settings(serve_max_queued_requests=1), _settings(serve_max_queued_requests=-1),
+                     _settings(serve_max_ongoing_requests=4, serve_request_timeout_s=5)):
+        config = DeploymentConfig.from_default(**serve.replica_limits(settings))
+        assert config.max_ongoing_requests == serve.max_ongoing(settings)
+        DeploymentConfig.from_default(**{k: v for k, v in serve.ingress_options(settings).items()
+                                         if k != "ray_actor_options"})
+        HTTPOptions(**serve.http_options(settings))
+    assert DeploymentConfig.from_default(**serve.replica_limits(_settings())).backpressure_config.retry_after_s == 1.0
 
 
 def test_a_queue_of_zero_is_refused_with_the_setting_named():
@@ -217,13 +232,15 @@ def test_overload_is_refused_fast_with_a_retryable_status(serve_app, small_polic
             async def one(body):
                 started = time.monotonic()
                 resp = await client.post("/chat/completions", json=body)
-                return resp.status_code, time.monotonic() - started
+                return resp.status_code, time.monotonic() - started, resp.headers.get("retry-after")
 
             return await asyncio.gather(*(one(b) for b in bodies))
 
     outcomes = asyncio.run(send_all())
-    statuses = [s for s, _ in outcomes]
-    refused = [seconds for status, seconds in outcomes if status in (429, 503)]
+    statuses = [s for s, _, _ in outcomes]
+    refused = [seconds for status, seconds, _ in outcomes if status in (429, 503)]
+    # Each refusal says when to retry (ray.serve_retry_after_s, 1 s by default): the openai SDK waits that long.
+    assert {after for status, _, after in outcomes if status == 503} == {"1"}
     answered = statuses.count(200)
     # 48 at once against 8 running + 4 queued: most are refused at once, the rest answered, none lost.
     assert answered + len(refused) == len(bodies), sorted(set(statuses))

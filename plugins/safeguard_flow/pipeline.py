@@ -139,11 +139,12 @@ def _resume_if_failed(engine: Engine, settings: Settings, run: Run) -> Run:
 
 def start_interval_run(engine: Engine, settings: Settings, start: dt.datetime, end: dt.datetime, *,
                        kind: str = "nightly", params: dict[str, Any] | None = None) -> Run:
-    """The interval's run against the active version of every policy, with its work list extracted."""
+    """The interval's run against the active version of every policy (and each shadow version beside
+    it), with its work list extracted."""
     from safeguard_flow.warehouse import extract as extract_mod
     from safeguard_flow.warehouse import policy_store
 
-    policies = policy_store.get_policies(engine, settings)
+    policies = policy_store.run_policies(engine, settings)
     if not policies:
         raise PipelineError("no policies are published in the warehouse: run `safeguard-flow policies publish DIR` "
                             "(or the safeguard_policy_sync DAG) first")

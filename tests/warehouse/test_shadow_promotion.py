@@ -54,6 +54,28 @@ def _relabel(engine, settings, policy, rows_by_id, order) -> str:
     return run_id
 
 
+def _nightly(engine, settings, rows):
+    """The nightly run of the interval holding `rows` (all at one time), labelled from the annotations
+    (both versions agree on these); published."""
+    import datetime as dt
+
+    at = dt.datetime.fromisoformat(rows[0]["updated_at"])
+    run = pipeline.start_interval_run(engine, settings, at - dt.timedelta(hours=1), at + dt.timedelta(hours=1))
+    gold = {r["id"]: int(r.get("SH") or 0) for r in rows}
+    policies = policy_store.get_policies(engine, settings, run.policy_refs)
+    for chunk in staging.pending_chunks(engine, settings, run.id):
+        items = staging.read_chunk(engine, settings, run.id, chunk)
+        staging.write_chunk(engine, settings, run.id, chunk, [Verdict(
+            content_id=i.content_id, policy=p.name, policy_version=p.version, source=i.source,
+            content_hash=i.content_hash, label=gold[i.content_id],
+            parse_status=OK, rationale=f"v{p.version} on {i.content_id}", model="annotations")
+            for i in items for p in policies])
+    pipeline.finish_labelling(engine, settings, run.id)
+    pipeline.validate(engine, settings, run.id)
+    publish.publish_run(engine, settings, run.id)
+    return run
+
+
 def _store_eval(engine, settings, policy, rows, dataset):
     verdicts = [Verdict(content_id=r.content_id, policy=policy.name, policy_version=policy.version, label=_label(
         policy.version, {"SH": r.gold[POLICY]}, n), parse_status=OK, model="annotations") for n, r in enumerate(rows)]
@@ -106,20 +128,32 @@ def test_shadow_diff_refused_forced_and_passing_promotion(warehouse_url, tmp_pat
     with engine.connect() as conn:
         head = conn.execute(sa.select(t.policies).where(t.policies.c.name == POLICY)).one()
     assert (head.current_version, head.shadow_version) == (1, 2)
-    assert [p.version for p in policy_store.get_policies(engine, settings)] == [1]  # nightly keeps labelling v1
+    assert [p.version for p in policy_store.get_policies(engine, settings)] == [1]  # the active version
     v2 = policy_store.get_policies(engine, settings, [(POLICY, 2)])[0]
     _relabel(engine, settings, v2, by_id, order)
     assert _current(engine, settings) == {(1, 1)}  # the current view holds v1 while v2 has labelled it all
+    # A nightly run labels new content with both: the shadow labels as usual, BI still sees v1.
+    fresh = [dict(r, id=f"new-{r['id']}", updated_at="2026-11-25T03:00:00+00:00") for r in sample[:6]]
+    load_sample(engine, sample + fresh)  # (re)creates the table: the sample stays, new posts arrive
+    by_id.update({r["id"]: r for r in fresh})
+    order.update({r["id"]: 4 * n + 1 for n, r in enumerate(fresh)})  # later relabels do not flip them either
+    nightly = _nightly(engine, settings, fresh)
+    assert nightly.policy_refs == [(POLICY, 1), (POLICY, 2)]
+    with engine.connect() as conn:
+        per_version = dict(conn.execute(sa.select(t.verdicts.c.policy_version, sa.func.count()).where(
+            t.verdicts.c.run_id == nightly.id).group_by(t.verdicts.c.policy_version)).all())
+    assert per_version == {1: len(fresh), 2: len(fresh)}
+    assert _current(engine, settings) == {(1, 1)}
     _, v2_verdicts = _store_eval(engine, settings, v2, rows, dataset)
 
     # The diff: flips from the view, the F1 change, McNemar on the paired predictions.
     assert run("policies", "diff", POLICY, "1", "2", "--json") == 0
     d = json.loads(capsys.readouterr().out)
     flipped = [r for n, r in enumerate(sample) if n % 4 == 0]
-    assert d["flips"]["compared"] == d["flips"]["both_labelled"] == len(sample)
+    assert d["flips"]["compared"] == d["flips"]["both_labelled"] == len(sample) + len(fresh)
     assert d["flips"]["to_positive"] == sum(1 for r in flipped if r["SH"] == 0)
     assert d["flips"]["to_safe"] == sum(1 for r in flipped if r["SH"] == 1)
-    assert d["flips"]["flip_rate"] == pytest.approx(len(flipped) / len(sample))
+    assert d["flips"]["flip_rate"] == pytest.approx(len(flipped) / (len(sample) + len(fresh)))
     assert {e["content_id"] for e in d["examples"]} <= {r["id"] for r in flipped} and d["examples"]
     assert d["examples"][0]["new_rationale"].startswith("v2 on ")
     (comparison,) = d["evals"]

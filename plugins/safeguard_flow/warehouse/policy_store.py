@@ -14,8 +14,9 @@ nightly runs; label the history with it by a relabel run for that policy.
 
 A version published as shadow (``publish_policies(..., shadow=True)`` or ``shadow: true`` in the
 file's front matter) is stored and recorded as the policy's shadow_version, but current_version does
-not move: it labels (relabel runs name it explicitly) while the BI views keep the promoted version,
-until `safeguard_flow.promotion.promote` passes the gate.
+not move: it labels (the relabel run of the change, and every nightly run beside the active
+version: `run_policies`) while the BI views keep the promoted version, until
+`safeguard_flow.promotion.promote` passes the gate.
 """
 
 from __future__ import annotations
@@ -165,6 +166,19 @@ def get_policies(engine: Engine, settings: Settings, refs: Iterable[tuple[str, i
                 raise WarehouseError(f"policy {name!r} has no stored version {version}")
             out.append(_to_policy(row))
     return out
+
+
+def run_policies(engine: Engine, settings: Settings) -> list[Policy]:
+    """What a nightly run labels: the active version of every policy and, beside it, each policy's
+    shadow version (a shadow labels as usual; only the current views and promotion tell them apart)."""
+    t = tables(settings)
+    with engine.connect() as conn:
+        shadows = [(r.name, int(r.shadow_version)) for r in conn.execute(
+            sa.select(t.policies.c.name, t.policies.c.shadow_version).where(t.policies.c.shadow_version.is_not(None)))]
+    active = get_policies(engine, settings)
+    have = {(p.name, int(p.version)) for p in active}
+    extra = get_policies(engine, settings, [ref for ref in sorted(shadows) if ref not in have]) if shadows else []
+    return sorted(active + extra, key=lambda p: (p.name, int(p.version)))
 
 
 def _to_policy(row: sa.Row) -> Policy:

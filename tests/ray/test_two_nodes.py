@@ -1,5 +1,5 @@
 """A label job on a two-node Ray cluster on this machine: a head and a second node started as separate
-processes (raylib/loopback_node.py), each with its own ports and a custom resource that fits one replica. Every Ray
+`ray start` processes, each with its own ports and a custom resource that fits one replica. Every Ray
 process of that cluster runs without the package (its environment hides the venv's editable install
 and this checkout), so the job and both replicas can only import safeguard_flow from the runtime env.
 Memory: two vLLM CPU replicas of the 0.5B model, 1 GiB of KV cache each."""
@@ -7,8 +7,10 @@ Memory: two vLLM CPU replicas of the 0.5B model, 1 GiB of KV cache each."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,11 +26,17 @@ NODE_RESOURCE = "sg_label_slot"
 
 
 def _node_command(head_gcs: str, base: int, temp_dir: str) -> list[str]:
-    from safeguard_flow.raylib import local_head
-
-    params = local_head.node_params(base, num_cpus=2, object_store_mb=256, temp_dir=temp_dir,
-                                    resources={NODE_RESOURCE: 1})
-    return local_head.node_command(params, address=head_gcs)
+    return [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
+        "--address", head_gcs, "--node-ip-address", "127.0.0.1",
+        "--num-cpus", "2", "--resources", json.dumps({NODE_RESOURCE: 1}),
+        "--object-store-memory", str(256 * 1024 * 1024),
+        "--dashboard-agent-listen-port", str(base + 2), "--dashboard-agent-grpc-port", str(base + 3),
+        "--runtime-env-agent-port", str(base + 4), "--metrics-export-port", str(base + 5),
+        "--node-manager-port", str(base + 6), "--object-manager-port", str(base + 7),
+        "--min-worker-port", str(base + 10), "--max-worker-port", str(base + 59),
+        "--temp-dir", temp_dir, "--disable-usage-stats",
+    ]
 
 
 @pytest.fixture

@@ -1,16 +1,20 @@
 """The local Ray head: what the hook and the tests start when no cluster is configured.
 
-The head is one process (raylib/loopback_node.py, the equivalent of `ray start --head --block`) in
-its own session, so it outlives the Airflow task that started it (the triggerer keeps polling the
-dashboard while the task is deferred), and stopping it is one SIGTERM to that process: it drains and
-stops every Ray process of that head. We never use `ray stop`, which would kill every Ray process
-on the machine.
+`ray start --head --block` runs in its own session, so it outlives the Airflow task that started it
+(the triggerer keeps polling the dashboard while the task is deferred), and stopping it is one
+SIGTERM to the process we started: `--block` drains and stops every Ray process of that head. We
+never use `ray stop`, which would kill every Ray process on the machine.
 
 All ports are explicit (derived from `ray.local_port`) so several heads can share a machine.
-A local head serves this machine: every server it runs (GCS, raylet, object manager, agents and the
-dashboard with the Jobs API, which runs anyone's code when auth is disabled) listens on loopback
-only; `ray start` cannot do that (see loopback_node.py). Starting is guarded by a file lock next to
-the state file: tasks that start at once (a backfill) wait for the first one and reuse its head.
+A local head serves this machine: its node address and its dashboard (the Jobs API, which runs
+anyone's code when auth is disabled) are loopback only. Ray 2.60's own servers (GCS, raylet,
+object manager, agents) still listen on all interfaces or the machine's address: `ray start` swaps a
+loopback --node-ip-address for the routable one. Handing Ray's Node API 127.0.0.1 directly does bind
+everything to loopback, but then the cluster cannot run a job: Ray's own clients (the dashboard's
+job agent, job drivers) pass 127.0.0.1 through the same swap and look for the GCS on the machine's
+address (tried and reverted). Use `ray.auth_mode: token` where the network is not trusted. Starting is
+guarded by a file lock next to the state file: tasks that start at once (a backfill) wait for the
+first one and reuse its head.
 """
 
 from __future__ import annotations
@@ -31,17 +35,17 @@ from pathlib import Path
 
 from safeguard_flow.settings import Settings
 
-# Offsets from the GCS port for the other fixed ports of one node (RayParams fields); workers get
-# the range after them. No Ray Client server: nothing here connects with ray://.
-PORT_OFFSETS = {
-    "dashboard_agent_listen_port": 2,
-    "metrics_agent_port": 3,
-    "runtime_env_agent_port": 4,
-    "metrics_export_port": 5,
-    "node_manager_port": 6,
-    "object_manager_port": 7,
+# Offsets from the GCS port for the other fixed ports of one head; workers get the range after them.
+_PORT_OFFSETS = {
+    "--ray-client-server-port": 1,
+    "--dashboard-agent-listen-port": 2,
+    "--dashboard-agent-grpc-port": 3,
+    "--runtime-env-agent-port": 4,
+    "--metrics-export-port": 5,
+    "--node-manager-port": 6,
+    "--object-manager-port": 7,
 }
-WORKER_PORTS = (10, 59)  # min/max offsets: up to 50 worker processes
+_WORKER_PORTS = (10, 59)  # min/max offsets: up to 50 worker processes
 
 
 class LocalHeadError(RuntimeError):
@@ -52,7 +56,7 @@ class LocalHeadError(RuntimeError):
 class LocalHead:
     gcs_address: str  # for ray.init(address=...)
     dashboard_url: str  # for the Jobs API
-    pid: int  # the node process (loopback_node); SIGTERM stops the whole head
+    pid: int  # the `ray start --block` process; SIGTERM stops the whole head
     temp_dir: str
     log_file: str
 
@@ -111,36 +115,27 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def node_params(base_port: int, *, num_cpus: int, object_store_mb: int, temp_dir: str,
-                resources: dict[str, float] | None = None) -> dict:
-    """RayParams fields of a local node whose fixed ports follow `base_port` (see PORT_OFFSETS)."""
-    params = {name: base_port + offset for name, offset in PORT_OFFSETS.items()}
-    params.update(min_worker_port=base_port + WORKER_PORTS[0], max_worker_port=base_port + WORKER_PORTS[1],
-                  num_cpus=num_cpus, object_store_memory=object_store_mb * 1024 * 1024, temp_dir=temp_dir)
-    if resources:  # custom resources, e.g. to place one label replica per node (ray.resources_per_replica)
-        params["resources"] = resources
-    return params
-
-
-def node_command(params: dict, address: str = "") -> list[str]:
-    """The loopback-only node process (raylib/loopback_node.py): a head, or a node joining `address`.
-    Run by file path (-P: its folder not on sys.path): it imports only Ray, so it also starts nodes
-    whose environment does not have this package (the two-node test hides it)."""
-    from safeguard_flow.raylib import loopback_node
-
-    cmd = [sys.executable, "-P", loopback_node.__file__]
-    if address:
-        cmd += ["--address", address]
-    return cmd + [json.dumps(params)]
-
-
 def head_command(settings: Settings, temp_dir: str, resources: dict[str, float] | None = None) -> list[str]:
     ray = settings.ray
-    params = node_params(ray.local_port, num_cpus=ray.local_num_cpus or os.cpu_count() or 1,
-                         object_store_mb=ray.local_object_store_mb, temp_dir=temp_dir, resources=resources)
-    params.update(gcs_server_port=ray.local_port, include_dashboard=True, dashboard_host="127.0.0.1",
-                  dashboard_port=ray.local_dashboard_port)
-    return node_command(params)
+    port = ray.local_port
+    cmd = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        "--node-ip-address", "127.0.0.1",
+        "--port", str(port),
+        "--dashboard-host", "127.0.0.1",
+        "--dashboard-port", str(ray.local_dashboard_port),
+        "--min-worker-port", str(port + _WORKER_PORTS[0]),
+        "--max-worker-port", str(port + _WORKER_PORTS[1]),
+        "--num-cpus", str(ray.local_num_cpus or os.cpu_count() or 1),
+        "--object-store-memory", str(ray.local_object_store_mb * 1024 * 1024),
+        "--temp-dir", temp_dir,
+        "--disable-usage-stats",
+    ]
+    for flag, offset in _PORT_OFFSETS.items():
+        cmd += [flag, str(port + offset)]
+    if resources:  # custom resources, e.g. to place one label replica per node (ray.resources_per_replica)
+        cmd += ["--resources", json.dumps(resources)]
+    return cmd
 
 
 def load_head(settings: Settings) -> LocalHead | None:
@@ -169,7 +164,7 @@ def start_head(settings: Settings, timeout_s: float = 90.0, resources: dict[str,
     state.parent.mkdir(parents=True, exist_ok=True)
     log_file = str(state.with_suffix(".log"))
     env = {**os.environ, **local_cluster_env(settings)}
-    env.pop("RAY_ADDRESS", None)  # a stale address would make the head's processes look for another cluster
+    env.pop("RAY_ADDRESS", None)  # a stale address would make `ray start` join another cluster
     # Jobs run `python ...`: make that this interpreter (the venv with safeguard-flow), activated or not.
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     # A local head serves no outside traffic: stop at once instead of draining for 30 s on SIGTERM.
@@ -182,7 +177,7 @@ def start_head(settings: Settings, timeout_s: float = 90.0, resources: dict[str,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise LocalHeadError(f"the local Ray head exited with code {proc.returncode}; see {log_file}")
+            raise LocalHeadError(f"`ray start --head` exited with code {proc.returncode}; see {log_file}")
         if dashboard_ready(dashboard_url) and _jobs_api_ready(dashboard_url):
             state.write_text(json.dumps(asdict(head)))
             return head
@@ -214,7 +209,7 @@ def ensure_head(settings: Settings, timeout_s: float = 90.0) -> LocalHead:
 
 
 def stop_head(head: LocalHead, timeout_s: float = 40.0, remove_temp_dir: bool = False) -> None:
-    """SIGTERM the head process (it drains and stops its head), SIGKILL its group if stuck.
+    """SIGTERM the `ray start --block` process (it drains and stops its head), SIGKILL its group if stuck.
 
     remove_temp_dir: also delete the head's session logs (tests and benchmarks; keep them otherwise).
     """

@@ -65,9 +65,10 @@ async def burst(url: str, bodies: list[dict], concurrency: int, timeout_s: float
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout_s), limits=limits) as client:
         async def one(body: dict) -> None:
             nonlocal retried
-            start = time.perf_counter()
+            start = None
             for attempt in range(retries + 1):
                 async with sem:
+                    start = start or time.perf_counter()  # from the first send, not the wait for a slot
                     try:
                         resp = await client.post("/chat/completions", json=body)
                         kind = str(resp.status_code)

@@ -200,7 +200,7 @@ class RaySettings(_Section):
     # answers a 503 at once with Retry-After: serve_retry_after_s, which clients retry. Size the two so
     # that what a replica admits finishes within the clients' timeout: on a CPU replica a batch of
     # max_num_seqs takes longer than most clients wait. serve_request_timeout_s > 0 also ends any
-    # request still unanswered after that long with a retryable 408 and cancels its generation.
+    # request still unanswered after that long with a retryable 408.
     serve_max_ongoing_requests: int = Field(default=0, ge=0)
     serve_max_queued_requests: int = Field(default=16, ge=-1)
     serve_retry_after_s: float = Field(default=1.0, ge=0)

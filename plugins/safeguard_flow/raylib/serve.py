@@ -7,7 +7,7 @@ openai, engine.base_url = that URL) labels through. A replica runs the same vLLM
 as the in-process engine (engines/vllm_args.py). On CPU each replica reserves ray.num_cpus_per_replica
 and the ingress takes no CPU, so two 1-CPU replicas fit on a 2-core machine; on GPU each replica takes
 one GPU per tensor-parallel rank. What a replica admits is bounded (ray.serve_max_ongoing_requests
-running, ray.serve_max_queued_requests waiting): overload gets a fast 503 with Retry-After rather
+running, ray.serve_max_queued_requests waiting): overload gets a 503 with Retry-After rather
 than requests that wait until their client gives up.
 """
 
@@ -86,9 +86,8 @@ def replica_limits(settings: Settings) -> dict[str, Any]:
 
 
 def http_options(settings: Settings) -> dict[str, Any]:
-    """The proxy: bound on ray.serve_host:ray.serve_port; with ray.serve_request_timeout_s a request
-    unanswered by then ends with a retryable 408 (and its generation is cancelled) before a client
-    with a longer timeout gives up on it."""
+    """The proxy: bound on ray.serve_host:ray.serve_port; with ray.serve_request_timeout_s Serve ends a
+    request unanswered by then with a retryable 408, before a client with a longer timeout gives up."""
     r = settings.ray
     options: dict[str, Any] = {"host": r.serve_host, "port": r.serve_port}
     if r.serve_request_timeout_s > 0:

@@ -173,12 +173,10 @@ def run_policies(engine: Engine, settings: Settings) -> list[Policy]:
     shadow version (a shadow labels as usual; only the current views and promotion tell them apart)."""
     t = tables(settings)
     with engine.connect() as conn:
-        shadows = [(r.name, int(r.shadow_version)) for r in conn.execute(
-            sa.select(t.policies.c.name, t.policies.c.shadow_version).where(t.policies.c.shadow_version.is_not(None)))]
-    active = get_policies(engine, settings)
-    have = {(p.name, int(p.version)) for p in active}
-    extra = get_policies(engine, settings, [ref for ref in sorted(shadows) if ref not in have]) if shadows else []
-    return sorted(active + extra, key=lambda p: (p.name, int(p.version)))
+        heads = conn.execute(sa.select(t.policies)).all()
+    refs = {(h.name, int(v)) for h in heads for v in (h.pinned_version or h.current_version, h.shadow_version)
+            if v is not None}
+    return get_policies(engine, settings, sorted(refs))
 
 
 def _to_policy(row: sa.Row) -> Policy:

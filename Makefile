@@ -5,10 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS := airflow,ray,postgres,cpu,dev
 
-# Local defaults: a local Ray without auth, vLLM's CPU build on both cores. (The KV cache size is
-# the typed setting model.kv_cache_gib, never a raw VLLM_CPU_KVCACHE_SPACE here.)
+# Local defaults: a local Ray without auth. (vLLM's CPU cores and KV cache size are the typed settings
+# model.cpu_threads_bind and model.kv_cache_gib, never raw VLLM_CPU_* variables here.)
 export RAY_AUTH_MODE ?= disabled
-export VLLM_CPU_OMP_THREADS_BIND ?= 0-1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false

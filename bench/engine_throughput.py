@@ -114,7 +114,6 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     from safeguard_flow.engines.base import LabelRequest
     from safeguard_flow.engines.vllm_local import VLLMEngine
     from safeguard_flow.labelling import label_items

@@ -97,7 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     from safeguard_flow.pipeline import day_interval, interval_run_id
     from safeguard_flow.policies import load_policy_set
     from safeguard_flow.redact import mask_url

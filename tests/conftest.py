@@ -19,7 +19,6 @@ POLICIES_DIR = ROOT / "policies"
 
 # Local defaults for every test process and the subprocesses it starts (Ray workers, vLLM servers).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

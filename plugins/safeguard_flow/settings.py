@@ -147,6 +147,10 @@ class ModelSettings(_Section):
     structured_outputs: bool = True
     dtype: str = "auto"
     kv_cache_gib: int = Field(default=2, ge=1)  # vLLM CPU only (VLLM_CPU_KVCACHE_SPACE)
+    # vLLM CPU only: the cores its compute threads run on (VLLM_CPU_OMP_THREADS_BIND). "all": every
+    # core the engine's process may use; "auto": vLLM's choice, which keeps one core per rank for its
+    # scheduler (half the compute on a 2-core machine); or vLLM's own list syntax ("0-3", "0-3|4-7").
+    cpu_threads_bind: str = "all"
     max_num_seqs: int = Field(default=64, ge=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
@@ -154,6 +158,14 @@ class ModelSettings(_Section):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     # Nucleus sampling; gpt-oss presets use the model card's 1.0 (see model_presets.py).
     top_p: float = Field(default=1.0, gt=0, le=1)
+
+    @field_validator("cpu_threads_bind")
+    @classmethod
+    def _check_bind(cls, v: str) -> str:
+        v = v.strip()
+        if v not in ("all", "auto") and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*(\|\d+(-\d+)?(,\d+(-\d+)?)*)*", v):
+            raise ValueError(f"{v!r} is not 'all', 'auto' or a core list such as '0-3' or '0-3|4-7'")
+        return v
 
 
 class EngineSettings(_Section):

@@ -17,6 +17,7 @@ import pytest
 from safeguard_flow.content import ContentItem
 from safeguard_flow.engines import build_engine
 from safeguard_flow.engines.base import LabelRequest
+from safeguard_flow.engines.vllm_args import cpu_thread_env
 from safeguard_flow.labelling import label_items
 from safeguard_flow.verdicts import INPUT_ERROR, OK
 
@@ -51,7 +52,8 @@ def vllm_server(engine_settings, prepared_model, tmp_path_factory):
         "--enforce-eager", "--enable-prefix-caching", "--seed", "0",
         "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
     ]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(m.kv_cache_gib)}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(m.kv_cache_gib),
+           **cpu_thread_env(engine_settings, in_this_process=True)}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -59,7 +59,7 @@ def cli_flags(kwargs: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory):
     from safeguard_flow import local_model
-    from safeguard_flow.engines.vllm_args import engine_args
+    from safeguard_flow.engines.vllm_args import cpu_thread_env, engine_args
     from safeguard_flow.settings import load_settings
 
     settings = load_settings(environ={}, model={"name": "gpt-oss-tiny"})
@@ -70,7 +70,8 @@ def tiny_server(tmp_path_factory):
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
            "--served-model-name", "gpt-oss-tiny", "--host", "127.0.0.1", "--port", str(port), *cli_flags(args)]
     # The server's own process: its KV cache from the same setting (the variable would override the flag).
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args["kv_cache_memory_bytes"] // 1024**3)}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args["kv_cache_memory_bytes"] // 1024**3),
+           **cpu_thread_env(settings, in_this_process=True)}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -52,7 +52,11 @@ def test_reservation_and_queue_bounds_follow_the_settings():
         "backpressure_config": {"status_code": 503, "retry_after_s": 3.0}}
     assert serve.http_options(_settings(serve_port=9000)) == {"host": "127.0.0.1", "port": 9000}
     assert serve.http_options(_settings(serve_request_timeout_s=8))["request_timeout_s"] == 8
-    assert serve.ingress_options(_settings()) == {"ray_actor_options": {"num_cpus": 0}}
+    # The ingress runs what the replicas run; the rest waits in the proxy, which refuses past the queue.
+    assert serve.ingress_options(_settings(serve_max_replicas=3)) == {
+        "ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 48, "max_queued_requests": 16,
+        "backpressure_config": refusal}
+    assert serve.ingress_options(_settings(serve_max_queued_requests=-1)) == {"ray_actor_options": {"num_cpus": 0}}
     # Serve accepts them as deployment options (it refuses a queue of 0, for example).
     from ray.serve._private.config import DeploymentConfig
 
@@ -62,10 +66,21 @@ def test_reservation_and_queue_bounds_follow_the_settings():
                      _settings(serve_max_ongoing_requests=4, serve_request_timeout_s=5)):
         config = DeploymentConfig.from_default(**serve.replica_limits(settings))
         assert config.max_ongoing_requests == serve.max_ongoing(settings)
-        DeploymentConfig.from_default(**{k: v for k, v in serve.ingress_options(settings).items()
-                                         if k != "ray_actor_options"})
+        ingress = DeploymentConfig.from_default(**{k: v for k, v in serve.ingress_options(settings).items()
+                                                   if k != "ray_actor_options"})
+        if settings.ray.serve_max_queued_requests > 0:
+            assert ingress.max_queued_requests == settings.ray.serve_max_queued_requests
         HTTPOptions(**serve.http_options(settings))
     assert DeploymentConfig.from_default(**serve.replica_limits(_settings())).backpressure_config.retry_after_s == 1.0
+
+
+def test_a_cpu_replica_binds_its_own_cores():
+    from safeguard_flow.raylib import serve
+
+    env = serve.llm_config(_settings()).runtime_env["env_vars"]
+    # Not the driver's cores: vLLM's auto binding in the replica, keeping no core back.
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "auto" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
 
 
 def test_a_queue_of_zero_is_refused_with_the_setting_named():

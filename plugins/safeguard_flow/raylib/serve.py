@@ -102,7 +102,12 @@ def llm_config(settings: Settings):
     settings = resolve_paths(settings)
     r = settings.ray
     gpus = r.num_gpus_per_replica > 0
-    env = {**worker_env(), "VLLM_CPU_KVCACHE_SPACE": str(settings.model.kv_cache_gib)} if not gpus else worker_env()
+    env = worker_env()
+    if not gpus:
+        from safeguard_flow.engines.vllm_args import cpu_thread_env
+
+        env.update({"VLLM_CPU_KVCACHE_SPACE": str(settings.model.kv_cache_gib),
+                    **cpu_thread_env(settings, in_this_process=False)})
     return LLMConfig(
         model_loading_config={"model_id": served_model_id(settings), "model_source": model_source(settings)},
         engine_kwargs=engine_kwargs(settings),
@@ -138,11 +143,20 @@ def build_app(settings: Settings):
 
 
 def ingress_options(settings: Settings) -> dict[str, Any]:
-    """The ingress only forwards requests: no CPU of its own, so the replicas get the cores. It stays
-    unbounded on purpose: Serve counts a request as queued while it is being assigned to a replica,
-    so a small ingress queue refused requests at concurrency 4 under machine load; the replicas'
-    bounded queues refuse the surplus (503) instead."""
-    return {"ray_actor_options": {"num_cpus": 0}}
+    """The ingress only forwards requests: no CPU of its own, so the replicas get the cores. It runs
+    at most what the replicas run (max_replicas x max_ongoing) and the rest wait in the HTTP proxy,
+    up to ray.serve_max_queued_requests; past that the proxy itself answers 503 + Retry-After. So an
+    overload is refused before the ingress parses a body or a replica's event loop (shared with
+    vLLM's output processing) sees it: with the bound on the replicas only, 200 burst requests on 2
+    cores all went through the ingress and refusals took up to 17 s. (Serve counts a request being
+    assigned as queued, so the proxy's queue is never below the replicas'.)"""
+    r = settings.ray
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
+    if r.serve_max_queued_requests >= 0:
+        options.update(max_ongoing_requests=r.serve_max_replicas * max_ongoing(settings),
+                       max_queued_requests=r.serve_max_queued_requests,
+                       backpressure_config={"status_code": 503, "retry_after_s": r.serve_retry_after_s})
+    return options
 
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}

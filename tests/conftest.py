@@ -2,7 +2,9 @@
 
 tests/ is a package (every folder has an __init__.py): helpers are imported by package
 (``from tests.ray.label_helpers import make_run``), and a folder's heavy resources (a vLLM engine or
-server, a Ray head) are ``package``-scoped fixtures, released when the run leaves the folder.
+server, a Ray head) are ``package``-scoped fixtures, released when the run leaves the folder; the
+one exception is the small model's OpenAI-compatible server (`vllm_server`), shared by the engine
+and Airflow tests for the whole session so it starts once.
 """
 
 from __future__ import annotations
@@ -124,6 +126,57 @@ def prepared_model(model_settings) -> str:
     from safeguard_flow import local_model
 
     return str(local_model.prepare(model_settings))
+
+
+VLLM_PORT = int(os.environ.get("SAFEGUARD_TEST_VLLM_PORT", "18230"))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(prepared_model, tmp_path_factory):
+    """One real vLLM OpenAI-compatible server (`python -m vllm.entrypoints.openai.api_server`, CPU, the
+    small local model, 2048-token context) for the whole run: the engine tests' HTTP path and every
+    DAG test (Ray replicas, job drivers and Airflow workers reach it over HTTP), so it starts once.
+    Yields its /v1 base URL; stops its own process group (the API process and its engine core)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from safeguard_flow.engines.vllm_args import cpu_thread_env
+    from safeguard_flow.settings import load_settings
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", prepared_model,
+           "--served-model-name", "qwen2.5-0.5b-instruct", "--host", "127.0.0.1", "--port", str(VLLM_PORT),
+           "--max-model-len", "2048", "--enforce-eager", "--enable-prefix-caching", "--seed", "0",
+           "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **cpu_thread_env(load_settings(environ={}), in_this_process=True)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{VLLM_PORT}"
+    deadline = time.monotonic() + 420
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {proc.returncode}: {log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM server not healthy after 420s: {log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield f"{url}/v1"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

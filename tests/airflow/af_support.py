@@ -11,7 +11,6 @@ TEST_POLICIES = ("spam", "self-harm")
 
 # Ports from the airflow helper's range 18200-18299.
 STACK_PORT = int(os.environ.get("SAFEGUARD_TEST_AF_STACK_PORT", "18210"))
-VLLM_PORT = int(os.environ.get("SAFEGUARD_TEST_VLLM_PORT", "18230"))
 RAY_PORT = int(os.environ.get("SAFEGUARD_TEST_AF_RAY_PORT", "18240"))  # + offsets 1..7, workers +10..+59
 RAY_DASHBOARD_PORT = int(os.environ.get("SAFEGUARD_TEST_AF_RAY_DASHBOARD_PORT", "18248"))
 

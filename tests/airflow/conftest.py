@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.airflow.af_support import RAY_DASHBOARD_PORT, RAY_PORT, TEST_POLICIES, VLLM_PORT, pipeline_env
+from tests.airflow.af_support import RAY_DASHBOARD_PORT, RAY_PORT, TEST_POLICIES, pipeline_env
 
 
 @pytest.fixture(scope="session")
@@ -64,56 +64,6 @@ def wh_engine(wh_settings):
 
 
 # --- the real labelling path, shared by the end-to-end tests ----------------------------------------
-
-@pytest.fixture(scope="package")
-def vllm_server(prepared_model, tmp_path_factory):
-    """One real vLLM OpenAI-compatible server (CPU, the small local model) for every DAG test:
-    Ray replicas, job drivers and Airflow workers all reach it over HTTP, so vLLM starts once (and,
-    gigabytes, stops when the run leaves tests/airflow)."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", prepared_model,
-           "--served-model-name", "qwen2.5-0.5b-instruct", "--host", "127.0.0.1", "--port", str(VLLM_PORT),
-           "--max-model-len", "2048", "--enforce-eager", "--enable-prefix-caching", "--seed", "0",
-           "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
-    from safeguard_flow.engines.vllm_args import cpu_thread_env
-    from safeguard_flow.settings import load_settings
-
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **cpu_thread_env(load_settings(environ={}), in_this_process=True)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{VLLM_PORT}"
-
-    def stop() -> None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    deadline = time.monotonic() + 420
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {proc.returncode}; see {log}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM server not healthy after 420s; see {log}")
-            time.sleep(1)
-        yield f"{url}/v1"
-    finally:
-        stop()
-
 
 @pytest.fixture(scope="package")
 def af_ray_head(tmp_path_factory):

@@ -1,85 +1,17 @@
-"""OpenAIEngine against a real vLLM OpenAI-compatible server that this test starts and stops."""
+"""OpenAIEngine against a real vLLM OpenAI-compatible server (the session's, tests/conftest.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
 from safeguard_flow.content import ContentItem
 from safeguard_flow.engines import build_engine
 from safeguard_flow.engines.base import LabelRequest
-from safeguard_flow.engines.vllm_args import cpu_thread_env
 from safeguard_flow.labelling import label_items
 from safeguard_flow.verdicts import INPUT_ERROR, OK
 
 pytestmark = pytest.mark.slow
-
-PORTS = range(18000, 18090)  # this test's share of the machine's port plan
-START_TIMEOUT_S = 300
-
-
-def _free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS}")
-
-
-@pytest.fixture(scope="module")
-def vllm_server(engine_settings, prepared_model, tmp_path_factory):
-    """`python -m vllm.entrypoints.openai.api_server` on 127.0.0.1, waited for (/health), then stopped."""
-    port = _free_port()
-    log_path = Path(tmp_path_factory.mktemp("vllm-server")) / "server.log"
-    m = engine_settings.model
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", prepared_model, "--served-model-name", m.name,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", str(m.max_model_len), "--max-num-seqs", str(m.max_num_seqs),
-        "--enforce-eager", "--enable-prefix-caching", "--seed", "0",
-        "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
-    ]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(m.kv_cache_gib),
-           **cpu_thread_env(engine_settings, in_this_process=True)}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not healthy after {START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield f"{base}/v1"
-    finally:
-        # Stop only the server we started (its own process group: the API process and its engine core).
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 @pytest.fixture

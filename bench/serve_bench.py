@@ -3,7 +3,7 @@
 Prints, against a fresh local Ray head:
   - req/s, p50 and p99 latency and errors at concurrency 4 / 16 / 64 (chat completions as the
     project's OpenAIEngine sends them: sample posts x policies, constrained answers; a refused request
-    is resent after its Retry-After, as the openai SDK does, and counted as retried);
+    is resent after its Retry-After, as the OpenAIEngine does, and counted as retried);
   - labelling through Serve (OpenAIEngine, label_items) vs the in-process vLLM engine on the same
     items and policies (items/s and their ratio), with the prefix-cache hits each reports;
   - an overload burst (default 200 requests at concurrency 256, 10 s client timeout): how many were
@@ -74,7 +74,8 @@ async def burst(url: str, bodies: list[dict], concurrency: int, timeout_s: float
                         kind = str(resp.status_code)
                         usage = resp.json().get("usage") or {} if resp.status_code == 200 else {}
                         extra = {"retry_after": resp.headers.get("retry-after"),
-                                 "cached": ((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)}
+                                 "cached": ((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+                                 "prompt": usage.get("prompt_tokens") or 0}
                     except httpx.TimeoutException:
                         kind, extra = "timeout", {}
                     except httpx.HTTPError as exc:
@@ -102,6 +103,7 @@ async def burst(url: str, bodies: list[dict], concurrency: int, timeout_s: float
         "retry_after": sorted({str(e.get("retry_after")) for k, _, e in outcomes if k in ("429", "503")}),
         "timeouts": counts.get("timeout", 0), "counts": counts,
         "cached_tokens": sum(e.get("cached", 0) for k, _, e in outcomes if k == "200"), "retried": retried,
+        "prompt_tokens": sum(e.get("prompt", 0) for k, _, e in outcomes if k == "200"),
     }
 
 
@@ -137,8 +139,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=128, help="requests per concurrency level")
     parser.add_argument("--label-concurrency", type=int, default=64,
                         help="engine.concurrency of the OpenAIEngine (64: the replica's batch, as in-process)")
-    parser.add_argument("--retries", type=int, default=5,
-                        help="load levels: resend a refused request after its Retry-After up to this often (as the openai SDK)")
+    parser.add_argument("--retries", type=int, default=300,
+                        help="load levels: resend a refused request after its Retry-After up to this often "
+                             "(default: until the 300 s request timeout, as the project's OpenAIEngine does)")
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--burst-concurrency", type=int, default=256)
     parser.add_argument("--burst-timeout", type=float, default=10.0)
@@ -235,19 +238,24 @@ def main() -> int:
     for c in [int(x) for x in args.concurrency.split(",")]:
         r = results[f"c{c}"]
         errors = r["requests"] - r["ok"]
-        print(f"concurrency {c:3d}: {r['ok_per_s']:6.2f} req/s  p99 {r['p99_s']:5.2f}s  errors {errors}  "
-              f"(retried after a 503: {r['retried']})")
+        # What bounds req/s on a CPU: the prompt tokens the prefix cache did not have (prefill work).
+        fresh = r["prompt_tokens"] - r["cached_tokens"]
+        print(f"concurrency {c:3d}: {r['ok_per_s']:6.2f} req/s  p50 {r['p50_s']:5.2f}s  p99 {r['p99_s']:5.2f}s  "
+              f"errors {errors}  (retried after a 503: {r['retried']}; uncached prompt tokens "
+              f"{fresh / max(r['ok'], 1):.0f}/request, {fresh / r['wall_s']:.0f}/s)")
     for turn in () if args.skip_label else (1, 2):
         s = results[f"serve_label_{turn}"]
         line = (f"labelling through Serve, turn {turn} (engine.concurrency={args.label_concurrency}): "
-                f"{s['items_per_s']:.2f} items/s, cached {s['cached']}/{s['prompt_tokens']} prompt tokens")
+                f"{s['items_per_s']:.2f} items/s, cached {s['cached']}/{s['prompt_tokens']} prompt tokens, "
+                f"{(s['prompt_tokens'] - s['cached']) / s['seconds']:.0f} uncached/s")
         p = results.get(f"in_process_{turn}")
         if p:
-            line += (f"; in-process {p['items_per_s']:.2f} items/s (cached {p['cached']}); "
+            line += (f"; in-process {p['items_per_s']:.2f} items/s (cached {p['cached']}, "
+                     f"{(p['prompt_tokens'] - p['cached']) / p['seconds']:.0f} uncached/s); "
                      f"ratio Serve/in-process {s['items_per_s'] / p['items_per_s']:.2f}")
         print(line)
     b = results["burst"]
-    print(f"overload burst: {b['ok']} answered, {b['refused']} refused (429/503; p99 {b['refused_p99_s']:.2f}s), "
+    print(f"overload burst: {b['ok']} answered (p99 {b['p99_s']:.2f}s), {b['refused']} refused (429/503; p99 {b['refused_p99_s']:.2f}s), "
           f"{b['counts'].get('408', 0)} ended by the server's timeout (408), {b['timeouts']} client timeouts, "
           f"other {b['requests'] - b['ok'] - b['refused'] - b['timeouts'] - b['counts'].get('408', 0)}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Sequence
@@ -34,15 +35,19 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.limit:
         items = items[: args.limit]
     stats = LabelStats()
-    engine = build_engine(settings)
-    try:
-        with VerdictWriter(args.output) as writer, tqdm(total=len(items), unit="item", desc="labelling") as bar:
-            for verdicts in label_stream(engine, items, policies, chunk_size=args.chunk_size,
-                                         max_content_chars=settings.model.max_content_chars, stats=stats,
-                                         progress=bar.update):
-                writer.write(verdicts)
-    finally:
-        engine.close()
+    log_path = _log_file(settings, args.log_file)
+    print(f"full log: {log_path}")
+    with _output_to_log(log_path) as terminal:
+        engine = build_engine(settings)
+        try:
+            with VerdictWriter(args.output) as writer, tqdm(total=len(items), unit="item", desc="labelling",
+                                                            file=terminal) as bar:
+                for verdicts in label_stream(engine, items, policies, chunk_size=args.chunk_size,
+                                             max_content_chars=settings.model.max_content_chars, stats=stats,
+                                             progress=bar.update):
+                    writer.write(verdicts)
+        finally:
+            engine.close()
     print(summary(stats, engine.model_name))
     print(f"wrote {writer.count:,} verdicts for {len(items):,} items x {len(policies)} policies to {args.output}")
     return 0
@@ -220,6 +225,33 @@ def _run_settings(args: argparse.Namespace):
               "(as loaded by `safeguard-flow sample load`)", file=sys.stderr)
         settings = settings.model_copy(update={"sources": [SourceSettings(**POSTS_SOURCE)]})
     return settings
+
+
+@contextlib.contextmanager
+def _output_to_log(log_path):
+    """Quiet by default: while the engine runs, this process's stdout and stderr descriptors (vLLM's
+    logs, its engine-core process, C++ warnings) go to the log file; yields a stream to the terminal
+    for the progress bar. Descriptors, not sys.stdout: vLLM's handlers and child processes write to
+    the descriptors whatever sys.stdout is."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        yield terminal
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for fd in (saved_out, saved_err, log_fd):
+            os.close(fd)
+        terminal.close()
 
 
 def _log_file(settings, given: str | None):
@@ -527,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", action="append", help="only this policy (repeatable)")
     p.add_argument("--limit", type=int, help="label only the first N items")
     p.add_argument("--chunk-size", type=int, default=64, help="items per engine batch")
+    p.add_argument("--log-file", help="where the vLLM logs go (default: <home>/logs/run-<time>.log)")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("evaluate", help="score verdicts (from `label`) against labelled examples")

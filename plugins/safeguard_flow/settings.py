@@ -208,7 +208,7 @@ class RaySettings(_Section):
     resources_per_replica: dict[str, float] = Field(default_factory=dict)
     # Back-pressure. A replica runs up to serve_max_ongoing_requests at once (0: model.max_num_seqs,
     # what its engine batches, on GPU; on CPU at most serve_target_ongoing_requests);
-    # serve_max_queued_requests more wait (-1: unbounded); beyond that Serve
+    # serve_max_queued_requests more wait in Serve's HTTP proxy (-1: unbounded); beyond that the proxy
     # answers a 503 at once with Retry-After: serve_retry_after_s, which clients retry. Size the two so
     # that what a replica admits finishes within the clients' timeout: on a CPU replica a batch of
     # max_num_seqs takes longer than most clients wait. serve_request_timeout_s > 0 also ends any

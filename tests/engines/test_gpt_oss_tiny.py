@@ -220,3 +220,29 @@ def test_model_prepare_builds_it_offline(tmp_path, monkeypatch, capsys):
     assert info["in_force"]["harmony_reason"] == "config.json model_type=gpt_oss"
     assert info["cache"]["prepared"] is True
     assert cli.main(["model", "verify", "--key", "gpt-oss-tiny"]) == 0
+
+
+@pytest.mark.slow
+def test_the_label_command_on_the_demo_sample_is_quiet_and_keeps_the_analysis(tiny_model, tmp_path):
+    """The README's command with SAFEGUARD_MODEL__NAME=gpt-oss-tiny, as a user runs it (its own process):
+    a verdict per item and policy, each ok with an analysis in the JSONL; vLLM's logs go to the log
+    file, not the terminal."""
+    import os
+    import subprocess
+    import sys
+
+    out, log = tmp_path / "out.jsonl", tmp_path / "label.log"
+    env = {**os.environ, "SAFEGUARD_MODEL__NAME": "gpt-oss-tiny", "SAFEGUARD_HOME": str(tmp_path / "home")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "safeguard_flow.cli", "label", "--policies", str(ROOT / "policies"),
+         "--input", str(ROOT / "data" / "sample-posts.jsonl"), "--output", str(out), "--limit", "3",
+         "--policy", "spam", "--policy", "self-harm", "--log-file", str(log)],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 * 2
+    assert all(r["parse_status"] == OK and r["analysis"].strip() for r in rows), rows
+    terminal = proc.stdout + proc.stderr
+    assert "wrote 6 verdicts for 3 items x 2 policies" in proc.stdout and "labelling" in proc.stderr
+    assert "INFO" not in terminal and "EngineCore" not in terminal, terminal[-2000:]
+    assert "EngineCore" in log.read_text()  # ... they are in the log

@@ -129,6 +129,24 @@ def test_backoff_grows_and_honours_retry_after(make_engine, small_policies):
     assert time.monotonic() - start >= 0.5
 
 
+def test_back_pressure_refusals_are_resent_until_engine_timeout(make_engine, small_policies):
+    refuse = (503, {"error": {"message": "Request dropped due to backpressure"}}, {"Retry-After": "0.05"})
+    # Serve under load: refused more often than max_retries, answered in the end; no verdict lost.
+    engine, script = make_engine([refuse] * 8 + [ok("1")], max_retries=1)
+    (c,) = engine.complete([_req(small_policies[0])])
+    assert c.error is None and c.text == "1" and len(script.bodies) == 9
+    # A 503 that does not say when to come back is an ordinary failure: max_retries, then an error.
+    engine, script = make_engine([(503, {"error": "down"})], max_retries=1)
+    (c,) = engine.complete([_req(small_policies[0])])
+    assert "HTTP 503" in c.error and "after 2 attempts" in c.error and len(script.bodies) == 2
+    # Refused for longer than engine.timeout_s: that request's error, saying why.
+    engine, script = make_engine([refuse], max_retries=0, timeout_s=0.5)
+    start = time.monotonic()
+    (c,) = engine.complete([_req(small_policies[0])])
+    assert "refused for overload" in c.error and "engine.timeout_s=0.5" in c.error, c.error
+    assert time.monotonic() - start < 2.0
+
+
 def test_4xx_is_not_retried_and_becomes_that_requests_error(make_engine, small_policies):
     too_long = (400, {"error": {"message": "This model's maximum context length is 2048 tokens"}})
     engine, script = make_engine([lambda body: too_long if "LONG" in body["messages"][1]["content"] else ok()])

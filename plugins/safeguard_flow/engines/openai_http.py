@@ -2,6 +2,7 @@
 
 Built on the `openai` SDK: its client does the timeouts and the retries (engine.max_retries; it
 retries connection errors, 408, 409, 429 and 5xx with exponential backoff, jitter and Retry-After).
+A back-pressure refusal (429/503 with Retry-After) is resent for as long as engine.timeout_s allows.
 Bounded concurrency is a thread pool of engine.concurrency. A 4xx for one request (prompt too long,
 bad schema) becomes that request's error; a server that cannot be reached at all, or that refuses
 our credentials or model, fails the whole call with EngineError so a batch job stops instead of
@@ -17,6 +18,7 @@ asked once more with a larger budget.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _RETRIED_STATUS = {408, 409, 429}  # and every 5xx: the SDK retries these before we see them
 _FATAL_STATUS = {401, 403, 404}  # wrong key, wrong URL or unknown model: every request would fail
+_OVERLOAD_STATUS = {429, 503}  # with Retry-After: back-pressure, resent until engine.timeout_s
 
 
 class _Fatal(Exception):
@@ -181,30 +184,57 @@ class OpenAIEngine:
         return first
 
     def _send(self, body: dict[str, Any]) -> Completion:
+        """One answer. A refusal that says when to come back (429/503 with Retry-After: a Serve replica
+        or proxy under back-pressure) is resent after that wait, with jitter, for up to
+        engine.timeout_s from the first send: overload delays a verdict, it does not cost one. Other
+        failures get the SDK's engine.max_retries."""
         import openai
 
-        if self._closed.is_set():
-            return Completion(error="engine closed before the request was sent")
-        try:
-            resp = self._client.chat.completions.create(**body)
-        except openai.APITimeoutError:
-            return Completion(error=f"timed out after engine.timeout_s={self.settings.engine.timeout_s}s "
-                                    f"(after {self._max_retries + 1} attempts)")
-        except openai.APIConnectionError as exc:
-            raise _Fatal(f"cannot connect to {mask_url(self.base_url)}: {exc.__cause__ or exc} (after "
-                         f"{self._max_retries + 1} attempts; is the server running at engine.base_url?)") from None
-        except openai.APIStatusError as exc:
-            detail = _error_detail(exc)
-            if exc.status_code in _FATAL_STATUS:
-                raise _Fatal(f"{self.base_url}/chat/completions answered HTTP {exc.status_code} for model "
-                             f"{self.model_name!r} (check engine.base_url, engine.api_key, model.name): "
-                             f"{detail}") from None
-            retried = exc.status_code in _RETRIED_STATUS or exc.status_code >= 500
-            suffix = f" (after {self._max_retries + 1} attempts)" if retried else ""
-            return Completion(error=f"HTTP {exc.status_code}: {detail}{suffix}")
-        except (openai.APIResponseValidationError, ValueError) as exc:
-            return Completion(error=f"unreadable response from server ({type(exc).__name__}): {str(exc)[:300]}")
-        return _to_completion(resp)
+        deadline = time.monotonic() + self.settings.engine.timeout_s
+        refusals = 0
+        while True:
+            if self._closed.is_set():
+                return Completion(error="engine closed before the request was sent")
+            try:
+                return _to_completion(self._client.chat.completions.create(**body))
+            except openai.APIStatusError as exc:
+                wait = _retry_after(exc) if exc.status_code in _OVERLOAD_STATUS else None
+                if wait is not None and time.monotonic() + wait < deadline:
+                    refusals += 1
+                    self._closed.wait(wait * (1 + 0.25 * random.random()))  # jitter: not all at once
+                    continue
+                return self._status_error(exc, refusals)
+            except openai.APITimeoutError:
+                return Completion(error=f"timed out after engine.timeout_s={self.settings.engine.timeout_s}s "
+                                        f"(after {self._max_retries + 1} attempts)")
+            except openai.APIConnectionError as exc:
+                raise _Fatal(f"cannot connect to {mask_url(self.base_url)}: {exc.__cause__ or exc} (after "
+                             f"{self._max_retries + 1} attempts; is the server running at engine.base_url?)") from None
+            except (openai.APIResponseValidationError, ValueError) as exc:
+                return Completion(error=f"unreadable response from server ({type(exc).__name__}): {str(exc)[:300]}")
+
+    def _status_error(self, exc: Any, refusals: int) -> Completion:
+        detail = _error_detail(exc)
+        if exc.status_code in _FATAL_STATUS:
+            raise _Fatal(f"{self.base_url}/chat/completions answered HTTP {exc.status_code} for model "
+                         f"{self.model_name!r} (check engine.base_url, engine.api_key, model.name): "
+                         f"{detail}") from None
+        retried = exc.status_code in _RETRIED_STATUS or exc.status_code >= 500
+        suffix = f" (after {self._max_retries + 1} attempts)" if retried else ""
+        if refusals:
+            suffix = (f" (refused for overload {refusals + 1} times within engine.timeout_s="
+                      f"{self.settings.engine.timeout_s}s)")
+        return Completion(error=f"HTTP {exc.status_code}: {detail}{suffix}")
+
+
+def _retry_after(exc: Any) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form), or None when the server gave none."""
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _compact_json_grammar(policy: Policy) -> str | None:

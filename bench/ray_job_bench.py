@@ -185,9 +185,10 @@ def compare_ray_data_llm(settings, policies, texts: list[str], head) -> dict:
 
     from safeguard_flow.local_model import resolve_model
     from safeguard_flow.prompts import chat_messages
-    from safeguard_flow.raylib import run_label_job
+    from safeguard_flow.raylib import local_head, run_label_job
     from safeguard_flow.raylib.settings_env import worker_env
 
+    local_head.prepare_driver(head.gcs_address)
     ray.init(address=head.gcs_address, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     try:
         run_id = new_run(settings, policies, "bench-compare")

@@ -197,6 +197,7 @@ def main() -> int:
     head = local_head.start_head(settings)
     import ray
 
+    local_head.prepare_driver(head.gcs_address)
     ray.init(address=head.gcs_address, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     try:
         start = time.perf_counter()

@@ -50,8 +50,10 @@ def ray_driver(ray_head):
     """This test process as a driver on the session's head (run_label_job and Serve reuse it)."""
     import ray
 
+    from safeguard_flow.raylib.local_head import prepare_driver
     from safeguard_flow.raylib.settings_env import worker_env
 
+    prepare_driver(ray_head.gcs_address)  # a loopback head: Ray's single-machine mode here too
     ray.init(address=ray_head.gcs_address, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
     yield
     ray.shutdown()  # torn down before the head it depends on

@@ -53,11 +53,12 @@ def two_node_cluster(settings_factory, tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     settings = settings_factory(ray={"local_port": BASE, "local_dashboard_port": BASE + 65, "local_num_cpus": 2,
                                      "local_object_store_mb": 256, "auth_mode": "disabled"})
-    head = local_head.start_head(settings, resources={NODE_RESOURCE: 1})
+    # A head another node joins: Ray's usual addresses, not a loopback-only local head.
+    head = local_head.start_head(settings, resources={NODE_RESOURCE: 1}, loopback=False)
     log = open(tmp_path / "node2.log", "ab")
     node = subprocess.Popen(_node_command(head.gcs_address, BASE + 100, head.temp_dir), stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+                            env={**os.environ, **local_head.local_cluster_env(settings, loopback=False)})
     try:
         _wait_for_nodes(head.dashboard_url, 2, node, tmp_path / "node2.log")
         yield head, settings

@@ -6,13 +6,15 @@ SIGTERM to the process we started: `--block` drains and stops every Ray process 
 never use `ray stop`, which would kill every Ray process on the machine.
 
 All ports are explicit (derived from `ray.local_port`) so several heads can share a machine.
-A local head serves this machine: its node address and its dashboard (the Jobs API, which runs
-anyone's code when auth is disabled) are loopback only. Ray 2.60's own servers (GCS, raylet,
-object manager, agents) still listen on all interfaces or the machine's address: `ray start` swaps a
-loopback --node-ip-address for the routable one. Handing Ray's Node API 127.0.0.1 directly does bind
-everything to loopback, but then the cluster cannot run a job: Ray's own clients (the dashboard's
-job agent, job drivers) pass 127.0.0.1 through the same swap and look for the GCS on the machine's
-address (tried and reverted). Use `ray.auth_mode: token` where the network is not trusted. Starting is
+A local head serves this machine only: every server of it (GCS, raylet, object manager, agents,
+dashboard and its Jobs API, which runs anyone's code when auth is disabled) listens on loopback.
+`ray start --node-ip-address 127.0.0.1` alone is not enough on Linux: Ray swaps a loopback address
+for the machine's (`services.resolve_ip_for_localhost`), in the head and in every client that
+connects to it. Ray's single-machine mode (what it does on macOS and Windows, switched by
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) keeps 127.0.0.1 for this node everywhere: the head runs with it,
+the job drivers it starts inherit it, and a process connecting to a local head says so first
+(`prepare_driver`). A head that other nodes must join (`loopback=False`, the two-node test) keeps
+Ray's usual addresses. Use `ray.auth_mode: token` where the network is not trusted. Starting is
 guarded by a file lock next to the state file: tasks that start at once (a backfill) wait for the
 first one and reuse its head.
 """
@@ -64,14 +66,36 @@ class LocalHead:
         return _pid_alive(self.pid) and dashboard_ready(self.dashboard_url)
 
 
-def local_cluster_env(settings: Settings) -> dict[str, str]:
+# Ray's switch for its single-machine mode: "0" makes this node 127.0.0.1 (ray_constants.ENABLE_RAY_CLUSTER).
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def local_cluster_env(settings: Settings, *, loopback: bool = True) -> dict[str, str]:
     """Environment of a Ray cluster we start ourselves (this head, or an in-process `ray.init`).
 
     The one place RAY_AUTH_MODE is set: Ray 2.60 turns token auth on by default for a new local
     cluster, so say what the settings want. Never for a cluster we only connect to: there the
-    cluster's own mode and token apply (a job's driver would lose the token otherwise).
+    cluster's own mode and token apply (a job's driver would lose the token otherwise). `loopback`:
+    Ray's single-machine mode, every server on 127.0.0.1 (see the module docstring).
     """
-    return {"RAY_AUTH_MODE": settings.ray.auth_mode}
+    return {"RAY_AUTH_MODE": settings.ray.auth_mode, SINGLE_MACHINE_ENV: "0" if loopback else "1"}
+
+
+def is_loopback_address(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def prepare_driver(address: str | None) -> None:
+    """Before `ray.init` in this process: connecting to a loopback (local) head, or starting a Ray
+    inside this process (address None), needs Ray's single-machine mode here too, or Ray would look
+    for the GCS on the machine's address; any other address needs Ray's usual mode. Ray reads the
+    switch at import, so the constant is set as well as the variable (for processes started later)."""
+    from ray._private import ray_constants
+
+    single = address is None or is_loopback_address(address)
+    os.environ[SINGLE_MACHINE_ENV] = "0" if single else "1"
+    ray_constants.ENABLE_RAY_CLUSTER = not single
 
 
 def _state_file(settings: Settings) -> Path:
@@ -148,8 +172,10 @@ def load_head(settings: Settings) -> LocalHead | None:
     return head if head.is_alive() else None
 
 
-def start_head(settings: Settings, timeout_s: float = 90.0, resources: dict[str, float] | None = None) -> LocalHead:
-    """Start a new local head (in its own session) and wait until its dashboard answers."""
+def start_head(settings: Settings, timeout_s: float = 90.0, resources: dict[str, float] | None = None,
+               loopback: bool = True) -> LocalHead:
+    """Start a new local head (in its own session) and wait until its dashboard answers. loopback=False:
+    a head other `ray start` nodes can join (Ray's usual addresses; the servers are reachable)."""
     ray = settings.ray
     dashboard_url = f"http://127.0.0.1:{ray.local_dashboard_port}"
     if dashboard_ready(dashboard_url):
@@ -163,7 +189,7 @@ def start_head(settings: Settings, timeout_s: float = 90.0, resources: dict[str,
     state = _state_file(settings)
     state.parent.mkdir(parents=True, exist_ok=True)
     log_file = str(state.with_suffix(".log"))
-    env = {**os.environ, **local_cluster_env(settings)}
+    env = {**os.environ, **local_cluster_env(settings, loopback=loopback)}
     env.pop("RAY_ADDRESS", None)  # a stale address would make `ray start` join another cluster
     # Jobs run `python ...`: make that this interpreter (the venv with safeguard-flow), activated or not.
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])

@@ -7,7 +7,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-from safeguard_flow.raylib.local_head import local_cluster_env
+from safeguard_flow.raylib.local_head import local_cluster_env, prepare_driver
 from safeguard_flow.raylib.settings_env import worker_env
 from safeguard_flow.settings import Settings
 
@@ -35,11 +35,14 @@ def ray_session(settings: Settings) -> Iterator[None]:
         common["runtime_env"] = {"env_vars": worker_env()}
     if address:
         log.info("connecting to the Ray cluster at %s", address)
+        if not in_job:  # a job's driver has its cluster's environment already
+            prepare_driver(address)
         ray.init(address=address, **common)
     else:
         log.info("starting a local Ray in this process")
         for key, value in local_cluster_env(settings).items():
             os.environ.setdefault(key, value)  # a cluster we start: say its auth mode (an explicit env wins)
+        prepare_driver(None)  # on loopback, like a local head
         ray.init(
             num_cpus=settings.ray.local_num_cpus or os.cpu_count() or 1,
             object_store_memory=settings.ray.local_object_store_mb * 1024 * 1024,

@@ -3,8 +3,9 @@
 tests/ is a package (every folder has an __init__.py): helpers are imported by package
 (``from tests.ray.label_helpers import make_run``), and a folder's heavy resources (a vLLM engine or
 server, a Ray head) are ``package``-scoped fixtures, released when the run leaves the folder; the
-one exception is the small model's OpenAI-compatible server (`vllm_server`), shared by the engine
-and Airflow tests for the whole session so it starts once.
+exceptions are the small model's in-process engine (`vllm_engine`: engine and eval tests) and its
+OpenAI-compatible server (`vllm_server`: engine and Airflow tests), shared for the whole session so
+each starts once.
 """
 
 from __future__ import annotations
@@ -126,6 +127,48 @@ def prepared_model(model_settings) -> str:
     from safeguard_flow import local_model
 
     return str(local_model.prepare(model_settings))
+
+
+@pytest.fixture(scope="session")
+def engine_settings(model_settings, prepared_model):
+    """The small model with a short context and a 1 GiB KV cache: enough for tests, quick to start."""
+    model = model_settings.model.model_copy(update={"max_model_len": 2048, "kv_cache_gib": 1, "max_tokens": 64,
+                                                    "max_num_seqs": 16})
+    return model_settings.model_copy(update={"model": model})
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(engine_settings):
+    """One real in-process vLLM engine (the small local model on CPU) for the engine and eval tests."""
+    from safeguard_flow.engines import build_engine
+
+    engine = build_engine(engine_settings)
+    yield engine
+    engine.close()
+
+
+class _Borrowed:
+    """An engine lent to code that builds and closes its own (a CLI command): close() leaves it running."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def lend_engine(monkeypatch):
+    """lend_engine(engine): `safeguard_flow.engines.build_engine` hands out that engine in this test,
+    so a command under test labels with an engine already started instead of starting vLLM again."""
+    from safeguard_flow import engines
+
+    def lend(engine):
+        monkeypatch.setattr(engines, "build_engine", lambda settings: _Borrowed(engine))
+    return lend
 
 
 VLLM_PORT = int(os.environ.get("SAFEGUARD_TEST_VLLM_PORT", "18230"))

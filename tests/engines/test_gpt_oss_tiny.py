@@ -223,20 +223,14 @@ def test_model_prepare_builds_it_offline(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_the_label_command_on_the_demo_sample_keeps_the_analysis(tiny_engine, tmp_path, monkeypatch, capsys):
+def test_the_label_command_on_the_demo_sample_keeps_the_analysis(tiny_engine, lend_engine, tmp_path, monkeypatch,
+                                                                capsys):
     """The README's command with SAFEGUARD_MODEL__NAME=gpt-oss-tiny (on this module's engine, to start
     vLLM once): a verdict per item and policy, each ok with an analysis in the JSONL. That its vLLM
     output goes to the log file: tests/unit/test_cli_output.py."""
-    from safeguard_flow import cli, engines
+    from safeguard_flow import cli
 
-    class Shared:  # the module's engine; the command's close() must not end it
-        def __getattr__(self, name):
-            return getattr(tiny_engine, name)
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(engines, "build_engine", lambda settings: Shared())
+    lend_engine(tiny_engine)
     monkeypatch.setenv("SAFEGUARD_MODEL__NAME", "gpt-oss-tiny")
     monkeypatch.setenv("SAFEGUARD_HOME", str(tmp_path / "home"))
     out = tmp_path / "out.jsonl"

@@ -50,8 +50,9 @@ def _gold(value):
     return value if type(value) is int and value in (0, 1) else None
 
 
-def test_eval_metrics_match_scikit_learn(workspace, prepared_model, capsys):
+def test_eval_metrics_match_scikit_learn(workspace, vllm_engine, lend_engine, capsys):
     tmp, config, dataset, rows, policies = workspace
+    lend_engine(vllm_engine)  # the session's engine: the same model settings as the config's
     out = tmp / "eval"
     argv = ["--config", str(config), "eval", "--policies", str(policies), "--dataset", str(dataset), "--output", str(out)]
     for policy, column in LABELS.items():

@@ -15,8 +15,7 @@ from safeguard_flow.sample_data import SAMPLE, copy_policies, demo_settings
 pytestmark = pytest.mark.slow
 
 
-def test_new_and_promoted_versions_are_evaluated_once(tmp_path, prepared_model, monkeypatch):
-    from safeguard_flow.engines import build_engine
+def test_new_and_promoted_versions_are_evaluated_once(tmp_path, vllm_engine, monkeypatch):
     from safeguard_flow.evaluation import dataset_key
     from safeguard_flow.policies import load_policy
     from safeguard_flow.policy_change import evaluate_version
@@ -43,7 +42,7 @@ def test_new_and_promoted_versions_are_evaluated_once(tmp_path, prepared_model, 
     (v2,) = policy_store.publish_policies(engine, settings, [load_policy(path)], author="test", shadow=True)
     assert v2.shadow and v2.version == 2
 
-    llm = build_engine(settings)
+    llm = vllm_engine  # the session's engine (the small model, as these settings name)
     try:
         done = evaluate_version(engine, settings, "self-harm", 2, llm=llm)
         assert sorted(e["version"] for e in done) == [1, 2]  # the promoted v1 had no eval there yet
@@ -55,6 +54,5 @@ def test_new_and_promoted_versions_are_evaluated_once(tmp_path, prepared_model, 
             assert stored["policy_refs"]["self-harm"]["version"] == e["version"]
         assert evaluate_version(engine, settings, "self-harm", 2, llm=llm) == []  # evaluated already
     finally:
-        llm.close()
         engine.dispose()
     assert evaluate_version(engine, settings, "spam", 1) == []  # no eval dataset configured: skipped

@@ -394,6 +394,8 @@ def cmd_ray_start(args: argparse.Namespace) -> int:
     head = local_head.ensure_head(_settings(args))
     print(f"local Ray head running: dashboard {head.dashboard_url}, GCS {head.gcs_address}, pid {head.pid}, "
           f"log {head.log_file}")
+    print(f"it listens on loopback only: a driver of your own needs {local_head.SINGLE_MACHINE_ENV}=0 "
+          f"before `ray.init(address=\"{head.gcs_address}\")`")
     return 0
 
 

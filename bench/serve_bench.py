@@ -137,8 +137,9 @@ def main() -> int:
     parser.add_argument("--policies", default="spam,self-harm")
     parser.add_argument("--concurrency", default="4,16,64")
     parser.add_argument("--requests", type=int, default=128, help="requests per concurrency level")
-    parser.add_argument("--label-concurrency", type=int, default=64,
-                        help="engine.concurrency of the OpenAIEngine (64: the replica's batch, as in-process)")
+    parser.add_argument("--label-concurrency", type=int, default=32,
+                        help="engine.concurrency of the OpenAIEngine (32: what one CPU replica admits, 16 running "
+                             "+ 16 queued, so nothing is refused; 64 over-drives it)")
     parser.add_argument("--retries", type=int, default=300,
                         help="load levels: resend a refused request after its Retry-After up to this often "
                              "(default: until the 300 s request timeout, as the project's OpenAIEngine does)")

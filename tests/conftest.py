@@ -194,7 +194,7 @@ def vllm_server(prepared_model, tmp_path_factory):
            "--served-model-name", "qwen2.5-0.5b-instruct", "--host", "127.0.0.1", "--port", str(VLLM_PORT),
            "--max-model-len", "2048", "--enforce-eager", "--enable-prefix-caching", "--seed", "0",
            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **cpu_thread_env(load_settings(environ={}), in_this_process=True)}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **cpu_thread_env(load_settings(environ={}))}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{VLLM_PORT}"

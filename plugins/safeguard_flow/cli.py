@@ -238,7 +238,7 @@ def _output_to_log(log_path):
     sys.stdout.flush()
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
-    terminal = open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    terminal = open(saved_err, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         os.dup2(log_fd, 1)

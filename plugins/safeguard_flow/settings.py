@@ -148,8 +148,9 @@ class ModelSettings(_Section):
     dtype: str = "auto"
     kv_cache_gib: int = Field(default=2, ge=1)  # vLLM CPU only (VLLM_CPU_KVCACHE_SPACE)
     # vLLM CPU only: the cores its compute threads run on (VLLM_CPU_OMP_THREADS_BIND). "all": every
-    # core the engine's process may use; "auto": vLLM's choice, which keeps one core per rank for its
-    # scheduler (half the compute on a 2-core machine); or vLLM's own list syntax ("0-3", "0-3|4-7").
+    # core the engine's process may use (vLLM's auto binding, no core kept back); "auto": vLLM's default,
+    # which keeps one core per rank for its scheduler (half the compute on a 2-core machine); or vLLM's
+    # own list syntax ("0-3", "0-3|4-7").
     cpu_threads_bind: str = "all"
     max_num_seqs: int = Field(default=64, ge=1)
     tensor_parallel_size: int = Field(default=1, ge=1)

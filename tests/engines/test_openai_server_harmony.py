@@ -71,7 +71,7 @@ def tiny_server(tmp_path_factory):
            "--served-model-name", "gpt-oss-tiny", "--host", "127.0.0.1", "--port", str(port), *cli_flags(args)]
     # The server's own process: its KV cache from the same setting (the variable would override the flag).
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args["kv_cache_memory_bytes"] // 1024**3),
-           **cpu_thread_env(settings, in_this_process=True)}
+           **cpu_thread_env(settings)}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from safeguard_flow import model_presets
-from safeguard_flow.engines.vllm_args import GIB, core_list, cpu_thread_env, engine_args
+from safeguard_flow.engines.vllm_args import GIB, cpu_thread_env, engine_args
 from safeguard_flow.model_presets import resolve
 
 
@@ -59,25 +59,17 @@ def test_kv_cache_setting_sizes_the_cpu_engine(settings_factory):
     assert "kv_cache_memory_bytes" not in engine_args(settings_factory(), on_cpu=False)
 
 
-def test_cpu_threads_bind_default_uses_every_core_of_this_process(settings_factory, monkeypatch):
-    import os
-
+def test_cpu_threads_bind_default_keeps_no_core_back(settings_factory):
     import pytest
 
     from safeguard_flow.settings import SettingsError
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 5}, raising=False)
-    s = settings_factory()
-    # Here: the process's own cores, not vLLM's auto (which keeps one back for its scheduler).
-    assert cpu_thread_env(s, in_this_process=True) == {"VLLM_CPU_OMP_THREADS_BIND": "0-2,5"}
-    # A replica elsewhere finds its own cores: auto, with none kept back.
-    assert cpu_thread_env(s, in_this_process=False) == {"VLLM_CPU_OMP_THREADS_BIND": "auto",
-                                                        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    assert cpu_thread_env(settings_factory(model={"cpu_threads_bind": "auto"}), in_this_process=True) == \
-        {"VLLM_CPU_OMP_THREADS_BIND": "auto"}
-    assert cpu_thread_env(settings_factory(model={"cpu_threads_bind": "0-3|4-7"}), in_this_process=False) == \
-        {"VLLM_CPU_OMP_THREADS_BIND": "0-3|4-7"}
-    assert core_list([3]) == "3" and core_list([0, 1, 3, 4, 6]) == "0-1,3-4,6"
+    # "all": vLLM's auto binding finds the engine's cores where it starts, with none kept back for its
+    # scheduler (vLLM's own auto keeps one per rank: half of a 2-core machine).
+    assert cpu_thread_env(settings_factory()) == {"VLLM_CPU_OMP_THREADS_BIND": "auto",
+                                                  "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert cpu_thread_env(settings_factory(model={"cpu_threads_bind": "auto"})) == {"VLLM_CPU_OMP_THREADS_BIND": "auto"}
+    assert cpu_thread_env(settings_factory(model={"cpu_threads_bind": "0-3|4-7"})) == {"VLLM_CPU_OMP_THREADS_BIND": "0-3|4-7"}
     with pytest.raises(SettingsError, match="cpu_threads_bind"):
         settings_factory(model={"cpu_threads_bind": "cores 0 and 1"})
 

@@ -10,7 +10,6 @@ This module imports no vLLM unless it has to ask which platform it runs on (`on_
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from safeguard_flow import model_presets
@@ -59,30 +58,12 @@ def engine_args(settings: Settings, *, on_cpu: bool | None = None, model_path: s
     return kwargs
 
 
-def cpu_thread_env(settings: Settings, *, in_this_process: bool) -> dict[str, str]:
+def cpu_thread_env(settings: Settings) -> dict[str, str]:
     """The variables that place a CPU engine's compute threads (model.cpu_threads_bind), read by the
-    engine-core process vLLM spawns. "all" is resolved to this process's cores when the engine starts
-    here with one rank; for a replica started elsewhere (Serve), vLLM's auto binding with no core
-    kept back finds that replica's cores itself."""
+    engine-core process vLLM spawns wherever the engine starts. "all" is vLLM's own auto binding
+    (the cores the process may use, one thread per physical core) with no core kept back for the
+    scheduler."""
     bind = settings.model.cpu_threads_bind
-    if bind != "all":
-        return {"VLLM_CPU_OMP_THREADS_BIND": bind}
-    if in_this_process and settings.model.tensor_parallel_size == 1 and hasattr(os, "sched_getaffinity"):
-        return {"VLLM_CPU_OMP_THREADS_BIND": core_list(sorted(os.sched_getaffinity(0)))}
-    return {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-
-
-def core_list(cores: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5" (vLLM's core list syntax)."""
-    parts: list[str] = []
-    start = prev = None
-    for c in cores:
-        if prev is not None and c == prev + 1:
-            prev = c
-            continue
-        if start is not None:
-            parts.append(f"{start}-{prev}" if prev != start else str(start))
-        start = prev = c
-    if start is not None:
-        parts.append(f"{start}-{prev}" if prev != start else str(start))
-    return ",".join(parts)
+    if bind == "all":
+        return {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    return {"VLLM_CPU_OMP_THREADS_BIND": bind}

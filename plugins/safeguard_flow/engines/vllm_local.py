@@ -58,7 +58,7 @@ class VLLMEngine:
             # vLLM's CPU platform lets this variable override kv_cache_memory_bytes; the engine-core
             # process it spawns inherits it. Set from model.kv_cache_gib, so the setting always wins.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.resolved.values["kv_cache_gib"])
-            os.environ.update(cpu_thread_env(settings, in_this_process=True))
+            os.environ.update(cpu_thread_env(settings))
         kwargs.update(llm_overrides)
         self._max_model_len = kwargs["max_model_len"]
         try:

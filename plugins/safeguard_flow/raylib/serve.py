@@ -73,13 +73,17 @@ def max_ongoing(settings: Settings) -> int:
     return max(settings.model.max_num_seqs, r.serve_target_ongoing_requests)
 
 
+def _refusal(settings: Settings) -> dict[str, Any]:
+    """What Serve answers past a bound: a 503 saying when to retry (ray.serve_retry_after_s)."""
+    return {"status_code": 503, "retry_after_s": settings.ray.serve_retry_after_s}
+
+
 def replica_limits(settings: Settings) -> dict[str, Any]:
     """Serve's per-replica concurrency and queue bounds. A replica runs max_ongoing(settings) requests;
     up to ray.serve_max_queued_requests more wait, and the rest get a 503 at once that says when to
     retry (Retry-After: ray.serve_retry_after_s; the openai SDK under our engine honours it)."""
     r = settings.ray
-    limits: dict[str, Any] = {"max_ongoing_requests": max_ongoing(settings),
-                              "backpressure_config": {"status_code": 503, "retry_after_s": r.serve_retry_after_s}}
+    limits: dict[str, Any] = {"max_ongoing_requests": max_ongoing(settings), "backpressure_config": _refusal(settings)}
     if r.serve_max_queued_requests >= 0:
         limits["max_queued_requests"] = r.serve_max_queued_requests
     return limits
@@ -107,7 +111,7 @@ def llm_config(settings: Settings):
         from safeguard_flow.engines.vllm_args import cpu_thread_env
 
         env.update({"VLLM_CPU_KVCACHE_SPACE": str(settings.model.kv_cache_gib),
-                    **cpu_thread_env(settings, in_this_process=False)})
+                    **cpu_thread_env(settings)})
     return LLMConfig(
         model_loading_config={"model_id": served_model_id(settings), "model_source": model_source(settings)},
         engine_kwargs=engine_kwargs(settings),
@@ -157,7 +161,7 @@ def ingress_options(settings: Settings) -> dict[str, Any]:
     if r.serve_max_queued_requests >= 0:
         options.update(max_ongoing_requests=r.serve_max_replicas * max_ongoing(settings),
                        max_queued_requests=r.serve_max_queued_requests,
-                       backpressure_config={"status_code": 503, "retry_after_s": r.serve_retry_after_s})
+                       backpressure_config=_refusal(settings))
     return options
 
 

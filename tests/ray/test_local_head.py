@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -38,10 +39,16 @@ def test_concurrent_starts_share_one_loopback_head_and_ray_stop_ends_it(tmp_path
                      if c.status == psutil.CONN_LISTEN and c.laddr.port == PORT + 65]
         assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}, listening  # Jobs API: loopback
         # Every server of the head (GCS, raylet, object manager, agents, workers) listens on loopback only.
+        # The dashboard answers before every agent listens: wait for the head's servers to come up.
         head = psutil.Process(head_pid)
-        pids = {head_pid, *(p.pid for p in head.children(recursive=True))}
-        servers = [c for c in psutil.net_connections(kind="inet")
-                   if c.status == psutil.CONN_LISTEN and c.pid in pids]
+        deadline = time.monotonic() + 60
+        while True:
+            pids = {head_pid, *(p.pid for p in head.children(recursive=True))}
+            servers = [c for c in psutil.net_connections(kind="inet")
+                       if c.status == psutil.CONN_LISTEN and c.pid in pids]
+            if len(servers) >= 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert len(servers) >= 5, servers
         assert {c.laddr.ip for c in servers} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, \
             sorted({(c.laddr.ip, c.laddr.port) for c in servers})

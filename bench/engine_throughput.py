@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_items(n: int):
-    from safeguard_flow.content import ContentItem
+    from safeguard_flow.domain.content import ContentItem
 
     sample = ROOT / "data" / "sample-posts.jsonl"
     items = []
@@ -70,7 +70,7 @@ def cpu_seconds() -> float:
 
 
 def measure(name: str, fn, engine, items, n_policies: int) -> dict:
-    from safeguard_flow.labelling import LabelStats
+    from safeguard_flow.labelling.loop import LabelStats
 
     stats = LabelStats()
     counted = CountCached(engine)
@@ -116,8 +116,8 @@ def main() -> None:
 
     from safeguard_flow.engines.base import LabelRequest
     from safeguard_flow.engines.vllm_local import VLLMEngine
-    from safeguard_flow.labelling import label_items
-    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.labelling.loop import label_items
+    from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.settings import load_settings
 
     settings = load_settings(model={"max_model_len": args.max_model_len, "kv_cache_gib": 1,

@@ -27,10 +27,10 @@ def main() -> int:
 
     from engine_throughput import load_items
 
-    from safeguard_flow import local_model
+    from safeguard_flow.models import local as local_model
     from safeguard_flow.engines.vllm_local import VLLMEngine
-    from safeguard_flow.labelling import LabelStats, label_items
-    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.labelling.loop import LabelStats, label_items
+    from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.settings import load_settings
 
     settings = load_settings(environ={}, model={"name": "gpt-oss-tiny"})

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from safeguard_flow.sample_data import POSTS_SOURCE, sample_texts
+from safeguard_flow.warehouse.sample_data import POSTS_SOURCE, sample_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -47,8 +47,8 @@ def make_settings(args, home: Path):
 
 def load_source(settings, texts: list[str], policy_names: list[str]) -> list:
     """Migrate, create the posts table and publish the chosen policies; returns the published policies."""
-    from safeguard_flow.policies import load_policy_set
-    from safeguard_flow.sample_data import load_sample, posts_rows
+    from safeguard_flow.domain.policies import load_policy_set
+    from safeguard_flow.warehouse.sample_data import load_sample, posts_rows
     from safeguard_flow.warehouse import db, policy_store, schema
 
     schema.upgrade(settings)
@@ -86,9 +86,9 @@ def chunk_marks(settings, run_id: str) -> dict[int, tuple[bool, object, int]]:
 
 
 def bare_engine(settings, policies, texts: list[str]) -> dict:
-    from safeguard_flow.content import ContentItem
+    from safeguard_flow.domain.content import ContentItem
     from safeguard_flow.engines import build_engine
-    from safeguard_flow.labelling import LabelStats, label_items
+    from safeguard_flow.labelling.loop import LabelStats, label_items
 
     items = [ContentItem.from_raw(f"p{i:04d}", t, "posts") for i, t in enumerate(texts)]
     # As in the CPU replicas (ChunkLabeller): the engine core in this process, for a fair start-up figure.
@@ -114,7 +114,7 @@ def bare_engine(settings, policies, texts: list[str]) -> dict:
 
 
 def submit(hook, settings, run_id: str) -> str:
-    from safeguard_flow.raylib.submission import RUN_ID_METADATA, label_job_entrypoint, label_job_runtime_env
+    from safeguard_flow.raylib.shipping.submission import RUN_ID_METADATA, label_job_entrypoint, label_job_runtime_env
 
     env, secrets = label_job_runtime_env(settings, local=True)
     uri = hook.put_job_secrets(secrets) if secrets else None
@@ -123,7 +123,7 @@ def submit(hook, settings, run_id: str) -> str:
 
 
 def ray_job(hook, settings, run_id: str) -> dict:
-    from safeguard_flow.raylib.summary import parse_marker
+    from safeguard_flow.raylib.batch.summary import parse_marker
 
     start = time.perf_counter()
     job_id = submit(hook, settings, run_id)
@@ -138,7 +138,7 @@ def ray_job(hook, settings, run_id: str) -> dict:
 
 
 def kill_and_resume(hook, settings, policies, n_items: int, kill_after_chunks: int) -> dict:
-    from safeguard_flow.raylib.summary import parse_marker
+    from safeguard_flow.raylib.batch.summary import parse_marker
 
     run_id = new_run(settings, policies, "bench-kill-resume")
     total_chunks = len(chunk_marks(settings, run_id))
@@ -183,10 +183,11 @@ def compare_ray_data_llm(settings, policies, texts: list[str], head) -> dict:
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from safeguard_flow.local_model import resolve_model
-    from safeguard_flow.prompts import chat_messages
-    from safeguard_flow.raylib import local_head, run_label_job
-    from safeguard_flow.raylib.settings_env import worker_env
+    from safeguard_flow.models.local import resolve_model
+    from safeguard_flow.domain.prompts import chat_messages
+    from safeguard_flow.raylib.cluster import local_head
+    from safeguard_flow.raylib import run_label_job
+    from safeguard_flow.raylib.shipping.settings_env import worker_env
 
     local_head.prepare_driver(head.gcs_address)
     ray.init(address=head.gcs_address, runtime_env={"env_vars": worker_env()}, log_to_driver=False)
@@ -249,7 +250,7 @@ def main() -> int:
     policy_names = [p.strip() for p in args.policies.split(",") if p.strip()]
 
     from safeguard_flow.airflow.ray_hook import RayHook
-    from safeguard_flow.raylib import local_head
+    from safeguard_flow.raylib.cluster import local_head
 
     home = Path(tempfile.mkdtemp(prefix="sg-raybench-"))
     settings = make_settings(args, home)

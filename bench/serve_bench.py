@@ -108,7 +108,7 @@ async def burst(url: str, bodies: list[dict], concurrency: int, timeout_s: float
 
 
 def label(engine, items, policies) -> dict:
-    from safeguard_flow.labelling import LabelStats, label_items
+    from safeguard_flow.labelling.loop import LabelStats, label_items
 
     cached = 0
     inner = engine.complete
@@ -161,12 +161,13 @@ def main() -> int:
     # Two engines at once here (in-process and the replica): 1 GiB of KV cache each is plenty for 64
     # short sequences.
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    from safeguard_flow.content import ContentItem
+    from safeguard_flow.domain.content import ContentItem
     from safeguard_flow.engines.openai_http import OpenAIEngine
-    from safeguard_flow.policies import load_policy_set
-    from safeguard_flow.raylib import local_head, serve
-    from safeguard_flow.raylib.settings_env import worker_env
-    from safeguard_flow.sample_data import sample_texts
+    from safeguard_flow.domain.policies import load_policy_set
+    from safeguard_flow.raylib.cluster import local_head
+    from safeguard_flow.raylib.serve import app as serve
+    from safeguard_flow.raylib.shipping.settings_env import worker_env
+    from safeguard_flow.warehouse.sample_data import sample_texts
 
     home = Path(tempfile.mkdtemp(prefix="sg-servebench-"))
     settings = make_settings(args, home)

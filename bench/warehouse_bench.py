@@ -75,7 +75,7 @@ class InstantEngine:
 def phase(name: str, url: str, chunk_size: int, run_id: str) -> dict:
     import datetime as dt
 
-    from safeguard_flow.labelling import label_items
+    from safeguard_flow.labelling.loop import label_items
     from safeguard_flow import pipeline
     from safeguard_flow.warehouse import db, extract, policy_store, publish, runs, staging
 
@@ -127,7 +127,7 @@ def run_phase(name: str, url: str, chunk_size: int, run_id: str) -> dict:
 def setup(url: str, rows: int, chunk_size: int) -> None:
     import sqlalchemy as sa
 
-    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.warehouse import db, policy_store, schema
 
     settings = settings_for(url, chunk_size)
@@ -150,7 +150,7 @@ def raw_inserts(url: str, run_id: str) -> dict:
     """The same rows publish writes, bulk-inserted into an empty copy of the verdict table."""
     import psycopg
 
-    from safeguard_flow.warehouse.model import build_tables
+    from safeguard_flow.warehouse.tables import build_tables
 
     v = build_tables("sg_", None).verdicts
     cols = ", ".join(c.name for c in v.c)
@@ -265,7 +265,7 @@ def publish_scale(url: str, existing: int, new: int = 20_000) -> dict:
 
     import sqlalchemy as sa
 
-    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.warehouse import db, policy_store, publish, runs, schema
 
     settings = settings_for(url, 1000)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from safeguard_flow.sample_data import POSTS_SOURCE, SAMPLE, load_sample, read_sample
+from safeguard_flow.warehouse.sample_data import POSTS_SOURCE, SAMPLE, load_sample, read_sample
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DAY = "2026-11-20"  # the sample's first day: 144 rows
@@ -36,8 +36,8 @@ def print_agreement(engine, settings, out=sys.stdout) -> None:
     """How the published verdicts agree with the sample's human labels (where the policy has a column)."""
     import sqlalchemy as sa
 
-    from safeguard_flow.evaluation import MODERATION_2022_KEYS, load_truth, score, score_table
-    from safeguard_flow.verdicts import Verdict
+    from safeguard_flow.policy_quality.metrics import MODERATION_2022_KEYS, load_truth, score, score_table
+    from safeguard_flow.domain.verdicts import Verdict
     from safeguard_flow.warehouse import schema
 
     verdicts_table = schema.tables(settings).verdicts
@@ -98,9 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from safeguard_flow.pipeline import day_interval, interval_run_id
-    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.redact import mask_url
-    from safeguard_flow.report import format_run, format_views
+    from safeguard_flow.console import format_run, format_views
     from safeguard_flow.settings import load_settings
     from safeguard_flow.warehouse import db, policy_store, runs, schema
 

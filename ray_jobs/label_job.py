@@ -1,6 +1,6 @@
 """Ray job entrypoint kept for `ray job submit ... -- python ray_jobs/label_job.py --run-id R`.
 
-The job lives in the package: `python -m safeguard_flow.raylib.job label --run-id R` (what the
+The job lives in the package: `python -m safeguard_flow.raylib.batch.job label --run-id R` (what the
 operator submits). This shim forwards its arguments there.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from safeguard_flow.raylib.job import main
+from safeguard_flow.raylib.batch.job import main
 
 if __name__ == "__main__":
     sys.exit(main(["label", *sys.argv[1:]]))

@@ -26,7 +26,7 @@ from typing import Any
 
 def app(args: dict[str, Any] | None = None):
     """Application builder for `serve run ray_jobs.serve_app:app [config=path.yaml]`."""
-    from safeguard_flow.raylib.serve import build_app
+    from safeguard_flow.raylib.serve.app import build_app
     from safeguard_flow.settings import load_settings
 
     return build_app(load_settings((args or {}).get("config")))
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import ray
 
-    from safeguard_flow.raylib import serve
+    from safeguard_flow.raylib.serve import app as serve
     from safeguard_flow.settings import load_settings
 
     settings = load_settings(args.config)

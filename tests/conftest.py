@@ -124,7 +124,7 @@ def model_settings():
 @pytest.fixture(scope="session")
 def prepared_model(model_settings) -> str:
     """Path of the prepared small local model (`safeguard-flow model prepare` does the work once)."""
-    from safeguard_flow import local_model
+    from safeguard_flow.models import local as local_model
 
     return str(local_model.prepare(model_settings))
 
@@ -225,7 +225,7 @@ def vllm_server(prepared_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_policies():
     """Two example policies (spam: binary-ish JSON, self-harm), loaded from the repo's policies/."""
-    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.domain.policies import load_policy_set
 
     wanted = {"spam", "self-harm"}
     policies = [p for p in load_policy_set(POLICIES_DIR) if p.name in wanted]

@@ -20,7 +20,7 @@ def pipeline_env(settings, vllm_url: str, head, label_mode: str = "job", **extra
     and Ray as Airflow connections, the engine as the shared vLLM server."""
     import json
 
-    from safeguard_flow.sample_data import POSTS_SOURCE
+    from safeguard_flow.warehouse.sample_data import POSTS_SOURCE
 
     host, port = head.dashboard_url.rsplit(":", 1)
     env = {

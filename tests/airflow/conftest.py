@@ -27,13 +27,13 @@ def airflow_db():
 @pytest.fixture
 def policies_dir(tmp_path) -> Path:
     """A private copy of two repo policies (tests edit them)."""
-    from safeguard_flow.sample_data import copy_policies
+    from safeguard_flow.warehouse.sample_data import copy_policies
 
     return copy_policies(tmp_path / "policies", TEST_POLICIES)
 
 
 def _warehouse_settings(url: str, tmp_path: Path, policies_dir: Path):
-    from safeguard_flow.sample_data import demo_settings
+    from safeguard_flow.warehouse.sample_data import demo_settings
     from safeguard_flow.warehouse import db, schema
 
     settings = demo_settings(tmp_path, policies_dir, url)
@@ -68,7 +68,7 @@ def wh_engine(wh_settings):
 @pytest.fixture(scope="package")
 def af_ray_head(tmp_path_factory):
     """A real local Ray head for label jobs (Jobs API on RAY_DASHBOARD_PORT)."""
-    from safeguard_flow.raylib import local_head
+    from safeguard_flow.raylib.cluster import local_head
     from safeguard_flow.settings import load_settings
 
     settings = load_settings(environ={}, home=str(tmp_path_factory.mktemp("ray-home")), ray={

@@ -28,8 +28,8 @@ def _dag(dag_id: str):
 
 
 def _seed(engine, settings) -> list[dict]:
-    from safeguard_flow.sample_data import load_sample, read_sample
-    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.warehouse.sample_data import load_sample, read_sample
+    from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.warehouse import policy_store
 
     rows = read_sample(per_day=PER_DAY, days=["2026-11-20", "2026-11-21", "2026-11-22"])
@@ -68,7 +68,7 @@ def _verdict_events() -> list[dict]:
 
 
 def test_nightly_labels_its_interval_and_reruns_are_idempotent(airflow_db, dag_env, wh_engine, wh_settings):
-    from safeguard_flow.report import view_rows
+    from safeguard_flow.console import view_rows
     from safeguard_flow.warehouse import runs
 
     dag_env(wh_settings, label_mode="job")
@@ -130,7 +130,7 @@ def test_failing_gate_quarantines_the_run_and_publishes_nothing(airflow_db, dag_
 
 def test_an_empty_interval_closes_its_run_and_skips_the_rest(airflow_db, monkeypatch, sqlite_wh_settings):
     """No content in the interval: the run is published empty at once; no Ray job, no gate, no publish."""
-    from safeguard_flow.sample_data import POSTS_SOURCE
+    from safeguard_flow.warehouse.sample_data import POSTS_SOURCE
     from safeguard_flow.settings import get_settings
     from safeguard_flow.warehouse import db, runs
 

@@ -32,8 +32,8 @@ def _real_settings(settings, vllm_server, head, **warehouse):
 
 
 def _seed(engine, settings, per_day: int) -> int:
-    from safeguard_flow.policies import load_policy_set
-    from safeguard_flow.sample_data import load_sample, read_sample
+    from safeguard_flow.domain.policies import load_policy_set
+    from safeguard_flow.warehouse.sample_data import load_sample, read_sample
     from safeguard_flow.warehouse import policy_store
 
     rows = read_sample(per_day=per_day, days=[DAY])
@@ -119,7 +119,7 @@ def test_cli_runs_an_interval_on_a_fresh_home_and_a_rerun_labels_nothing(sqlite_
         assert cli.main(["--config", str(config), *argv]) == 0
         return capsys.readouterr().out
 
-    from safeguard_flow.sample_data import read_sample
+    from safeguard_flow.warehouse.sample_data import read_sample
 
     sample = tmp_path / "sample.jsonl"  # a few rows of each day: the real 144-row day is `make demo`'s
     sample.write_text("".join(json.dumps(r) + "\n" for r in read_sample(per_day=5)))

@@ -29,7 +29,7 @@ def test_sync_announces_each_change_once_with_its_previous_version(airflow_db, m
                                                                    policies_dir):
     from airflow.dag_processing.dagbag import DagBag
 
-    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.settings import get_settings
     from safeguard_flow.warehouse import db, policy_store
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from safeguard_flow.policies import Policy
+from safeguard_flow.domain.policies import Policy
 from safeguard_flow.settings import QualitySettings
-from safeguard_flow.verdicts import MALFORMED, OK, Verdict
+from safeguard_flow.domain.verdicts import MALFORMED, OK, Verdict
 
 DAY = dt.datetime(2026, 11, 21, tzinfo=dt.timezone.utc)
 
@@ -22,7 +22,7 @@ def _frame(rows):
 
 
 def test_frame_suite_reports_each_failed_expectation_in_words():
-    from safeguard_flow.quality import validate_frame
+    from safeguard_flow.pipeline.expectations import validate_frame
 
     spam = Policy(name="spam", text="t").with_version(2)
     frame = _frame([
@@ -49,7 +49,7 @@ def test_frame_suite_reports_each_failed_expectation_in_words():
 
 
 def test_frame_suite_passes_clean_runs_and_empty_intervals():
-    from safeguard_flow.quality import validate_frame
+    from safeguard_flow.pipeline.expectations import validate_frame
 
     spam = Policy(name="spam", text="t").with_version(1)
     ok = _frame([("posts", str(i), "spam", 1, i % 2, OK) for i in range(10)])
@@ -59,8 +59,8 @@ def test_frame_suite_passes_clean_runs_and_empty_intervals():
 
 def _staged_run(engine, settings, labeller, n_days: int = 1):
     """Publish the test policies, extract one day of the sample and stage verdicts from `labeller`."""
-    from safeguard_flow.sample_data import load_sample, read_sample
-    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.warehouse.sample_data import load_sample, read_sample
+    from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.pipeline import finish_labelling
     from safeguard_flow.warehouse import extract, policy_store, runs, staging
 
@@ -95,7 +95,7 @@ def _published(engine, settings) -> int:
 @pytest.mark.slow
 def test_failing_gate_quarantines_and_nothing_is_published(wh_engine, wh_settings):
     from safeguard_flow import pipeline
-    from safeguard_flow.quality import QualityGateFailed
+    from safeguard_flow.pipeline.expectations import QualityGateFailed
     from safeguard_flow.warehouse.runs import RunStatus
     from safeguard_flow.warehouse import publish, runs
     from safeguard_flow.warehouse.errors import RunStateError
@@ -135,7 +135,7 @@ def test_passing_gate_marks_the_run_validated_and_publish_goes_through(wh_engine
 @pytest.mark.slow
 def test_positive_rate_bounds_come_from_settings(wh_engine, wh_settings):
     from safeguard_flow import pipeline
-    from safeguard_flow.quality import QualityGateFailed
+    from safeguard_flow.pipeline.expectations import QualityGateFailed
 
     strict = wh_settings.model_copy(update={"quality": QualitySettings(max_positive_rate=0.2, min_sample=1)})
     run_id = _staged_run(wh_engine, strict, lambda i, item, p: _verdict(item, p, label=1))

@@ -10,8 +10,8 @@ import pytest
 
 def _labelling_run(engine, settings):
     from safeguard_flow import pipeline
-    from safeguard_flow.policies import load_policy_set
-    from safeguard_flow.sample_data import load_sample, read_sample
+    from safeguard_flow.domain.policies import load_policy_set
+    from safeguard_flow.warehouse.sample_data import load_sample, read_sample
     from safeguard_flow.warehouse import policy_store, runs
     from safeguard_flow.warehouse.runs import RunStatus
 
@@ -49,7 +49,8 @@ def test_a_label_job_that_raises_fails_its_run_with_the_error(sqlite_wh_settings
     test_pipeline_cli.py.)"""
     import contextlib
 
-    from safeguard_flow.raylib import run_label_job, runner
+    from safeguard_flow.raylib import run_label_job
+    from safeguard_flow.raylib.batch import runner
     from safeguard_flow.warehouse import db, runs
     from safeguard_flow.warehouse.runs import RunStatus
 

@@ -38,7 +38,7 @@ def readme_backfill_commands() -> list[list[str]]:
 def flow(tmp_path_factory, vllm_server, af_ray_head):
     """A seeded warehouse (no policy published yet) and a running Airflow whose policy sync has run."""
     from dev.local_stack import LocalAirflow
-    from safeguard_flow.sample_data import copy_policies, demo_settings, load_sample, read_sample
+    from safeguard_flow.warehouse.sample_data import copy_policies, demo_settings, load_sample, read_sample
     from safeguard_flow.warehouse import db, schema
 
     tmp = tmp_path_factory.mktemp("flow")
@@ -143,7 +143,7 @@ def test_readme_backfill_labels_each_interval_once(flow, backfilled):
 
 
 def test_policy_change_relabels_through_the_asset_event(flow, backfilled):
-    from safeguard_flow.report import view_rows
+    from safeguard_flow.console import view_rows
     from safeguard_flow.warehouse import runs
 
     af, settings, engine, rows = flow

@@ -121,7 +121,7 @@ def test_ui_app_requires_a_login_and_renders_an_empty_warehouse(airflow_db, wh_e
 
     import io
 
-    from safeguard_flow.report import print_views
+    from safeguard_flow.console import print_views
 
     out = io.StringIO()
     print_views(wh_engine, wh_settings, out=out)  # what `make demo` prints at the end

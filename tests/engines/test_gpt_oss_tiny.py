@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from safeguard_flow import prompts, tiny_gptoss
-from safeguard_flow.content import ContentItem
-from safeguard_flow.labelling import label_items
-from safeguard_flow.policies import load_policy_set
-from safeguard_flow.verdicts import INPUT_ERROR, OK
+from safeguard_flow.domain import prompts
+from safeguard_flow.models import gpt_oss_tiny as tiny_gptoss
+from safeguard_flow.domain.content import ContentItem
+from safeguard_flow.labelling.loop import label_items
+from safeguard_flow.domain.policies import load_policy_set
+from safeguard_flow.domain.verdicts import INPUT_ERROR, OK
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [
@@ -34,7 +35,7 @@ def tiny_settings():
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_settings) -> Path:
-    from safeguard_flow import local_model
+    from safeguard_flow.models import local as local_model
 
     return local_model.prepare(tiny_settings, "gpt-oss-tiny")
 

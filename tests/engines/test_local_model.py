@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from safeguard_flow import local_model
-from safeguard_flow.local_model import KNOWN_MODELS, LocalModelSpec, ModelPrepareError
+from safeguard_flow.models import local as local_model
+from safeguard_flow.models.local import KNOWN_MODELS, LocalModelSpec, ModelPrepareError
 
 
 def _gguf_bytes(size: int) -> bytes:

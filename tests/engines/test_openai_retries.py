@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from safeguard_flow.content import ContentItem
+from safeguard_flow.domain.content import ContentItem
 from safeguard_flow.engines.base import EngineError, LabelRequest
 from safeguard_flow.engines.openai_http import OpenAIEngine
-from safeguard_flow.labelling import label_items
+from safeguard_flow.labelling.loop import label_items
 
 
 class Script:

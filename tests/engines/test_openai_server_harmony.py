@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from safeguard_flow.content import ContentItem
-from safeguard_flow.labelling import label_items
-from safeguard_flow.policies import load_policy_set
-from safeguard_flow.verdicts import INPUT_ERROR, OK
+from safeguard_flow.domain.content import ContentItem
+from safeguard_flow.labelling.loop import label_items
+from safeguard_flow.domain.policies import load_policy_set
+from safeguard_flow.domain.verdicts import INPUT_ERROR, OK
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def cli_flags(kwargs: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory):
-    from safeguard_flow import local_model
+    from safeguard_flow.models import local as local_model
     from safeguard_flow.engines.vllm_args import cpu_thread_env, engine_args
     from safeguard_flow.settings import load_settings
 

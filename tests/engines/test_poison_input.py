@@ -9,10 +9,10 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from safeguard_flow.labelling import label_items
+from safeguard_flow.labelling.loop import label_items
 from safeguard_flow import pipeline
 from safeguard_flow.settings import QualitySettings, SourceSettings, WarehouseSettings
-from safeguard_flow.verdicts import INPUT_ERROR, OK
+from safeguard_flow.domain.verdicts import INPUT_ERROR, OK
 from safeguard_flow.warehouse import db, extract, policy_store, publish, runs, schema, staging
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from safeguard_flow import prompts
+from safeguard_flow.domain import prompts
 
 
 @pytest.fixture(scope="module")

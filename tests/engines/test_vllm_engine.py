@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from safeguard_flow.content import ContentItem
+from safeguard_flow.domain.content import ContentItem
 from safeguard_flow.engines.base import LabelRequest
-from safeguard_flow.labelling import LabelStats, label_items
-from safeguard_flow.verdicts import INPUT_ERROR, OK
+from safeguard_flow.labelling.loop import LabelStats, label_items
+from safeguard_flow.domain.verdicts import INPUT_ERROR, OK
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from safeguard_flow import model_presets, prompts
+from safeguard_flow.models import presets as model_presets
+from safeguard_flow.domain import prompts
 from safeguard_flow.engines.base import LabelRequest
 from safeguard_flow.engines.vllm_local import VLLMEngine
 

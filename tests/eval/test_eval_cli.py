@@ -14,8 +14,8 @@ import yaml
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
 
 from safeguard_flow import cli
-from safeguard_flow.policies import load_policy_set
-from safeguard_flow.sample_data import SAMPLE, copy_policies
+from safeguard_flow.domain.policies import load_policy_set
+from safeguard_flow.warehouse.sample_data import SAMPLE, copy_policies
 
 pytestmark = pytest.mark.slow
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from safeguard_flow.sample_data import SAMPLE, copy_policies, demo_settings
+from safeguard_flow.warehouse.sample_data import SAMPLE, copy_policies, demo_settings
 
 pytestmark = pytest.mark.slow
 
 
 def test_new_and_promoted_versions_are_evaluated_once(tmp_path, vllm_engine, monkeypatch):
-    from safeguard_flow.evaluation import dataset_key
-    from safeguard_flow.policies import load_policy
-    from safeguard_flow.policy_change import evaluate_version
+    from safeguard_flow.policy_quality.metrics import dataset_key
+    from safeguard_flow.domain.policies import load_policy
+    from safeguard_flow.policy_quality.policy_change import evaluate_version
     from safeguard_flow.warehouse import db, evals, policy_store, schema
 
     for key in [k for k in os.environ if k.startswith("SAFEGUARD_TEST_")]:

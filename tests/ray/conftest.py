@@ -22,7 +22,7 @@ def ray_settings(tmp_path_factory):
 @pytest.fixture(scope="package")
 def ray_head(ray_settings):
     """A real `ray start --head` on 127.0.0.1, started once and stopped when the run leaves tests/ray."""
-    from safeguard_flow.raylib import local_head
+    from safeguard_flow.raylib.cluster import local_head
 
     head = local_head.start_head(ray_settings)
 
@@ -50,8 +50,8 @@ def ray_driver(ray_head):
     """This test process as a driver on the session's head (run_label_job and Serve reuse it)."""
     import ray
 
-    from safeguard_flow.raylib.local_head import prepare_driver
-    from safeguard_flow.raylib.settings_env import worker_env
+    from safeguard_flow.raylib.cluster.local_head import prepare_driver
+    from safeguard_flow.raylib.shipping.settings_env import worker_env
 
     prepare_driver(ray_head.gcs_address)  # a loopback head: Ray's single-machine mode here too
     ray.init(address=ray_head.gcs_address, runtime_env={"env_vars": worker_env()}, log_to_driver=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from safeguard_flow.sample_data import POSTS_SOURCE, load_sample, posts_rows
+from safeguard_flow.warehouse.sample_data import POSTS_SOURCE, load_sample, posts_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 # The session's local Ray head (GCS port; its other ports follow it), its dashboard, and Serve's HTTP port.

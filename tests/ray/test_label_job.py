@@ -10,7 +10,7 @@ import time
 import pytest
 from tests.ray.label_helpers import SOURCE, assert_complete_once, chunk_marks, make_run, staged
 
-from safeguard_flow.sample_data import sample_texts
+from safeguard_flow.warehouse.sample_data import sample_texts
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from safeguard_flow.content import ContentItem
+from safeguard_flow.domain.content import ContentItem
 from safeguard_flow.engines.base import Completion
-from safeguard_flow.labelling import LabelStats
-from safeguard_flow.raylib.chunk_labelling import EngineUnhealthy, label_chunk
-from safeguard_flow.verdicts import ENGINE_ERROR, INPUT_ERROR, OK
+from safeguard_flow.labelling.loop import LabelStats
+from safeguard_flow.labelling.chunk import EngineUnhealthy, label_chunk
+from safeguard_flow.domain.verdicts import ENGINE_ERROR, INPUT_ERROR, OK
 
 
 class BatchRaisingEngine:
@@ -66,7 +66,7 @@ def test_an_engine_that_fails_even_a_canary_is_reported_unhealthy(small_policies
 
 
 def test_settings_travel_to_a_job_as_one_document_without_secrets(settings_factory):
-    from safeguard_flow.raylib.settings_env import resolve_paths, settings_document, settings_from_document
+    from safeguard_flow.raylib.shipping.settings_env import resolve_paths, settings_document, settings_from_document
     from safeguard_flow.settings import SettingsError
 
     url = "postgresql+psycopg://labeller:s3cr3t-pw@db.example:5432/wh?sslpassword=k3y-pw&sslmode=require"
@@ -93,11 +93,11 @@ def test_settings_travel_to_a_job_as_one_document_without_secrets(settings_facto
 
 def test_label_job_submission_ships_the_package_not_the_working_folder(settings_factory, tmp_path, monkeypatch):
     import safeguard_flow.settings
-    from safeguard_flow.raylib.settings_env import SETTINGS_DOC_ENV
-    from safeguard_flow.raylib.submission import label_job_entrypoint, label_job_runtime_env, package_dir
+    from safeguard_flow.raylib.shipping.settings_env import SETTINGS_DOC_ENV
+    from safeguard_flow.raylib.shipping.submission import label_job_entrypoint, label_job_runtime_env, package_dir
 
     assert label_job_entrypoint("run 1; rm -rf /") == \
-        "python -m safeguard_flow.raylib.job label --run-id 'run 1; rm -rf /'"
+        "python -m safeguard_flow.raylib.batch.job label --run-id 'run 1; rm -rf /'"
     assert label_job_entrypoint("r", 2, "gcs://_sg_secret_x.zip").endswith("--replicas 2 --secrets gcs://_sg_secret_x.zip")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
@@ -116,7 +116,7 @@ def test_label_job_submission_ships_the_package_not_the_working_folder(settings_
 
 
 def test_the_job_parser_matches_the_cli_style():
-    from safeguard_flow.raylib.job import build_parser
+    from safeguard_flow.raylib.batch.job import build_parser
 
     args = build_parser().parse_args(["--config", "x.yaml", "label", "--run-id", "r1", "--replicas", "2"])
     assert (args.command, args.run_id, args.replicas, args.config, args.secrets) == ("label", "r1", 2, "x.yaml", None)
@@ -137,7 +137,7 @@ def test_a_token_with_auth_disabled_is_refused_naming_both_settings(settings_fac
 
 
 def test_gpu_replicas_take_max_of_gpus_and_tp_and_zero_is_refused(settings_factory):
-    from safeguard_flow.raylib.pipeline import replica_resources
+    from safeguard_flow.raylib.batch.dataflow import replica_resources
     from safeguard_flow.settings import SettingsError
 
     tp2 = settings_factory(model={"tensor_parallel_size": 2}, ray={"num_gpus_per_replica": 1})
@@ -151,7 +151,7 @@ def test_gpu_replicas_take_max_of_gpus_and_tp_and_zero_is_refused(settings_facto
 
 def test_an_unhealthy_replica_closes_its_engine_before_it_exits(small_policies, monkeypatch, settings_factory):
     """No bare os._exit with a live engine: its EngineCore / TP workers would keep the GPU."""
-    from safeguard_flow.raylib import labeller
+    from safeguard_flow.raylib.batch import replica as labeller
     from safeguard_flow.warehouse import staging
 
     events: list[str] = []
@@ -183,7 +183,7 @@ def test_engine_processes_are_this_sessions_children_only():
     import subprocess
     import sys
 
-    from safeguard_flow.raylib import labeller
+    from safeguard_flow.raylib.batch import replica as labeller
 
     same = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
@@ -196,7 +196,7 @@ def test_engine_processes_are_this_sessions_children_only():
 
 
 def test_chunk_progress_lines_name_items_and_rate(capsys):
-    from safeguard_flow.raylib.labeller import _Progress
+    from safeguard_flow.raylib.batch.replica import _Progress
 
     with _Progress("run r chunk 3", 500, every_s=0.05) as progress:
         progress.done = 120
@@ -221,7 +221,7 @@ def test_log_follower_emits_each_line_once():
 
 
 def test_summary_marker_round_trip():
-    from safeguard_flow.raylib.summary import LabelJobSummary, parse_marker
+    from safeguard_flow.raylib.batch.summary import LabelJobSummary, parse_marker
 
     s = LabelJobSummary(run_id="r1")
     s.add_row({"chunk_no": 0, "skipped": False, "items": 10, "verdicts": 20, "errors": 1, "requests": 20,

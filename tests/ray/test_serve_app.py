@@ -11,7 +11,7 @@ import httpx
 import pytest
 from tests.ray.label_helpers import RAY_TEST_SERVE_PORT
 
-from safeguard_flow.sample_data import sample_texts
+from safeguard_flow.warehouse.sample_data import sample_texts
 
 # Small batch and queue, so that an overload needs only a few dozen requests on the CPU.
 MAX_NUM_SEQS = 8
@@ -26,7 +26,7 @@ def _settings(**ray):
 
 def test_replica_engine_is_the_in_process_engine_plus_cached_token_reporting():
     from safeguard_flow.engines.vllm_args import CPU_BLOCK_SIZE, engine_args
-    from safeguard_flow.raylib import serve
+    from safeguard_flow.raylib.serve import app as serve
 
     settings = _settings()
     kwargs = serve.engine_kwargs(settings)
@@ -36,7 +36,7 @@ def test_replica_engine_is_the_in_process_engine_plus_cached_token_reporting():
 
 
 def test_reservation_and_queue_bounds_follow_the_settings():
-    from safeguard_flow.raylib import serve
+    from safeguard_flow.raylib.serve import app as serve
 
     assert serve.placement_bundles(_settings(num_cpus_per_replica=1)) == [{"CPU": 1.0}]
     assert serve.placement_bundles(_settings(num_cpus_per_replica=0.5)) == [{"CPU": 0.5}]
@@ -75,7 +75,7 @@ def test_reservation_and_queue_bounds_follow_the_settings():
 
 
 def test_a_cpu_replica_binds_its_own_cores():
-    from safeguard_flow.raylib import serve
+    from safeguard_flow.raylib.serve import app as serve
 
     env = serve.llm_config(_settings()).runtime_env["env_vars"]
     # Not the driver's cores: vLLM's auto binding in the replica, keeping no core back.
@@ -93,7 +93,7 @@ def test_a_queue_of_zero_is_refused_with_the_setting_named():
 def test_advertised_url_is_reachable_not_the_wildcard_bind_host(monkeypatch):
     import ray
 
-    from safeguard_flow.raylib import serve
+    from safeguard_flow.raylib.serve import app as serve
 
     assert serve.base_url(_settings(serve_host="127.0.0.1", serve_port=9000)) == "http://127.0.0.1:9000/v1"
     assert serve.base_url(_settings(serve_host="0.0.0.0", serve_advertise_host="llm.internal")) == \
@@ -106,7 +106,7 @@ def test_advertised_url_is_reachable_not_the_wildcard_bind_host(monkeypatch):
 @pytest.fixture(scope="module")
 def serve_app(tmp_path_factory, model_settings, prepared_model, ray_settings, ray_head, ray_driver):
     """The Serve app deployed once: (settings, base URL, seconds to deploy)."""
-    from safeguard_flow.raylib import serve
+    from safeguard_flow.raylib.serve import app as serve
     from safeguard_flow.settings import load_settings
 
     home = tmp_path_factory.mktemp("serve-home")
@@ -143,10 +143,10 @@ def _body(settings, policy, text, **extra):
 
 @pytest.mark.slow
 def test_serve_app_labels_20_items_through_the_openai_engine(serve_app, small_policies, ray_head):
-    from safeguard_flow.content import ContentItem
+    from safeguard_flow.domain.content import ContentItem
     from safeguard_flow.engines import build_engine
-    from safeguard_flow.labelling import LabelStats, label_items
-    from safeguard_flow.raylib import serve
+    from safeguard_flow.labelling.loop import LabelStats, label_items
+    from safeguard_flow.raylib.serve import app as serve
 
     settings, url, deploy_s = serve_app
     assert url == settings.engine.base_url
@@ -265,7 +265,7 @@ def test_overload_is_refused_fast_with_a_retryable_status(serve_app, small_polic
 
 
 def test_unknown_chat_roles_are_named():
-    from safeguard_flow.raylib.serve_ingress import unknown_roles
+    from safeguard_flow.raylib.serve.ingress import unknown_roles
 
     assert unknown_roles([{"role": "system", "content": "p"}, {"role": "user", "content": "x"}]) == []
     assert unknown_roles([{"role": "wizard", "content": "x"}, {"content": "no role"}]) == ["wizard", "None"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from tests.ray.label_helpers import HIDE_PACKAGE, SOURCE, assert_complete_once, make_run
 
-from safeguard_flow.sample_data import sample_texts
+from safeguard_flow.warehouse.sample_data import sample_texts
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def two_node_cluster(settings_factory, tmp_path, monkeypatch):
     """(head, settings of the cluster's local head) with a second node joined; both stopped afterwards."""
     import signal
 
-    from safeguard_flow.raylib import local_head
+    from safeguard_flow.raylib.cluster import local_head
 
     hide = tmp_path / "hide-package"
     hide.mkdir()

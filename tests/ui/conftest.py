@@ -18,7 +18,7 @@ DEVTOOLS_PORT = int(os.environ.get("SAFEGUARD_TEST_DEVTOOLS_PORT", "18221"))
 def seeded_warehouse(tmp_path_factory):
     from tests.ui.ui_seed import seed
 
-    from safeguard_flow.sample_data import copy_policies, demo_settings
+    from safeguard_flow.warehouse.sample_data import copy_policies, demo_settings
     from safeguard_flow.warehouse import db
 
     tmp = tmp_path_factory.mktemp("ui")

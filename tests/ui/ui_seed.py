@@ -13,11 +13,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from safeguard_flow.sample_data import load_sample, read_sample
-from safeguard_flow.policies import load_policy
+from safeguard_flow.warehouse.sample_data import load_sample, read_sample
+from safeguard_flow.domain.policies import load_policy
 from safeguard_flow.pipeline import finish_labelling, validate
-from safeguard_flow.quality import QualityGateFailed
-from safeguard_flow.verdicts import MALFORMED, OK, Verdict
+from safeguard_flow.pipeline.expectations import QualityGateFailed
+from safeguard_flow.domain.verdicts import MALFORMED, OK, Verdict
 from safeguard_flow.warehouse import extract, policy_store, publish, runs, schema, staging
 
 DAYS = ("2026-11-20", "2026-11-21", "2026-11-22")
@@ -107,10 +107,10 @@ def seed(engine, settings, policies_dir: Path, per_day: int = 8) -> dict:
 def _seed_evals(engine, settings, rows, versions, out: Path) -> dict:
     """Evals of self-harm v1 and v2 on the sample's annotations (predictions as the seed labels them),
     stored like `safeguard-flow eval` stores them, and v2's report.html (with PNGs) written to `out`."""
-    from safeguard_flow.eval_report import write_eval_report
-    from safeguard_flow.evaluation import LabelledRow, compute_metrics, dataset_sha256
+    from safeguard_flow.policy_quality.eval_report import write_eval_report
+    from safeguard_flow.policy_quality.metrics import LabelledRow, compute_metrics, dataset_sha256
     from safeguard_flow.warehouse import evals
-    from safeguard_flow.warehouse.version_diff import eval_comparisons
+    from safeguard_flow.policy_quality.version_diff import eval_comparisons
 
     labelled = [LabelledRow(r["id"], r["text"], {"self-harm": r.get("SH")}) for r in rows]
     dataset = "/data/self-harm-eval.jsonl"

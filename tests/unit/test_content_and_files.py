@@ -1,8 +1,8 @@
 import json
 
-from safeguard_flow.content import ContentItem, clip
-from safeguard_flow.io_files import VerdictWriter, read_items
-from safeguard_flow.verdicts import Verdict
+from safeguard_flow.domain.content import ContentItem, clip
+from safeguard_flow.labelling.files import VerdictWriter, read_items
+from safeguard_flow.domain.verdicts import Verdict
 
 
 def test_hash_ignores_trivial_differences():
@@ -63,7 +63,7 @@ def test_writer_jsonl_and_csv(tmp_path):
 
 
 def test_evaluate_counts_errors_apart(tmp_path):
-    from safeguard_flow.evaluation import load_truth, plot_scores, score
+    from safeguard_flow.policy_quality.metrics import load_truth, plot_scores, score
 
     truth_file = tmp_path / "t.jsonl"
     truth_file.write_text('{"id": "a", "SH": 1}\n{"id": "b", "SH": 0}\n{"id": "c", "SH": 1}\n{"id": "d"}\n')

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from safeguard_flow.evaluation import (
+from safeguard_flow.policy_quality.metrics import (
     LabelledRow,
     compute_metrics,
     gold_value,
@@ -16,7 +16,7 @@ from safeguard_flow.evaluation import (
     parse_label_map,
     read_labelled_file,
 )
-from safeguard_flow.verdicts import MALFORMED, OK, Verdict
+from safeguard_flow.domain.verdicts import MALFORMED, OK, Verdict
 
 
 def _rows_and_verdicts(n=60, seed=3):
@@ -101,9 +101,9 @@ def test_mcnemar_exact():
 
 
 def test_lint_levels(settings_factory):
-    from safeguard_flow.policies import load_policy_set
-    from safeguard_flow.policy_lint import lint
-    from safeguard_flow.sample_data import POLICIES
+    from safeguard_flow.domain.policies import load_policy_set
+    from safeguard_flow.policy_quality.lint import lint
+    from safeguard_flow.warehouse.sample_data import POLICIES
 
     policies = load_policy_set(POLICIES)[:3]
     settings = settings_factory(model={"max_model_len": 1000})
@@ -112,9 +112,9 @@ def test_lint_levels(settings_factory):
 
 
 def test_lint_counts_with_the_harmony_encoding_for_gpt_oss(settings_factory):
-    from safeguard_flow.policies import load_policy_set
-    from safeguard_flow.policy_lint import lint, tokenizer_for
-    from safeguard_flow.sample_data import POLICIES
+    from safeguard_flow.domain.policies import load_policy_set
+    from safeguard_flow.policy_quality.lint import lint, tokenizer_for
+    from safeguard_flow.warehouse.sample_data import POLICIES
 
     settings = settings_factory(model={"name": "openai/gpt-oss-safeguard-20b"})
     name, count = tokenizer_for(settings)

@@ -3,10 +3,10 @@ tests/engines (a fake here only pins down ordering, de-duplication and error map
 
 import pytest
 
-from safeguard_flow.content import ContentItem
+from safeguard_flow.domain.content import ContentItem
 from safeguard_flow.engines.base import Completion
-from safeguard_flow.labelling import LabelStats, label_items
-from safeguard_flow.verdicts import ENGINE_ERROR, INPUT_ERROR, MALFORMED, OK
+from safeguard_flow.labelling.loop import LabelStats, label_items
+from safeguard_flow.domain.verdicts import ENGINE_ERROR, INPUT_ERROR, MALFORMED, OK
 
 
 class ScriptedEngine:
@@ -101,18 +101,18 @@ class WordEngine(ScriptedEngine):
 
 
 def _binary_policy():
-    from safeguard_flow.policies import OutputFormat, Policy
+    from safeguard_flow.domain.policies import OutputFormat, Policy
 
     return Policy(name="spam", text="Spam policy. " * 20, output_format=OutputFormat.BINARY).with_version(1)
 
 
 def test_long_content_is_labelled_in_windows_any_violating_window_wins():
-    from safeguard_flow.labelling import PROMPT_OVERHEAD_TOKENS, content_budget
+    from safeguard_flow.labelling.loop import PROMPT_OVERHEAD_TOKENS, content_budget
 
     policy = _binary_policy()
     engine = WordEngine(lambda r: Completion(text="1" if "buy" in r.content else "0", prompt_tokens=5))
     budget = content_budget(engine, policy, engine.max_model_len, engine.max_tokens)
-    assert budget == 300 - 20 - engine.count_tokens(__import__("safeguard_flow.prompts").prompts.system_prompt(policy)) - PROMPT_OVERHEAD_TOKENS
+    assert budget == 300 - 20 - engine.count_tokens(__import__("safeguard_flow.domain.prompts").domain.prompts.system_prompt(policy)) - PROMPT_OVERHEAD_TOKENS
     long_safe = " ".join(f"word{i}" for i in range(3 * budget))
     long_spam = long_safe + " buy cheap pills"  # the violation sits only at the end
     items = [ContentItem.from_raw("safe", long_safe), ContentItem.from_raw("spam", long_spam),

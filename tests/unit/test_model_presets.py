@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from safeguard_flow import model_presets
+from safeguard_flow.models import presets as model_presets
 from safeguard_flow.engines.vllm_args import GIB, cpu_thread_env, engine_args
-from safeguard_flow.model_presets import resolve
+from safeguard_flow.models.presets import resolve
 
 
 def test_gpt_oss_safeguard_gets_the_model_card_and_the_recipe(settings_factory):
@@ -104,7 +104,7 @@ def test_model_info_says_where_each_value_came_from(settings_factory):
 
 
 def test_presets_survive_the_trip_to_a_ray_replica(settings_factory):
-    from safeguard_flow.raylib.settings_env import resolve_paths
+    from safeguard_flow.raylib.shipping.settings_env import resolve_paths
 
     shipped = resolve_paths(settings_factory(model={"name": "openai/gpt-oss-safeguard-20b", "max_tokens": 700}))
     r = resolve(shipped, on_cpu=False)

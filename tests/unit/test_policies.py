@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from safeguard_flow.policies import OutputFormat, PolicyError, load_policy, load_policy_set, parse_policy
+from safeguard_flow.domain.policies import OutputFormat, PolicyError, load_policy, load_policy_set, parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,7 +142,7 @@ def test_duplicate_front_matter_keys_are_refused():
 
 
 def test_policy_names_give_distinct_run_id_parts():
-    from safeguard_flow.policies import policy_id_part
+    from safeguard_flow.domain.policies import policy_id_part
 
     names = ["a/b", "a_b", "a-b", "a/b_c", "a_b/c", "ab"]
     parts = {policy_id_part(n) for n in names}

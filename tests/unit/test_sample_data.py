@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from safeguard_flow.sample_data import load_sample, posts_rows, read_sample, sample_texts
+from safeguard_flow.warehouse.sample_data import load_sample, posts_rows, read_sample, sample_texts
 
 
 def test_sample_days_and_a_clear_error_past_its_end():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from safeguard_flow.evaluation import MODERATION_2022_KEYS
-from safeguard_flow.policies import load_policy_set
-from safeguard_flow.sample_data import POLICIES, read_sample
+from safeguard_flow.policy_quality.metrics import MODERATION_2022_KEYS
+from safeguard_flow.domain.policies import load_policy_set
+from safeguard_flow.warehouse.sample_data import POLICIES, read_sample
 
 
 def test_sample_has_three_days_unique_ids_and_a_label_column_per_example_policy():

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from safeguard_flow import model_presets, prompts
+from safeguard_flow.models import presets as model_presets
+from safeguard_flow.domain import prompts
 from safeguard_flow.engines.vllm_local import sampling_params
-from safeguard_flow.policies import OutputFormat, load_policy_set
+from safeguard_flow.domain.policies import OutputFormat, load_policy_set
 
 POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
 

@@ -1,7 +1,7 @@
 import pytest
 
-from safeguard_flow import prompts
-from safeguard_flow.policies import OutputFormat
+from safeguard_flow.domain import prompts
+from safeguard_flow.domain.policies import OutputFormat
 from safeguard_flow.settings import SettingsError, load_settings
 
 

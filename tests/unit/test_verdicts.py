@@ -1,7 +1,7 @@
 import pytest
 
-from safeguard_flow.policies import OutputFormat
-from safeguard_flow.verdicts import EMPTY, MALFORMED, OK, TRUNCATED, parse_output
+from safeguard_flow.domain.policies import OutputFormat
+from safeguard_flow.domain.verdicts import EMPTY, MALFORMED, OK, TRUNCATED, parse_output
 
 B, J, R = OutputFormat.BINARY, OutputFormat.JSON, OutputFormat.JSON_RATIONALE
 
@@ -68,8 +68,8 @@ def test_safe_label_drops_category():
 
 @pytest.mark.parametrize("text", ["-1", "1.", "(0)", "**1**", "1!", "'0'", "01", "1 0", "+1"])
 def test_binary_parser_reads_only_a_bare_digit(text):
-    from safeguard_flow.policies import OutputFormat
-    from safeguard_flow.verdicts import MALFORMED, parse_output
+    from safeguard_flow.domain.policies import OutputFormat
+    from safeguard_flow.domain.verdicts import MALFORMED, parse_output
 
     parsed = parse_output(text, OutputFormat.BINARY)
     assert (parsed.label, parsed.parse_status) == (None, MALFORMED), text
@@ -77,8 +77,8 @@ def test_binary_parser_reads_only_a_bare_digit(text):
 
 @pytest.mark.parametrize("text,label", [("0", 0), ("1", 1), (" 1\n", 1), ('{"violation": 1}', 1)])
 def test_binary_parser_still_reads_clean_answers(text, label):
-    from safeguard_flow.policies import OutputFormat
-    from safeguard_flow.verdicts import OK, parse_output
+    from safeguard_flow.domain.policies import OutputFormat
+    from safeguard_flow.domain.verdicts import OK, parse_output
 
     assert (parse_output(text, OutputFormat.BINARY).label, parse_output(text, OutputFormat.BINARY).parse_status) == (label, OK)
 

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from tests.warehouse.warehouse_helpers import DAY, SOURCE, T0, at
 
-from safeguard_flow.verdicts import ENGINE_ERROR, INPUT_ERROR, OK, error_verdict
+from safeguard_flow.domain.verdicts import ENGINE_ERROR, INPUT_ERROR, OK, error_verdict
 from safeguard_flow.warehouse import extract, policy_store, runs, schema, staging
 from safeguard_flow.warehouse.errors import RunStateError, SourceError, WarehouseError
 

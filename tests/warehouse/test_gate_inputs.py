@@ -8,7 +8,7 @@ import pytest
 from tests.warehouse.warehouse_helpers import DAY, T0
 
 from safeguard_flow.pipeline import validate as enforce_gate
-from safeguard_flow.quality import QualityGateFailed
+from safeguard_flow.pipeline.expectations import QualityGateFailed
 from safeguard_flow.warehouse.runs import RunStatus
 from safeguard_flow.settings import QualitySettings
 from safeguard_flow.warehouse import runs

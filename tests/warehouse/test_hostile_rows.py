@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tests.warehouse.warehouse_helpers import DAY, SOURCE, T0, at
 
-from safeguard_flow.verdicts import INPUT_ERROR, OK
+from safeguard_flow.domain.verdicts import INPUT_ERROR, OK
 from safeguard_flow.warehouse import extract, runs
 from safeguard_flow.warehouse.sources import SourceTable
 

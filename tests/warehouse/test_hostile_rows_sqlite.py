@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from tests.warehouse.warehouse_helpers import DAY, T0
 
-from safeguard_flow.verdicts import INPUT_ERROR, OK
+from safeguard_flow.domain.verdicts import INPUT_ERROR, OK
 from safeguard_flow.warehouse import runs
 
 

@@ -7,7 +7,7 @@ import pytest
 from tests.warehouse.warehouse_helpers import DAY, T0, at
 
 from safeguard_flow import pipeline
-from safeguard_flow.quality import QualityGateFailed
+from safeguard_flow.pipeline.expectations import QualityGateFailed
 from safeguard_flow.settings import QualitySettings
 from safeguard_flow.warehouse import runs
 from safeguard_flow.warehouse.errors import RunStateError

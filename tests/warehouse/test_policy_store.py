@@ -6,7 +6,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from safeguard_flow.policies import Policy
+from safeguard_flow.domain.policies import Policy
 from safeguard_flow.warehouse import policy_store, schema
 from safeguard_flow.warehouse.errors import WarehouseError
 
@@ -100,7 +100,7 @@ def test_cli_publish_reports_versions_and_db_current(warehouse_url, tmp_path, ca
     import yaml
 
     from safeguard_flow import cli
-    from safeguard_flow.sample_data import copy_policies
+    from safeguard_flow.warehouse.sample_data import copy_policies
 
     policies = copy_policies(tmp_path / "policies", ["spam"])
     config = tmp_path / "safeguard.yaml"
@@ -134,7 +134,7 @@ def test_validate_and_publish_take_the_same_arguments(tmp_path, capsys):
     import yaml
 
     from safeguard_flow import cli
-    from safeguard_flow.sample_data import copy_policies
+    from safeguard_flow.warehouse.sample_data import copy_policies
 
     policies = copy_policies(tmp_path / "policies", ["spam"])
     config = tmp_path / "safeguard.yaml"

@@ -102,7 +102,7 @@ def test_publish_refuses_every_run_the_gate_did_not_validate(wh):
     with pytest.raises(RunStateError, match="is extracted, not validated"):
         wh.publish(run_id, validate=False)
     chunk = staging.pending_chunks(wh.engine, wh.settings, run_id)[0]
-    from safeguard_flow.labelling import label_items
+    from safeguard_flow.labelling.loop import label_items
     from tests.warehouse.warehouse_helpers import KeywordModel
 
     items = staging.read_chunk(wh.engine, wh.settings, run_id, chunk)

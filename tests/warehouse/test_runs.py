@@ -100,7 +100,7 @@ def test_a_failed_run_resumes_at_the_step_that_failed_and_keeps_finished_chunks(
     assert len(chunks) >= 2
     runs.transition(wh.engine, wh.settings, run_id, S.LABELLING)
     # One chunk is staged, then the job dies.
-    from safeguard_flow.labelling import label_items
+    from safeguard_flow.labelling.loop import label_items
     from tests.warehouse.warehouse_helpers import KeywordModel
 
     items = staging.read_chunk(wh.engine, wh.settings, run_id, chunks[0])

@@ -5,7 +5,7 @@ import sqlalchemy as sa
 
 from safeguard_flow.settings import SettingsError
 from safeguard_flow.warehouse import db, schema
-from safeguard_flow.warehouse.model import TABLE_NAMES, VIEW_NAMES
+from safeguard_flow.warehouse.tables import TABLE_NAMES, VIEW_NAMES
 
 
 def test_upgrade_creates_prefixed_tables_views_and_version_table(warehouse_url, settings_factory):

@@ -14,12 +14,12 @@ import sqlalchemy as sa
 import yaml
 
 from safeguard_flow import cli
-from safeguard_flow.evaluation import LabelledRow, compute_metrics, dataset_key, dataset_sha256, mcnemar_exact
-from safeguard_flow.policies import load_policy
+from safeguard_flow.policy_quality.metrics import LabelledRow, compute_metrics, dataset_key, dataset_sha256, mcnemar_exact
+from safeguard_flow.domain.policies import load_policy
 from safeguard_flow import pipeline
-from safeguard_flow.sample_data import POSTS_SOURCE, copy_policies, load_sample, read_sample
+from safeguard_flow.warehouse.sample_data import POSTS_SOURCE, copy_policies, load_sample, read_sample
 from safeguard_flow.settings import load_settings
-from safeguard_flow.verdicts import OK, Verdict
+from safeguard_flow.domain.verdicts import OK, Verdict
 from safeguard_flow.warehouse import db, evals, extract, policy_store, publish, runs, schema, staging
 
 POLICY = "self-harm"
@@ -166,7 +166,7 @@ def test_shadow_diff_refused_forced_and_passing_promotion(warehouse_url, tmp_pat
     assert "McNemar" in (tmp_path / "diff.html").read_text()
 
     # The relabel flow's review step: the diff report and the gate; no promotion without auto_promote.
-    from safeguard_flow.policy_change import review_version
+    from safeguard_flow.policy_quality.policy_change import review_version
 
     review = review_version(engine, settings, POLICY, 2, actor="airflow:test")
     assert review["shadow"] and review["compared_with"] == 1 and review["gate_passed"] is False
@@ -227,7 +227,7 @@ def test_view_file_and_migration_agree():
 
 
 def test_eval_dataset_from_a_warehouse_table(sqlite_url, settings_factory):
-    from safeguard_flow.eval_runner import read_dataset
+    from safeguard_flow.policy_quality.eval import read_dataset
 
     settings = settings_factory(sqlite_url)
     engine = db.make_engine(settings)
@@ -249,7 +249,7 @@ def test_eval_dataset_from_a_warehouse_table(sqlite_url, settings_factory):
 
 
 def test_front_matter_shadow_publishes_a_shadow_version(sqlite_url, settings_factory, tmp_path):
-    from safeguard_flow.policies import PolicyError, parse_policy
+    from safeguard_flow.domain.policies import PolicyError, parse_policy
 
     settings = settings_factory(sqlite_url)
     schema.upgrade(settings)

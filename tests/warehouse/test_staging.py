@@ -5,7 +5,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from tests.warehouse.warehouse_helpers import KeywordModel, at
 
-from safeguard_flow.labelling import label_items
+from safeguard_flow.labelling.loop import label_items
 from safeguard_flow.warehouse import policy_store, runs, schema, staging
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from safeguard_flow.engines.base import Completion
 from safeguard_flow import pipeline
-from safeguard_flow.labelling import label_items
+from safeguard_flow.labelling.loop import label_items
 from safeguard_flow.warehouse import extract, policy_store, publish, runs, schema, staging
 from safeguard_flow.warehouse.errors import RunNotFound
 from safeguard_flow.warehouse.runs import RunStatus

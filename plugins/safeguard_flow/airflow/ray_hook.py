@@ -8,7 +8,7 @@ and in extra an optional ``runtime_env`` merged into every job, ``verify`` (TLS)
         "port": 8265, "password": "<token>", "extra": {"runtime_env": {"pip": ["safeguard-flow"]}}}'
 
 With no such connection, ``ray.dashboard_url`` from the settings is used, and failing that the hook
-starts (or reuses) a local Ray head on 127.0.0.1 (see safeguard_flow.raylib.local_head).
+starts (or reuses) a local Ray head on 127.0.0.1 (see safeguard_flow.raylib.cluster.local_head).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class RayHook(BaseHook):
             return target
         if self.settings.ray.dashboard_url:
             return RayTarget(dashboard_url=self.settings.ray.dashboard_url.rstrip("/"))
-        from safeguard_flow.raylib import local_head
+        from safeguard_flow.raylib.cluster import local_head
 
         head = local_head.ensure_head(self.settings)
         self.log.info("no Ray connection %r and no ray.dashboard_url: using the local head at %s",
@@ -172,7 +172,7 @@ class RayHook(BaseHook):
         submission_id: str | None = None,
         entrypoint_num_cpus: float | None = None,
     ) -> str:
-        from safeguard_flow.raylib.submission import merge_runtime_env
+        from safeguard_flow.raylib.shipping.submission import merge_runtime_env
 
         env = merge_runtime_env(self.target.runtime_env, runtime_env)
         job_id = self.client.submit_job(entrypoint=entrypoint, runtime_env=env or None, metadata=metadata,
@@ -182,7 +182,7 @@ class RayHook(BaseHook):
 
     def put_job_secrets(self, values: dict[str, str]) -> str:
         """Store a job's secrets in the cluster (not in its runtime_env); returns the name to pass the job."""
-        from safeguard_flow.raylib.job_secrets import upload
+        from safeguard_flow.raylib.shipping.job_secrets import upload
 
         return upload(self.client, values)
 

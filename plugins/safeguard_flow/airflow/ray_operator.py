@@ -112,7 +112,7 @@ class RayJobOperator(BaseOperator):
             )
         status = self.hook.wait_for_job(self.job_id, poll_interval=poll, timeout=timeout, on_log=self.log.info)
         logs = self.hook.get_job_logs(self.job_id)
-        from safeguard_flow.raylib.summary import parse_marker
+        from safeguard_flow.raylib.batch.summary import parse_marker
 
         event = {"status": status, "job_id": self.job_id, "log_tail": log_tail(logs),
                  "message": self.hook.get_job_info(self.job_id).message or "", "summary": parse_marker(logs)}
@@ -135,14 +135,14 @@ class RayJobOperator(BaseOperator):
 
 
 class RayLabelJobOperator(RayJobOperator):
-    """Run the label job (`python -m safeguard_flow.raylib.job label`) for one run on the Ray cluster;
+    """Run the label job (`python -m safeguard_flow.raylib.batch.job label`) for one run on the Ray cluster;
     returns the job summary (counts, items/s, tokens).
 
     The job gets the package as py_modules (never this worker's working folder) and the settings as
     one JSON document in its runtime_env, with the warehouse taken from the warehouse connection
     (`warehouse_conn_id`) when one is configured. Secrets (the warehouse password, an API key) are not
     in that document: they are stored in the cluster under a one-off name the job reads once (see
-    safeguard_flow.raylib.job_secrets). If a job for the same run is still running (a retried task, a
+    safeguard_flow.raylib.shipping.job_secrets). If a job for the same run is still running (a retried task, a
     worker that died), the operator follows it instead of submitting a second one.
     """
 
@@ -174,14 +174,14 @@ class RayLabelJobOperator(RayJobOperator):
         return get_settings()
 
     def build_runtime_env(self, context: Any) -> dict[str, Any]:
-        from safeguard_flow.raylib.submission import label_job_runtime_env
+        from safeguard_flow.raylib.shipping.submission import label_job_runtime_env
 
         env, self._job_secrets = label_job_runtime_env(self.settings, local=self.hook.target.local,
                                                        extra=self.runtime_env)
         return env
 
     def build_entrypoint(self, context: Any) -> str:
-        from safeguard_flow.raylib.submission import label_job_entrypoint
+        from safeguard_flow.raylib.shipping.submission import label_job_entrypoint
 
         if self._job_secrets is None:
             self.build_runtime_env(context)
@@ -189,12 +189,12 @@ class RayLabelJobOperator(RayJobOperator):
         return label_job_entrypoint(self.run_id, self.num_replicas, secrets_uri=uri)
 
     def build_metadata(self, context: Any) -> dict[str, str]:
-        from safeguard_flow.raylib.submission import RUN_ID_METADATA
+        from safeguard_flow.raylib.shipping.submission import RUN_ID_METADATA
 
         return {**super().build_metadata(context), RUN_ID_METADATA: self.run_id}
 
     def find_existing_job(self, context: Any) -> str | None:
-        from safeguard_flow.raylib.submission import RUN_ID_METADATA
+        from safeguard_flow.raylib.shipping.submission import RUN_ID_METADATA
 
         return self.hook.find_active_job({RUN_ID_METADATA: self.run_id})
 

@@ -123,7 +123,7 @@ class RayJobTrigger(BaseTrigger):
                 self._line(partial)
 
     def _line(self, line: str) -> None:
-        from safeguard_flow.raylib.summary import SUMMARY_MARKER, parse_marker
+        from safeguard_flow.raylib.batch.summary import SUMMARY_MARKER, parse_marker
 
         self._seen += 1
         line = strip_ansi(line)

@@ -145,7 +145,7 @@ def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[str]:
         return out
 
 
-# --- policy change: eval, diff report, gate (safeguard_flow.policy_change) -------------------------------
+# --- policy change: eval, diff report, gate (safeguard_flow.policy_quality.policy_change) -------------------------------
 
 
 def _targets(engine, settings, ctx) -> dict[str, int]:
@@ -162,7 +162,7 @@ def _targets(engine, settings, ctx) -> dict[str, int]:
 def evaluate_versions(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, Any]]:
     """Evaluate each changed version (and the promoted one, if not yet) on its policy's eval dataset
     (settings evals.policies), with the configured engine in this worker. Policies without one are skipped."""
-    from safeguard_flow.policy_change import evaluate_version
+    from safeguard_flow.policy_quality.policy_change import evaluate_version
 
     ctx = get_current_context()
     with _warehouse(safeguard_conn_id) as (engine, settings):
@@ -178,7 +178,7 @@ def evaluate_versions(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str
 def review_versions(evaluated: list[dict[str, Any]], safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, Any]]:
     """Once the new versions labelled their scope: the diff report per version, the promotion gate for
     shadow versions, and the promotion itself only with policy_gate.auto_promote."""
-    from safeguard_flow.policy_change import review_version
+    from safeguard_flow.policy_quality.policy_change import review_version
 
     ctx = get_current_context()
     actor = f"airflow:{ctx['dag_run'].dag_id}/{ctx['dag_run'].run_id}"
@@ -213,7 +213,7 @@ def label(run, *, mapped: bool = False, **operator_kwargs: Any) -> Any:
 def validate(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
     """The Great Expectations gate. Failing quarantines the run and fails the task (no retries)."""
     from safeguard_flow import pipeline
-    from safeguard_flow.quality import QualityGateFailed
+    from safeguard_flow.pipeline.expectations import QualityGateFailed
 
     with _warehouse(safeguard_conn_id) as (engine, settings):
         try:
@@ -253,7 +253,7 @@ def sync_policies(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, An
     """Store changed policy files as new versions, then announce every change not announced yet (from
     this sync or published meanwhile with the CLI), with the version it replaced. Unchanged policies
     and first versions get no event, so no relabel run is started for them."""
-    from safeguard_flow.policies import load_policy_set
+    from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.warehouse import policy_store
 
     ctx = get_current_context()

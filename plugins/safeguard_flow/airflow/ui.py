@@ -87,12 +87,12 @@ class Dashboard:
         return evals.get_eval(self.engine, self.settings, eval_id)
 
     def promotions(self, limit: int = 10) -> list[dict[str, Any]]:
-        from safeguard_flow.warehouse.promotion import list_promotions
+        from safeguard_flow.policy_quality.promotion import list_promotions
 
         return list_promotions(self.engine, self.settings, limit=limit)
 
     def version_diff(self, policy: str, old: int, new: int, examples: int = 10):
-        from safeguard_flow.warehouse.version_diff import compare_versions
+        from safeguard_flow.policy_quality.version_diff import compare_versions
 
         return compare_versions(self.engine, self.settings, policy, old, new, examples=examples)
 

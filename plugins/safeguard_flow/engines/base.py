@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
-from safeguard_flow.policies import Policy
+from safeguard_flow.domain.policies import Policy
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from safeguard_flow import model_presets, prompts
+from safeguard_flow.models import presets as model_presets
+from safeguard_flow.domain import prompts
 from safeguard_flow.engines.base import Completion, EngineError, LabelRequest
-from safeguard_flow.policies import Policy
+from safeguard_flow.domain.policies import Policy
 from safeguard_flow.redact import mask_url
 from safeguard_flow.settings import Settings
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from safeguard_flow import model_presets
+from safeguard_flow.models import presets as model_presets
 from safeguard_flow.settings import Settings
 
 GIB = 1024**3

@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from safeguard_flow import model_presets, prompts
+from safeguard_flow.models import presets as model_presets
+from safeguard_flow.domain import prompts
 from safeguard_flow.engines.base import Completion, EngineError, LabelRequest
 from safeguard_flow.engines.vllm_args import cpu_thread_env, engine_args
-from safeguard_flow.policies import Policy
+from safeguard_flow.domain.policies import Policy
 from safeguard_flow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class VLLMEngine:
     """Holds one `vllm.LLM`. Call `close()` (or use as a context manager) to free it."""
 
     def __init__(self, settings: Settings, *, model_path: str | None = None, **llm_overrides: Any):
-        from safeguard_flow import local_model
+        from safeguard_flow.models import local as local_model
 
         self.settings = settings
         m = settings.model

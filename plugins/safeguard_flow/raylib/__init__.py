@@ -8,19 +8,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from safeguard_flow.raylib.runner import LabelJobError, run_label_job
-    from safeguard_flow.raylib.summary import LabelJobSummary
+    from safeguard_flow.raylib.batch.runner import LabelJobError, run_label_job
+    from safeguard_flow.raylib.batch.summary import LabelJobSummary
 
 __all__ = ["run_label_job", "LabelJobSummary", "LabelJobError"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("run_label_job", "LabelJobError"):
-        from safeguard_flow.raylib import runner
+        from safeguard_flow.raylib.batch import runner
 
         return getattr(runner, name)
     if name == "LabelJobSummary":
-        from safeguard_flow.raylib.summary import LabelJobSummary
+        from safeguard_flow.raylib.batch.summary import LabelJobSummary
 
         return LabelJobSummary
     raise AttributeError(name)

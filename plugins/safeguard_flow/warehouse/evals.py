@@ -14,9 +14,9 @@ from typing import Any, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from safeguard_flow.evaluation import LabelledRow
+from safeguard_flow.policy_quality.metrics import LabelledRow
 from safeguard_flow.settings import Settings
-from safeguard_flow.verdicts import Verdict
+from safeguard_flow.domain.verdicts import Verdict
 from safeguard_flow.warehouse.db import bulk_insert, utcnow, write_tx
 from safeguard_flow.warehouse.schema import tables
 

@@ -33,12 +33,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from tqdm.auto import tqdm
 
-from safeguard_flow.content import ContentItem
+from safeguard_flow.domain.content import ContentItem
 from safeguard_flow.settings import Settings
-from safeguard_flow.verdicts import ENGINE_ERROR
+from safeguard_flow.domain.verdicts import ENGINE_ERROR
 from safeguard_flow.warehouse.db import as_utc, bulk_insert, utcnow, write_tx
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
-from safeguard_flow.warehouse.model import BUCKETS, bucket_of
+from safeguard_flow.warehouse.tables import BUCKETS, bucket_of
 from safeguard_flow.warehouse.runs import RunStatus, get_run, transition
 from safeguard_flow.warehouse.schema import tables
 from safeguard_flow.warehouse.sources import SourceTable, check_sources

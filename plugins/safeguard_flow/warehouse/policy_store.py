@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from safeguard_flow.policies import OutputFormat, Policy, ReasoningEffort, policy_sha256
+from safeguard_flow.domain.policies import OutputFormat, Policy, ReasoningEffort, policy_sha256
 from safeguard_flow.settings import Settings
 from safeguard_flow.warehouse.db import retrying, utcnow, write_tx
 from safeguard_flow.warehouse.errors import WarehouseError

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from safeguard_flow.policies import Policy
+from safeguard_flow.domain.policies import Policy
 from safeguard_flow.settings import Settings
 from safeguard_flow.warehouse.db import as_utc, utcnow, write_tx
 from safeguard_flow.warehouse.errors import RunConflict, RunNotFound, RunStateError, WarehouseError

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from safeguard_flow.settings import Settings
 from safeguard_flow.warehouse.db import make_engine
-from safeguard_flow.warehouse.model import TABLE_NAMES, VIEW_NAMES, WarehouseTables, build_tables
+from safeguard_flow.warehouse.tables import TABLE_NAMES, VIEW_NAMES, WarehouseTables, build_tables
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 

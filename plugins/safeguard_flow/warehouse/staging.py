@@ -12,9 +12,9 @@ from typing import Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from safeguard_flow.content import ContentItem
+from safeguard_flow.domain.content import ContentItem
 from safeguard_flow.settings import Settings
-from safeguard_flow.verdicts import Verdict
+from safeguard_flow.domain.verdicts import Verdict
 from safeguard_flow.warehouse.db import bulk_insert, retrying, utcnow, write_tx
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
 from safeguard_flow.warehouse.runs import Run, RunStatus, get_run, transition

@@ -1,0 +1,97 @@
+"""Label one chunk so that a single bad row can never sink it.
+
+Engines promise not to raise for one bad request, but a real engine can still raise for a whole
+batch because of one row (vLLM rejects a batch holding a prompt longer than `max_model_len`). When
+that happens the chunk is split in halves until the row that raises is alone; that row becomes an
+error verdict and every other row is labelled normally. If a short, known-good canary request fails
+too, the engine itself is broken: we raise, so Ray restarts the replica instead of writing a chunk
+of bogus errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from safeguard_flow.domain.content import ContentItem
+from safeguard_flow.engines.base import Engine, EngineError, LabelRequest
+from safeguard_flow.labelling.loop import LabelStats, label_items
+from safeguard_flow.domain.policies import Policy
+from safeguard_flow.domain.verdicts import ENGINE_ERROR, Verdict, error_verdict
+
+log = logging.getLogger(__name__)
+
+CANARY_TEXT = "Hello, how are you today?"
+
+
+class EngineUnhealthy(EngineError):
+    """The engine fails even on a trivial request: the replica must be restarted."""
+
+
+def label_chunk(
+    engine: Engine,
+    items: Sequence[ContentItem],
+    policies: Sequence[Policy],
+    *,
+    max_content_chars: int,
+    stats: LabelStats | None = None,
+) -> list[Verdict]:
+    """Verdicts for every (item, policy), ordered by item then policy, whatever the engine raises."""
+    try:
+        return label_items(engine, items, policies, max_content_chars=max_content_chars, stats=stats)
+    except EngineUnhealthy:
+        raise
+    except Exception as exc:
+        if len(items) > 1:
+            log.warning("labelling %d items raised %s; isolating the row that causes it", len(items), _short(exc))
+            half = len(items) // 2
+            return (label_chunk(engine, items[:half], policies, max_content_chars=max_content_chars, stats=stats)
+                    + label_chunk(engine, items[half:], policies, max_content_chars=max_content_chars, stats=stats))
+        return _label_one_item(engine, items[0], policies, exc, max_content_chars=max_content_chars, stats=stats)
+
+
+def _label_one_item(engine: Engine, item: ContentItem, policies: Sequence[Policy], first_exc: Exception, *,
+                    max_content_chars: int, stats: LabelStats | None) -> list[Verdict]:
+    """One item that makes the engine raise: try each policy alone, error verdicts where it still raises."""
+    local = LabelStats()
+    out: list[Verdict] = []
+    for policy in policies:
+        if len(policies) == 1:
+            exc = first_exc  # already tried exactly this request
+        else:
+            try:
+                out += label_items(engine, [item], [policy], max_content_chars=max_content_chars, stats=local)
+                continue
+            except Exception as raised:
+                exc = raised
+        check_engine(engine, policy)
+        log.warning("item %s under policy %s: engine raised %s; writing an error verdict",
+                    item.content_id, policy.name, _short(exc))
+        verdict = error_verdict(
+            content_id=item.content_id, policy=policy.name, policy_version=policy.version or 0,
+            status=ENGINE_ERROR, error=f"engine raised {_short(exc, 500)}",
+            source=item.source, content_hash=item.content_hash, model=engine.model_name,
+        )
+        out.append(verdict)
+    if stats is not None:
+        stats.items += 1
+        stats.requests += local.requests
+        stats.prompt_tokens += local.prompt_tokens
+        stats.completion_tokens += local.completion_tokens
+        stats.add(out)
+    return out
+
+
+def check_engine(engine: Engine, policy: Policy) -> None:
+    """Raise EngineUnhealthy unless the engine answers a trivial request."""
+    try:
+        result = engine.complete([LabelRequest(key=0, policy=policy, content=CANARY_TEXT)])
+    except Exception as exc:
+        raise EngineUnhealthy(f"engine failed a canary request after a row error: {_short(exc)}") from exc
+    if len(result) != 1:
+        raise EngineUnhealthy(f"engine returned {len(result)} completions for one canary request")
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

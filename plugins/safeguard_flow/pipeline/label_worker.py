@@ -1,0 +1,41 @@
+"""The label step's worker process (started by pipeline.label, not a user command).
+
+It reads the settings as JSON on stdin, labels the run's pending chunks (raylib.run_label_job, a
+local or configured Ray) and writes the job summary as JSON to --result. Its output is the heavy
+part (Ray, vLLM): the parent sends it to a log file. If it dies, the parent marks the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--result", required=True, help="where to write the job summary (JSON)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from safeguard_flow.raylib import run_label_job
+    from safeguard_flow.settings import Settings
+
+    settings = Settings.model_validate_json(sys.stdin.read())
+    try:
+        summary = run_label_job(settings, args.run_id)  # marks the run failed if it raises
+    except Exception as exc:
+        logging.getLogger("safeguard_flow.pipeline.label_worker").exception("label job for run %s failed", args.run_id)
+        print(f"label job: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(summary.format(), file=sys.stderr, flush=True)
+    with open(args.result, "w", encoding="utf-8") as fh:
+        json.dump(summary.to_dict(), fh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""`safeguard-flow eval`: label a labelled dataset with the configured engine and score it.
+
+Writes OUTDIR/verdicts.jsonl (one line per row and policy), OUTDIR/metrics.json and OUTDIR/report.html
+(PNGs beside it), and records the eval in the warehouse's eval table (model, engine, policy versions,
+metrics, paired predictions), where `evals list`, `policies diff` and the promotion gate find it.
+The dataset is a JSONL/CSV file or a table of the configured warehouse.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from safeguard_flow.domain.content import ContentItem
+from safeguard_flow.policy_quality.metrics import (
+    LabelledRow,
+    compute_metrics,
+    dataset_key,
+    dataset_sha256,
+    read_labelled_file,
+    rows_from_dicts,
+)
+from safeguard_flow.domain.policies import Policy, load_policy_set
+from safeguard_flow.settings import Settings
+
+log = logging.getLogger(__name__)
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+@dataclass
+class EvalResult:
+    eval_id: str | None
+    output_dir: Path
+    metrics: dict[str, Any]
+    report: Path
+
+
+def label_map_for(settings: Settings, policies: list[Policy], flags: Mapping[str, str]) -> dict[str, str]:
+    """The gold column per policy: --label flags, else settings evals.policies.<name>.label_column."""
+    if flags:
+        return dict(flags)
+    names = {p.name for p in policies}
+    mapping = {name: cfg.label_column for name, cfg in settings.evals.policies.items() if name in names}
+    if not mapping:
+        raise ValueError("no label mapping: pass --label POLICY=COLUMN (repeatable) or set "
+                         "evals.policies.<policy>.label_column in the settings")
+    return mapping
+
+
+def read_dataset(settings: Settings, dataset: str, label_map: Mapping[str, str], id_column: str = "id",
+                 text_column: str = "text") -> list[LabelledRow]:
+    """A JSONL/CSV file, or else a table (``[schema.]table``) of the configured warehouse."""
+    key = dataset_key(dataset)
+    if not key.startswith("table:"):
+        return read_labelled_file(dataset, label_map, id_column, text_column)
+    import sqlalchemy as sa
+
+    from safeguard_flow.warehouse.db import make_engine
+
+    schema, _, table = dataset.rpartition(".")
+    for part, what in ((table, "--dataset table"), (schema or None, "--dataset schema"), (id_column, "--id-column"),
+                       (text_column, "--text-column"), *((c, "--label column") for c in label_map.values())):
+        if part is not None and not _IDENT_RE.match(part):  # names are only ever bound from reflection
+            raise ValueError(f"{what} {part!r} is not a plain SQL identifier (or {dataset!r} is a file that does not exist)")
+    engine = make_engine(settings)
+    try:
+        try:
+            t = sa.Table(table, sa.MetaData(), schema=schema or settings.warehouse.db_schema, autoload_with=engine)
+        except sa.exc.NoSuchTableError:
+            raise FileNotFoundError(f"--dataset: {dataset!r} is neither a file nor a table of the warehouse") from None
+        cols = {id_column, text_column, *label_map.values()}
+        missing = sorted(c for c in cols if c not in t.c)
+        if missing:
+            raise ValueError(f"--dataset table {dataset}: no column(s) {', '.join(missing)} "
+                             f"(columns: {', '.join(t.c.keys())})")
+        with engine.connect() as conn:
+            raw = [dict(r._mapping) for r in conn.execute(sa.select(*[t.c[c] for c in sorted(cols)]).order_by(t.c[id_column]))]
+    finally:
+        engine.dispose()
+    return rows_from_dicts(raw, label_map, id_column, text_column, where=f"table {dataset}")
+
+
+def _with_versions(settings: Settings, policies: list[Policy]) -> tuple[list[Policy], Any]:
+    """Policies with the warehouse version of their text, when it was published; and the engine."""
+    import sqlalchemy as sa
+
+    from safeguard_flow.warehouse import schema
+    from safeguard_flow.warehouse.db import make_engine
+
+    schema.upgrade(settings)
+    engine = make_engine(settings)
+    t = schema.tables(settings).policy_versions
+    with engine.connect() as conn:
+        found = {(r.name, r.sha256): r.version for r in conn.execute(
+            sa.select(t.c.name, t.c.sha256, t.c.version).where(t.c.name.in_([p.name for p in policies])))}
+    return [p.with_version(found[(p.name, p.sha256)]) if (p.name, p.sha256) in found else p for p in policies], engine
+
+
+def run_eval(settings: Settings, policies_dir: str | Path | list[Policy], dataset: str, output: str | Path, *,
+             label_flags: Mapping[str, str] | None = None, limit: int | None = None, id_column: str = "id",
+             text_column: str = "text", engine=None, chunk_size: int = 64, progress: bool = True) -> EvalResult:
+    from tqdm import tqdm
+
+    from safeguard_flow.engines import build_engine
+    from safeguard_flow.policy_quality.eval_report import write_eval_report
+    from safeguard_flow.labelling.files import VerdictWriter
+    from safeguard_flow.labelling.loop import LabelStats, label_stream
+    from safeguard_flow.warehouse import evals as eval_store
+    from safeguard_flow.policy_quality.version_diff import eval_comparisons
+
+    # A folder of policy files (the CLI), or stored versions (the relabel flow evaluates those).
+    all_policies = list(policies_dir) if isinstance(policies_dir, list) else load_policy_set(policies_dir)
+    label_map = label_map_for(settings, all_policies, label_flags or {})
+    known = {p.name for p in all_policies}
+    unknown = sorted(set(label_map) - known)
+    if unknown:
+        raise ValueError(f"--label: no policy named {', '.join(unknown)} in {policies_dir} (known: {', '.join(sorted(known))})")
+    policies = [p for p in all_policies if p.name in label_map]
+    rows = read_dataset(settings, dataset, label_map, id_column, text_column)
+    if limit:
+        rows = rows[:limit]
+    if not rows:
+        raise ValueError(f"--dataset: {dataset} holds no rows")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    policies, wh = _with_versions(settings, policies)
+    try:
+        stats = LabelStats()
+        items = [ContentItem.from_raw(r.content_id, r.text, "eval") for r in rows]
+        own_engine = engine is None
+        engine = engine or build_engine(settings)
+        verdicts = []
+        started = time.perf_counter()
+        try:
+            with VerdictWriter(out / "verdicts.jsonl") as writer, \
+                    tqdm(total=len(items), unit="row", desc="eval", disable=not progress) as bar:
+                for chunk in label_stream(engine, items, policies, chunk_size=chunk_size,
+                                          max_content_chars=settings.model.max_content_chars, stats=stats,
+                                          progress=bar.update):
+                    writer.write(chunk)
+                    verdicts.extend(chunk)
+        finally:
+            if own_engine:
+                engine.close()
+        metrics = compute_metrics(rows, verdicts, [p.name for p in policies],
+                                  bootstrap_samples=settings.evals.bootstrap_samples, seed=settings.evals.seed)
+        key = dataset_key(dataset)
+        metrics.update(
+            model=engine.model_name, engine=settings.engine.kind,
+            policy_versions={p.name: {"version": p.version, "sha256": p.sha256} for p in policies},
+            prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
+            seconds=round(time.perf_counter() - started, 3), dataset=key, dataset_sha256=dataset_sha256(rows),
+            label_map=dict(label_map), rows_read=len(rows),
+        )
+        eval_id = eval_store.store_eval(wh, settings, metrics, rows, verdicts, dataset=key,
+                                        dataset_sha256=metrics["dataset_sha256"], label_map=label_map,
+                                        output_dir=str(out.resolve()), created_by=_actor())
+        metrics["eval_id"] = eval_id
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        comparisons = {p.name: _previous(wh, settings, p, key, eval_comparisons) for p in policies}
+    finally:
+        wh.dispose()
+    report = write_eval_report(out, metrics, {k: v for k, v in comparisons.items() if v})
+    return EvalResult(eval_id, out, metrics, report)
+
+
+def _previous(engine, settings: Settings, policy: Policy, dataset: str, eval_comparisons):
+    """The comparison with the newest other stored version of the policy evaluated on this dataset."""
+    from safeguard_flow.warehouse.policy_store import list_versions
+
+    for v in reversed(list_versions(engine, settings, policy.name)):
+        if v["sha256"] == policy.sha256:
+            continue
+        found = eval_comparisons(engine, settings, policy.name, v["sha256"], policy.sha256, dataset)
+        if found:
+            return {"old_version": v["version"], "new_version": policy.version, "comparison": found[0]}
+    return None
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "unknown"

@@ -76,7 +76,6 @@ def phase(name: str, url: str, chunk_size: int, run_id: str) -> dict:
     import datetime as dt
 
     from safeguard_flow.labelling.loop import label_items
-    from safeguard_flow import pipeline
     from safeguard_flow.warehouse import db, extract, policy_store, publish, runs, staging
 
     settings = settings_for(url, chunk_size)
@@ -92,14 +91,14 @@ def phase(name: str, url: str, chunk_size: int, run_id: str) -> dict:
         runs.create_run(engine, settings, "backfill", policies, start, end, run_id=run_id)
         out["items"] = extract.extract_interval(engine, settings, run_id, start, end)
     elif name == "label":
-        policies = policy_store.get_policies(engine, settings, runs.get_run(engine, settings, run_id)["policy_refs"])
+        policies = policy_store.get_policies(engine, settings, runs.get_run(engine, settings, run_id).policy_refs)
         model = InstantEngine()
         n = 0
         for chunk in staging.pending_chunks(engine, settings, run_id):
             items = staging.read_chunk(engine, settings, run_id, chunk)
             staging.write_chunk(engine, settings, run_id, chunk, label_items(model, items, policies))
             n += len(items)
-        pipeline.finish_labelling(engine, settings, run_id)
+        staging.finish_labelling(engine, settings, run_id)
         out["items"] = n
     elif name == "publish":
         # The gate is not what this measures: pass the run through it without GX.

@@ -81,16 +81,16 @@ def test_nightly_labels_its_interval_and_reruns_are_idempotent(airflow_db, dag_e
     assert _xcom(dr, "label", "ray_job_id")  # labelled by a submitted Ray job (the deferral ran in-line)
 
     (run,) = runs.list_runs(wh_engine, wh_settings)
-    assert run["kind"] == "nightly" and run["status"] == "published"
-    assert (run["interval_start"], run["interval_end"]) == INTERVAL
-    assert run["items"] == PER_DAY and run["verdicts"] == 2 * PER_DAY and run["validation"]["success"] is True
+    assert run.kind == "nightly" and run.status == "published"
+    assert (run.interval_start, run.interval_end) == INTERVAL
+    assert run.items == PER_DAY and run.verdicts == 2 * PER_DAY and run.validation["success"] is True
     current = view_rows(wh_engine, wh_settings, "current_verdicts", limit=100)
     assert {(r["content_id"], r["policy"], r["policy_version"]) for r in current} == {
         (r["id"], p, 1) for r in interval_rows for p in ("self-harm", "spam")}  # only the interval's content
     assert all(r["model"] == "qwen2.5-0.5b-instruct" for r in current)
     assert sum(r["parse_status"] == "ok" for r in current) >= PER_DAY  # the real model answers in format
     events = _verdict_events()[events_before:]
-    assert len(events) == 1 and events[0]["run_id"] == run["id"] and events[0]["inserted"] == 2 * PER_DAY
+    assert len(events) == 1 and events[0]["run_id"] == run.id and events[0]["inserted"] == 2 * PER_DAY
 
     # Running the same interval again finds its warehouse run published: same rows, no duplicates,
     # and no new Ray job or publish (the rest of the DAG run is skipped).
@@ -98,7 +98,7 @@ def test_nightly_labels_its_interval_and_reruns_are_idempotent(airflow_db, dag_e
     assert dr.state == "success"
     assert {ti.task_id: ti.state for ti in dr.get_task_instances()} == {
         "extract": "success", "label": "skipped", "validate": "skipped", "publish": "skipped"}
-    assert [r["id"] for r in runs.list_runs(wh_engine, wh_settings)] == [run["id"]]
+    assert [r["id"] for r in runs.list_runs(wh_engine, wh_settings)] == [run.id]
     assert _count(wh_engine, wh_settings) == 2 * PER_DAY
     assert len(_verdict_events()) == events_before + 1
 
@@ -121,10 +121,10 @@ def test_failing_gate_quarantines_the_run_and_publishes_nothing(airflow_db, dag_
     assert states == {"extract": TaskInstanceState.SUCCESS, "label": TaskInstanceState.SUCCESS,
                       "validate": TaskInstanceState.FAILED, "publish": TaskInstanceState.UPSTREAM_FAILED}
     (run,) = runs.list_runs(wh_engine, wh_settings)
-    assert run["status"] == "quarantined" and run["validation"]["success"] is False
-    assert "error rate <= 5.0% (quality.max_error_rate): 100.0%" in run["error"] and "truncated=" in run["error"]
+    assert run.status == "quarantined" and run.validation["success"] is False
+    assert "error rate <= 5.0% (quality.max_error_rate): 100.0%" in run.error and "truncated=" in run.error
     assert _count(wh_engine, wh_settings) == 0 and _count(wh_engine, wh_settings, "verdict_staging") == 2 * PER_DAY
-    report = json.loads(Path(run["validation"]["report_path"]).read_text())
+    report = json.loads(Path(run.validation["report_path"]).read_text())
     assert report["suites"]["self-harm v1"]["success"] is False and report["suites"]["spam v1"]["success"] is True
 
 
@@ -147,7 +147,7 @@ def test_an_empty_interval_closes_its_run_and_skips_the_rest(airflow_db, monkeyp
         assert {ti.task_id: ti.state for ti in dr.get_task_instances()} == {
             "extract": "success", "label": "skipped", "validate": "skipped", "publish": "skipped"}
         (run,) = runs.list_runs(engine, settings)
-        assert run["status"] == "published" and run["items"] == 0 and run["interval_start"].day == 25
+        assert run.status == "published" and run.items == 0 and run.interval_start.day == 25
     finally:
         engine.dispose()
         get_settings.cache_clear()

@@ -74,7 +74,7 @@ def test_a_label_worker_killed_half_way_fails_the_run_and_the_rerun_resumes_it(w
 
         log = tmp_path / "label.log"
         with pytest.raises(pipeline.LabelJobFailed, match="SIGKILL"):
-            pipeline.label(engine, settings, run.id, log_file=log, on_progress=kill_after_first_chunk)
+            pipeline.label_run(engine, settings, run.id, log_file=log, on_progress=kill_after_first_chunk)
         assert killed, "the job finished before the test could kill it"
         failed = runs.get_run(engine, settings, run.id)
         assert failed.status is RunStatus.FAILED and "killed by SIGKILL" in failed.error and str(log) in failed.error

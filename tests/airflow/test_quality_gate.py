@@ -61,7 +61,7 @@ def _staged_run(engine, settings, labeller, n_days: int = 1):
     """Publish the test policies, extract one day of the sample and stage verdicts from `labeller`."""
     from safeguard_flow.warehouse.sample_data import load_sample, read_sample
     from safeguard_flow.domain.policies import load_policy_set
-    from safeguard_flow.pipeline import finish_labelling
+    from safeguard_flow.warehouse.staging import finish_labelling
     from safeguard_flow.warehouse import extract, policy_store, runs, staging
 
     rows = read_sample(per_day=6, days=["2026-11-21"])
@@ -102,12 +102,12 @@ def test_failing_gate_quarantines_and_nothing_is_published(wh_engine, wh_setting
 
     run_id = _staged_run(wh_engine, wh_settings, lambda i, item, p: _verdict(item, p, status=MALFORMED if i < 3 else OK))
     with pytest.raises(QualityGateFailed) as failed:
-        pipeline.validate(wh_engine, wh_settings, run_id)
+        pipeline.validate_run(wh_engine, wh_settings, run_id)
     summary = str(failed.value)
     assert "quality gate FAILED" in summary and "error rate <= 5.0% (quality.max_error_rate): 50.0%" in summary
     run = runs.get_run(wh_engine, wh_settings, run_id)
-    assert run["status"] is RunStatus.QUARANTINED and run["validation"]["success"] is False
-    assert run["error"] == summary
+    assert run.status is RunStatus.QUARANTINED and run.validation["success"] is False
+    assert run.error == summary
     saved = json.loads(Path(failed.value.report.path).read_text())
     assert saved["run_id"] == run_id and saved["suites"]["spam v1"]["success"] is False
     with pytest.raises(RunStateError):
@@ -122,14 +122,14 @@ def test_passing_gate_marks_the_run_validated_and_publish_goes_through(wh_engine
 
     wh_settings = wh_settings.model_copy(update={"quality": QualitySettings(min_sample=1)})
     run_id = _staged_run(wh_engine, wh_settings, lambda i, item, p: _verdict(item, p, label=i % 2))
-    report = pipeline.validate(wh_engine, wh_settings, run_id)
+    report = pipeline.validate_run(wh_engine, wh_settings, run_id)
     assert report.success and len(report.checks) == 8 + 2 * 4  # run suite + one suite per policy
     run = runs.get_run(wh_engine, wh_settings, run_id)
-    assert run["status"] == "validated" and run["validated_at"] is not None
+    assert run.status == "validated" and run.validated_at is not None
     assert publish.publish_run(wh_engine, wh_settings, run_id)["inserted"] == 12
     # A rerun after publishing keeps the run published (the gate is not re-applied to purged staging).
-    assert pipeline.validate(wh_engine, wh_settings, run_id).success
-    assert runs.get_run(wh_engine, wh_settings, run_id)["status"] == "published"
+    assert pipeline.validate_run(wh_engine, wh_settings, run_id).success
+    assert runs.get_run(wh_engine, wh_settings, run_id).status == "published"
 
 
 @pytest.mark.slow
@@ -140,4 +140,4 @@ def test_positive_rate_bounds_come_from_settings(wh_engine, wh_settings):
     strict = wh_settings.model_copy(update={"quality": QualitySettings(max_positive_rate=0.2, min_sample=1)})
     run_id = _staged_run(wh_engine, strict, lambda i, item, p: _verdict(item, p, label=1))
     with pytest.raises(QualityGateFailed, match=r"positive rate \(label >= 1\) within \[0.0%, 20.0%\].*: 100.0%"):
-        pipeline.validate(wh_engine, strict, run_id)
+        pipeline.validate_run(wh_engine, strict, run_id)

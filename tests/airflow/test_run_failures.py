@@ -40,7 +40,7 @@ def test_a_ray_job_that_ends_failed_or_stopped_fails_its_run(wh_engine, wh_setti
     assert run.status is RunStatus.FAILED
     assert run.error == "label job: Ray job raysubmit_123 ended FAILED: Job entrypoint command failed with exit code -9"
     # The task's retry (a new job) resumes the run where it stopped.
-    assert runs.resume_run(wh_engine, wh_settings, run_id) is RunStatus.EXTRACTED
+    assert runs.resume_run(wh_engine, wh_settings, run_id).status is RunStatus.EXTRACTED
 
 
 def test_a_label_job_that_raises_fails_its_run_with_the_error(sqlite_wh_settings, monkeypatch):

@@ -86,7 +86,7 @@ def _logs(af, dag_id: str, runs: list[dict]) -> str:
     """The task logs of failed runs (for the assertion message: the temporary folder may be gone)."""
     out = []
     for run in runs:
-        if run["state"] == "success":
+        if run.state == "success":
             continue
         folder = af.home / "logs" / f"dag_id={dag_id}" / f"run_id={run['dag_run_id']}"
         for path in sorted(folder.glob("**/*.log")):

@@ -79,13 +79,13 @@ def test_poison_rows_never_block_the_run_and_nothing_is_lost(poisoned, vllm_engi
         items = staging.read_chunk(engine, settings, run_id, chunk)
         verdicts = label_items(vllm_engine, items, policies, max_content_chars=settings.model.max_content_chars)
         staging.write_chunk(engine, settings, run_id, chunk, verdicts)
-    pipeline.finish_labelling(engine, settings, run_id)
-    report = pipeline.validate(engine, settings, run_id)
+    staging.finish_labelling(engine, settings, run_id)
+    report = pipeline.validate_run(engine, settings, run_id)
     assert report.success, report.summary
     publish.publish_run(engine, settings, run_id)
 
     run = runs.get_run(engine, settings, run_id)
-    assert run["status"] == "published"
+    assert run.status == "published"
     v = schema.tables(settings).verdicts
     with engine.connect() as conn:
         out = {r.content_id: r for r in conn.execute(sa.select(v))}
@@ -100,11 +100,11 @@ def test_poison_rows_never_block_the_run_and_nothing_is_lost(poisoned, vllm_engi
                      ("surrogate", "UTF-8"), ("42", "duplicate content id: 2 rows")]:
         assert out[cid].parse_status == INPUT_ERROR and why in out[cid].error, (cid, out[cid].error)
     # ... or a reported reason.
-    report = run["params"]["extract_report"]
+    report = run.params["extract_report"]
     untimed = report["sources"]["posts"]
     assert (untimed["null_updated_at"], untimed["future_updated_at"]) == (1, 1)
     assert "null-ts" not in out and "future-ts" not in out
-    assert any("sweep_untimed" in w for w in run["warnings"])
+    assert any("sweep_untimed" in w for w in run.warnings)
     # Count in = count out: every source row is a verdict, a dropped duplicate, or a counted untimed row.
     accounted = (len(out) + report["dropped_duplicate_rows"] + report["bad_ids"] + untimed["null_updated_at"]
                  + untimed["unparseable_updated_at"] + untimed["future_updated_at"])

@@ -105,8 +105,8 @@ def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small
     wh = db.make_engine(settings)
     run = runs.get_run(wh, settings, run_id)
     wh.dispose()
-    assert run["status"] == "labelled" and run["label_finished_at"] >= run["label_started_at"]
-    assert run["prompt_tokens"] >= summary.prompt_tokens > 0  # staged totals, whichever replica staged each chunk
+    assert run.status == "labelled" and run.label_finished_at >= run.label_started_at
+    assert run.prompt_tokens >= summary.prompt_tokens > 0  # staged totals, whichever replica staged each chunk
 
     again = run_label_job(settings, run_id)  # a finished run: nothing pending, nothing relabelled
     assert again.chunks_pending == 0 and again.items == 0

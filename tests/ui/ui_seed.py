@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from safeguard_flow.warehouse.sample_data import load_sample, read_sample
 from safeguard_flow.domain.policies import load_policy
-from safeguard_flow.pipeline import finish_labelling, validate
+from safeguard_flow.pipeline import validate_run
+from safeguard_flow.warehouse.staging import finish_labelling
 from safeguard_flow.pipeline.expectations import QualityGateFailed
 from safeguard_flow.domain.verdicts import MALFORMED, OK, Verdict
 from safeguard_flow.warehouse import extract, policy_store, publish, runs, schema, staging
@@ -36,7 +37,7 @@ def _label_run(engine, settings, run_id: str, rows_by_id: dict, errors: bool = F
     for chunk in staging.pending_chunks(engine, settings, run_id):
         verdicts = []
         for i, item in enumerate(staging.read_chunk(engine, settings, run_id, chunk)):
-            for name, version in run["policy_refs"]:
+            for name, version in run.policy_refs:
                 bad = errors and i % 2 == 0
                 verdicts.append(Verdict(
                     content_id=item.content_id, policy=name, policy_version=version, source=item.source,
@@ -66,7 +67,7 @@ def seed(engine, settings, policies_dir: Path, per_day: int = 8) -> dict:
         run_id = runs.create_run(engine, settings, "nightly", list(v1.values()), start, start + dt.timedelta(days=1))
         extract.extract_interval(engine, settings, run_id, start, start + dt.timedelta(days=1))
         _label_run(engine, settings, run_id, by_id)
-        validate(engine, settings, run_id)
+        validate_run(engine, settings, run_id)
         publish.publish_run(engine, settings, run_id)
         _backdate(engine, settings, run_id, day)
 
@@ -77,7 +78,7 @@ def seed(engine, settings, policies_dir: Path, per_day: int = 8) -> dict:
     relabel = runs.create_run(engine, settings, "relabel", [v2], params={"scope": "all"})
     extract.extract_relabel(engine, settings, relabel, v2.name, v2.version)
     _label_run(engine, settings, relabel, by_id)
-    validate(engine, settings, relabel)
+    validate_run(engine, settings, relabel)
     publish.publish_run(engine, settings, relabel)
     _backdate(engine, settings, relabel, DAYS[-1])
 
@@ -95,7 +96,7 @@ def seed(engine, settings, policies_dir: Path, per_day: int = 8) -> dict:
     extract.extract_interval(engine, settings, bad, start, start + dt.timedelta(days=1))
     _label_run(engine, settings, bad, by_id, errors=True)
     try:
-        validate(engine, settings, bad)
+        validate_run(engine, settings, bad)
         raise AssertionError("the seeded bad run passed the quality gate")
     except QualityGateFailed:
         pass
@@ -108,7 +109,8 @@ def _seed_evals(engine, settings, rows, versions, out: Path) -> dict:
     """Evals of self-harm v1 and v2 on the sample's annotations (predictions as the seed labels them),
     stored like `safeguard-flow eval` stores them, and v2's report.html (with PNGs) written to `out`."""
     from safeguard_flow.policy_quality.eval_report import write_eval_report
-    from safeguard_flow.policy_quality.metrics import LabelledRow, compute_metrics, dataset_sha256
+    from safeguard_flow.policy_quality.datasets import LabelledRow, dataset_sha256
+    from safeguard_flow.policy_quality.metrics import compute_metrics
     from safeguard_flow.warehouse import evals
     from safeguard_flow.policy_quality.version_diff import eval_comparisons
 

@@ -35,14 +35,14 @@ def test_unchanged_content_is_skipped_and_edited_content_relabelled(wh):
     run_id = wh.nightly(T0 + DAY, T0 + 2 * DAY)
     run = runs.get_run(wh.engine, wh.settings, run_id)
     assert work_ids(wh, run_id) == ["2", "4"]
-    assert (run["items"], run["skipped_unchanged"]) == (2, 1)
+    assert (run.items, run.skipped_unchanged) == (2, 1)
     wh.label(run_id)
     wh.publish(run_id)
     by_id = {(v["content_id"], v["policy"]): v for v in wh.verdicts()}
     assert by_id[("2", "spam")]["run_id"] == run_id and by_id[("1", "spam")]["run_id"] != run_id
     # Re-running the same interval finds nothing new.
     again = wh.nightly(T0 + DAY, T0 + 2 * DAY)
-    assert runs.get_run(wh.engine, wh.settings, again)["items"] == 0
+    assert runs.get_run(wh.engine, wh.settings, again).items == 0
     assert staging.pending_chunks(wh.engine, wh.settings, again) == []
 
 
@@ -59,11 +59,11 @@ def test_identical_texts_are_labelled_once_and_fanned_out(wh):
     assert model.requests.count("BUY now!!") == 2  # once per policy, not 9 times
     assert len(model.requests) == (1 + 7) * 2
     run = runs.get_run(wh.engine, wh.settings, run_id)
-    assert (run["items"], run["unique_texts"]) == (16, 8)
+    assert (run.items, run.unique_texts) == (16, 8)
     wh.publish(run_id)
     spam = [v for v in wh.verdicts() if v["content_id"].startswith("spam")]
     assert len(spam) == 18 and {v["label"] for v in spam} == {1}
-    assert runs.get_run(wh.engine, wh.settings, run_id)["prompt_tokens"] == 8 * 2 * 20  # counted once per text
+    assert runs.get_run(wh.engine, wh.settings, run_id).prompt_tokens == 8 * 2 * 20  # counted once per text
 
 
 def test_null_and_empty_text_give_error_verdict_rows(wh):
@@ -81,7 +81,7 @@ def test_null_and_empty_text_give_error_verdict_rows(wh):
             assert (v["parse_status"], v["label"], v["error"]) == (INPUT_ERROR, None, why)
     assert rows[("ok", "spam")]["parse_status"] == OK
     # Problem rows are not retried forever: the next run over the same rows skips them.
-    assert runs.get_run(wh.engine, wh.settings, wh.nightly())["items"] == 0
+    assert runs.get_run(wh.engine, wh.settings, wh.nightly()).items == 0
 
 
 def test_bad_utf8_bytes_give_an_error_verdict(make_warehouse):
@@ -104,8 +104,8 @@ def test_duplicate_content_ids_are_reported_not_merged(wh):
                   ("8", "fine", at(4))])
     run_id = wh.nightly()
     run = runs.get_run(wh.engine, wh.settings, run_id)
-    assert run["duplicate_ids"] == 1 and run["items"] == 2
-    assert any("more than one source row" in w and "7" in w for w in run["warnings"])
+    assert run.duplicate_ids == 1 and run.items == 2
+    assert any("more than one source row" in w and "7" in w for w in run.warnings)
     wh.label(run_id)
     wh.publish(run_id)
     dup = [v for v in wh.verdicts() if v["content_id"] == "7"]
@@ -117,8 +117,8 @@ def test_duplicate_content_ids_are_reported_not_merged(wh):
 def test_rows_without_a_usable_id_are_reported(wh):
     wh.add_posts([(None, "orphan", at(1)), ("x" * 201, "long id", at(1)), ("ok", "fine", at(1))])
     run = runs.get_run(wh.engine, wh.settings, wh.nightly())
-    assert run["items"] == 1
-    assert any("2 source row(s) skipped" in w for w in run["warnings"])
+    assert run.items == 1
+    assert any("2 source row(s) skipped" in w for w in run.warnings)
 
 
 def test_relabel_scope_since_and_limit(wh, small_policies):
@@ -164,8 +164,8 @@ def test_interval_on_a_source_without_updated_at_scans_by_hash(make_warehouse):
     wh.add_posts([("1", "a", None), ("2", "b", at(100))])
     first = wh.run_all()
     run = runs.get_run(wh.engine, wh.settings, first)
-    assert run["items"] == 2 and any("no updated_at_column" in w for w in run["warnings"])
-    assert runs.get_run(wh.engine, wh.settings, wh.nightly(T0 + DAY, T0 + 2 * DAY))["items"] == 0
+    assert run.items == 2 and any("no updated_at_column" in w for w in run.warnings)
+    assert runs.get_run(wh.engine, wh.settings, wh.nightly(T0 + DAY, T0 + 2 * DAY)).items == 0
 
 
 def test_engine_errors_are_retried_by_the_next_run(wh):
@@ -180,7 +180,7 @@ def test_engine_errors_are_retried_by_the_next_run(wh):
     wh.publish(run_id)
     assert {v["parse_status"] for v in wh.verdicts()} == {ENGINE_ERROR}
     again = wh.nightly()
-    assert runs.get_run(wh.engine, wh.settings, again)["items"] == 1
+    assert runs.get_run(wh.engine, wh.settings, again).items == 1
 
 
 def test_extract_retry_is_idempotent_and_a_partial_extract_is_redone(wh):
@@ -215,7 +215,7 @@ def test_extract_memory_does_not_grow_with_the_table(wh):
         extract.extract_interval(wh.engine, wh.settings, run_id, at(offset), at(offset + 1))
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert runs.get_run(wh.engine, wh.settings, run_id)["items"] == n
+        assert runs.get_run(wh.engine, wh.settings, run_id).items == n
         return peak
 
     small, big = peak_for(2000, 0), peak_for(8000, 2)

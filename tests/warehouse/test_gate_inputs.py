@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from tests.warehouse.warehouse_helpers import DAY, T0
 
-from safeguard_flow.pipeline import validate as enforce_gate
+from safeguard_flow.pipeline import validate_run as enforce_gate
 from safeguard_flow.pipeline.expectations import QualityGateFailed
 from safeguard_flow.warehouse.runs import RunStatus
 from safeguard_flow.settings import QualitySettings
@@ -60,7 +60,7 @@ def test_defaults_stop_a_model_that_calls_almost_everything_positive(wh):
     run_id = _day(wh, 0, n=100, spam=97)
     with pytest.raises(QualityGateFailed, match=r"positive rate \(label >= 1\) within \[0\.0%, 80\.0%\]"):
         _gate(wh, run_id)
-    assert runs.get_run(wh.engine, wh.settings, run_id)["status"] == QUARANTINED
+    assert runs.get_run(wh.engine, wh.settings, run_id).status == QUARANTINED
 
 
 def test_small_runs_are_not_judged_on_their_positive_rate(wh):
@@ -86,7 +86,7 @@ def test_drift_gate_quarantines_a_jump_from_a_steady_rate(wh):
     assert checks == {f"positive rate within 25.0% of this version's trailing rate {r} over its last 400 published "
                       "labelled verdicts (quality.drift_tolerance)" for r in ("5.5%",)}, checks
     assert "90.0%" in str(failed.value)
-    assert runs.get_run(wh.engine, wh.settings, jump)["status"] == QUARANTINED
+    assert runs.get_run(wh.engine, wh.settings, jump).status == QUARANTINED
     assert len(wh.verdicts()) == published  # nothing of the jump was published
     # Off when asked.
     runs.reset_run(wh.engine, wh.settings, jump)

@@ -22,7 +22,7 @@ def test_ids_the_stream_sees_apart_are_merged_before_staging(wh, monkeypatch):
     monkeypatch.setattr(SourceTable, "select_rows", by_time)
     run_id = wh.run_all()
     run = runs.get_run(wh.engine, wh.settings, run_id)
-    assert run["status"] == "published" and run["items"] == 3 and run["duplicate_ids"] == 1
+    assert run.status == "published" and run.items == 3 and run.duplicate_ids == 1
     rows = {(v["content_id"], v["policy"]): v for v in wh.verdicts()}
     assert rows[("a", "spam")]["parse_status"] == INPUT_ERROR and "duplicate content id: 2 rows" in rows[("a", "spam")]["error"]
     assert rows[("b", "spam")]["parse_status"] == OK
@@ -34,9 +34,9 @@ def test_null_and_future_updated_at_are_counted_and_reported_then_swept(make_war
     wh.add_posts([("in", "inside", at(5)), ("null", "no time", None), ("future", "from 2099", at(24 * 365 * 75))])
     run_id = wh.run_all()
     run = runs.get_run(wh.engine, wh.settings, run_id)
-    report = run["params"]["extract_report"]["sources"]["posts"]
+    report = run.params["extract_report"]["sources"]["posts"]
     assert (report["null_updated_at"], report["future_updated_at"], report["items"]) == (1, 1, 1)
-    warning = next(w for w in run["warnings"] if "updated_at_column" in w)
+    warning = next(w for w in run.warnings if "updated_at_column" in w)
     assert "1 NULL" in warning and "1 in the future" in warning and "sources[0].sweep_untimed" in warning
     assert {v["content_id"] for v in wh.verdicts()} == {"in"}
 
@@ -44,10 +44,10 @@ def test_null_and_future_updated_at_are_counted_and_reported_then_swept(make_war
     swept.posts = wh.posts
     first = swept.run_all(T0 + DAY, T0 + 2 * DAY)
     assert {v["content_id"] for v in swept.verdicts()} == {"in", "null", "future"}
-    assert runs.get_run(swept.engine, swept.settings, first)["items"] == 2
+    assert runs.get_run(swept.engine, swept.settings, first).items == 2
     # Swept rows are labelled once: the next interval finds them unchanged.
     again = swept.nightly(T0 + 2 * DAY, T0 + 3 * DAY)
-    assert runs.get_run(swept.engine, swept.settings, again)["items"] == 0
+    assert runs.get_run(swept.engine, swept.settings, again).items == 0
 
 
 def test_relabel_reads_rows_without_updated_at_too(wh):

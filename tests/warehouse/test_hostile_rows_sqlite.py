@@ -42,13 +42,13 @@ def test_invalid_utf8_text_becomes_an_error_verdict_not_an_extract_failure(sqlit
             conn.exec_driver_sql("SELECT body FROM posts ORDER BY id").all()
     run_id = wh.run_all()
     run = runs.get_run(wh.engine, wh.settings, run_id)
-    assert run["status"] == "published" and run["items"] == 2
+    assert run.status == "published" and run.items == 2
     rows = {(v["content_id"], v["policy"]): v for v in wh.verdicts()}
     assert rows[("1", "spam")]["parse_status"] == INPUT_ERROR and "not valid UTF-8" in rows[("1", "spam")]["error"]
     assert rows[("2", "spam")]["parse_status"] == OK
-    report = run["params"]["extract_report"]
+    report = run.params["extract_report"]
     assert (report["rows_read"], report["undecodable_text"], report["bad_ids"]) == (3, 1, 1)
-    assert any("not UTF-8" in w for w in run["warnings"])
+    assert any("not UTF-8" in w for w in run.warnings)
 
 
 def test_integer_and_text_ids_that_print_the_same_are_a_duplicate_not_a_lost_run(sqlite_wh):
@@ -60,14 +60,14 @@ def test_integer_and_text_ids_that_print_the_same_are_a_duplicate_not_a_lost_run
                          {"id": cid, "b": f"post {cid!r}"})
     run_id = wh.run_all()
     run = runs.get_run(wh.engine, wh.settings, run_id)
-    assert run["status"] == "published" and run["duplicate_ids"] == 1
+    assert run.status == "published" and run.duplicate_ids == 1
     rows = {(v["content_id"], v["policy"]): v for v in wh.verdicts()}
     assert {cid for cid, _ in rows} == {"42", "7", "8", "100", "x"}  # the 4 legitimate ones are labelled
     dup = rows[("42", "spam")]
     assert dup["parse_status"] == INPUT_ERROR
     assert "duplicate content id: 2 rows" in dup["error"] and "integer and text" in dup["error"]
     assert all(rows[(c, "spam")]["parse_status"] == OK for c in ("7", "8", "100", "x"))
-    report = run["params"]["extract_report"]
+    report = run.params["extract_report"]
     assert report["rows_read"] == 6 == report["items"] + report["dropped_duplicate_rows"]
 
 
@@ -82,7 +82,7 @@ def test_sqlite_text_timestamps_are_parsed_not_compared_as_text(sqlite_wh):
     day1 = wh.nightly(T0, T0 + DAY)
     assert sorted(i["content_id"] for i in wh.query("SELECT content_id FROM sg_work_items WHERE run_id = :r",
                                                       r=day1)) == ["date", "naive", "zulu"]
-    report = runs.get_run(wh.engine, wh.settings, day1)["params"]["extract_report"]["sources"]["posts"]
+    report = runs.get_run(wh.engine, wh.settings, day1).params["extract_report"]["sources"]["posts"]
     assert report["unparseable_updated_at"] == 2  # "last tuesday" and a bare number
     day2 = wh.nightly(T0 + DAY, T0 + 2 * DAY)
     assert [i["content_id"] for i in wh.query("SELECT content_id FROM sg_work_items WHERE run_id = :r",

@@ -9,7 +9,7 @@ from tests.warehouse.warehouse_helpers import DAY, T0, at
 from safeguard_flow import pipeline
 from safeguard_flow.pipeline.expectations import QualityGateFailed
 from safeguard_flow.settings import QualitySettings
-from safeguard_flow.warehouse import runs
+from safeguard_flow.warehouse import runs, staging
 from safeguard_flow.warehouse.errors import RunStateError
 from safeguard_flow.warehouse.runs import RunStatus as S
 
@@ -24,17 +24,17 @@ def test_an_interval_runs_end_to_end_and_its_rerun_does_nothing(wh):
     assert run.id == pipeline.interval_run_id("nightly", T0, T0 + DAY, [("spam", 1), ("self-harm", 1)])
     assert (run.status, run.items) == (S.EXTRACTED, 6) and pipeline.needs_work(run)
     wh.label(run.id)
-    report = pipeline.validate(wh.engine, wh.settings, run.id)
+    report = pipeline.validate_run(wh.engine, wh.settings, run.id)
     assert report.success and runs.get_run(wh.engine, wh.settings, run.id).validated_at is not None
-    counts = pipeline.publish(wh.engine, wh.settings, run.id)
+    counts = pipeline.publish_run(wh.engine, wh.settings, run.id)
     assert counts["inserted"] == 12
     done = runs.get_run(wh.engine, wh.settings, run.id)
     assert done.status is S.PUBLISHED and done.validation["success"] is True
 
     again = pipeline.start_interval_run(wh.engine, wh.settings, T0, T0 + DAY)
     assert again.id == run.id and again.status is S.PUBLISHED and not pipeline.needs_work(again)
-    assert pipeline.publish(wh.engine, wh.settings, run.id)["already_published"] is True
-    assert pipeline.validate(wh.engine, wh.settings, run.id).success  # the stored result
+    assert pipeline.publish_run(wh.engine, wh.settings, run.id)["already_published"] is True
+    assert pipeline.validate_run(wh.engine, wh.settings, run.id).success  # the stored result
     assert len(wh.verdicts()) == 12
 
 
@@ -58,18 +58,18 @@ def test_a_quarantined_run_starts_afresh_and_publishes_after_the_fix(wh):
     run = pipeline.start_interval_run(wh.engine, strict, T0, T0 + DAY)
     wh.label(run.id)
     with pytest.raises(QualityGateFailed, match="positive rate"):
-        pipeline.validate(wh.engine, strict, run.id)
+        pipeline.validate_run(wh.engine, strict, run.id)
     quarantined = runs.get_run(wh.engine, wh.settings, run.id)
     assert quarantined.status is S.QUARANTINED and "positive rate" in quarantined.error
     with pytest.raises(RunStateError, match="quarantined"):
-        pipeline.publish(wh.engine, wh.settings, run.id)
+        pipeline.publish_run(wh.engine, wh.settings, run.id)
     assert runs.get_run(wh.engine, wh.settings, run.id).status is S.QUARANTINED  # a refused step fails nothing
 
     again = pipeline.start_interval_run(wh.engine, wh.settings, T0, T0 + DAY)  # the threshold was fixed
     assert (again.id, again.status, again.items, again.error) == (run.id, S.EXTRACTED, 6, None)
     wh.label(run.id)
-    pipeline.validate(wh.engine, wh.settings, run.id)
-    assert pipeline.publish(wh.engine, wh.settings, run.id)["inserted"] == 12
+    pipeline.validate_run(wh.engine, wh.settings, run.id)
+    assert pipeline.publish_run(wh.engine, wh.settings, run.id)["inserted"] == 12
 
 
 def test_a_step_that_raises_fails_the_run_and_the_next_attempt_resumes_it(wh):
@@ -83,13 +83,13 @@ def test_a_step_that_raises_fails_the_run_and_the_next_attempt_resumes_it(wh):
         raise OSError("connection reset by peer")
 
     with pytest.raises(OSError):
-        pipeline.extract(wh.engine, wh.settings, run_id, broken_extract)
+        pipeline.extract_run(wh.engine, wh.settings, run_id, broken_extract)
     failed = runs.get_run(wh.engine, wh.settings, run_id)
     assert failed.status is S.FAILED and failed.error == "extract: OSError: connection reset by peer"
 
     from safeguard_flow.warehouse import extract
 
-    run = pipeline.extract(wh.engine, wh.settings, run_id,
+    run = pipeline.extract_run(wh.engine, wh.settings, run_id,
                            lambda: extract.extract_interval(wh.engine, wh.settings, run_id, T0, T0 + DAY))
     assert (run.status, run.items) == (S.EXTRACTED, 6)  # extract had finished: it is not redone
     assert "connection reset by peer" in run.warnings[-1]
@@ -99,11 +99,11 @@ def test_steps_asked_of_a_run_in_the_wrong_state_leave_it_alone(wh):
     _posts(wh)
     run = pipeline.start_interval_run(wh.engine, wh.settings, T0, T0 + DAY)
     with pytest.raises(RunStateError, match="is extracted: the quality gate needs a labelled run"):
-        pipeline.validate(wh.engine, wh.settings, run.id)
+        pipeline.validate_run(wh.engine, wh.settings, run.id)
     with pytest.raises(RunStateError, match="not validated"):
-        pipeline.publish(wh.engine, wh.settings, run.id)
+        pipeline.publish_run(wh.engine, wh.settings, run.id)
     with pytest.raises(RunStateError, match="not labelled yet"):
-        pipeline.finish_labelling(wh.engine, wh.settings, run.id)
+        staging.finish_labelling(wh.engine, wh.settings, run.id)
     assert runs.get_run(wh.engine, wh.settings, run.id).status is S.EXTRACTED
 
 

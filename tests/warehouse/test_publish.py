@@ -53,9 +53,9 @@ def test_publish_inserts_records_the_run_and_is_idempotent(wh, method):
     assert (hit["label"], hit["category"], hit["rule_ids"], hit["confidence"]) == (1, "promo", ["R1"], 0.9)
     assert hit["raw_output"] is None and hit["labelled_at"].tzinfo is not None  # raw text kept for errors only
     run = runs.get_run(wh.engine, wh.settings, run_id)
-    assert run["status"] == "published" and run["published_at"] is not None
-    assert (run["verdicts"], run["inserted"], run["positives"], run["model"]) == (24, 24, 6, "keyword-rules")
-    assert (run["prompt_tokens"], run["completion_tokens"]) == (24 * 20, 24 * 5)
+    assert run.status == "published" and run.published_at is not None
+    assert (run.verdicts, run.inserted, run.positives, run.model) == (24, 24, 6, "keyword-rules")
+    assert (run.prompt_tokens, run.completion_tokens) == (24 * 20, 24 * 5)
 
     again = wh.publish(run_id, **method_kw(method))
     assert (again["inserted"], again["updated"], again["unchanged"]) == (0, 0, 24)
@@ -185,8 +185,8 @@ def test_a_connection_dropped_mid_publish_leaves_verdicts_as_they_were(wh, metho
     with pytest.raises(sa.exc.DBAPIError):
         wh.publish(run_id, _after_upsert=drop_connection, **method_kw(method))
     assert wh.verdicts() == before
-    assert runs.get_run(wh.engine, wh.settings, run_id)["status"] == "labelled" or \
-        runs.get_run(wh.engine, wh.settings, run_id)["published_at"] is None
+    assert runs.get_run(wh.engine, wh.settings, run_id).status == "labelled" or \
+        runs.get_run(wh.engine, wh.settings, run_id).published_at is None
 
     rerun = wh.publish(run_id, **method_kw(method))
     assert (rerun["inserted"], rerun["updated"]) == (4, 24)

@@ -55,7 +55,7 @@ def test_structured_filters_select_rows(make_warehouse):
     wh.add_posts([("1", "hello", at(1), "en"), ("2", "salut", at(1), "fr"), ("3", "hi", at(1), "en"),
                   ("4", "hola", at(1), "es"), ("5", None, at(1), "en")])
     run_id = wh.nightly()
-    assert runs.get_run(wh.engine, wh.settings, run_id)["items"] == 2
+    assert runs.get_run(wh.engine, wh.settings, run_id).items == 2
     ids = sorted(i.content_id for c in staging.pending_chunks(wh.engine, wh.settings, run_id)
                  for i in staging.read_chunk(wh.engine, wh.settings, run_id, c))
     assert ids == ["1", "2"]
@@ -70,7 +70,7 @@ def test_hostile_values_are_bound_not_spliced(make_warehouse):
     (v1, v2) = wh.verdicts()  # one row x two policies, and the source table is intact
     assert v1["content_id"] == v2["content_id"] == "1"
     assert wh.query("SELECT COUNT(*) AS n FROM posts")[0]["n"] == 2
-    assert runs.get_run(wh.engine, wh.settings, run_id)["status"] == "published"
+    assert runs.get_run(wh.engine, wh.settings, run_id).status == "published"
 
 
 def test_filter_settings_are_validated(settings_factory):

@@ -19,7 +19,7 @@ def extracted(wh):
 
 def label_chunk(wh, run_id, chunk, model=None):
     items = staging.read_chunk(wh.engine, wh.settings, run_id, chunk)
-    policies = policy_store.get_policies(wh.engine, wh.settings, runs.get_run(wh.engine, wh.settings, run_id)["policy_refs"])
+    policies = policy_store.get_policies(wh.engine, wh.settings, runs.get_run(wh.engine, wh.settings, run_id).policy_refs)
     verdicts = label_items(model or KeywordModel(), items, policies)
     return items, verdicts
 
@@ -39,7 +39,7 @@ def test_chunks_cover_the_work_list_once(extracted):
     ids = [i.content_id for c in chunks for i in staging.read_chunk(wh.engine, wh.settings, run_id, c)]
     assert sorted(ids) == sorted([str(i) for i in range(30)] + ["null"])
     run = runs.get_run(wh.engine, wh.settings, run_id)
-    assert run["chunks"] == len(chunks) and run["status"] == "extracted"
+    assert run.chunks == len(chunks) and run.status == "extracted"
     assert staging.progress(wh.engine, wh.settings, run_id)["items"] == 31
     (null_item,) = [i for c in chunks for i in staging.read_chunk(wh.engine, wh.settings, run_id, c)
                     if i.content_id == "null"]

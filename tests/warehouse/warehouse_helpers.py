@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from safeguard_flow.engines.base import Completion
-from safeguard_flow import pipeline
 from safeguard_flow.labelling.loop import label_items
 from safeguard_flow.warehouse import extract, policy_store, publish, runs, schema, staging
 from safeguard_flow.warehouse.errors import RunNotFound
@@ -89,7 +88,7 @@ class Warehouse:
 
     def label(self, run_id: str, model: KeywordModel | None = None) -> KeywordModel:
         model = model or KeywordModel()
-        refs = runs.get_run(self.engine, self.settings, run_id)["policy_refs"]
+        refs = runs.get_run(self.engine, self.settings, run_id).policy_refs
         policies = policy_store.get_policies(self.engine, self.settings, refs)
         for chunk in staging.pending_chunks(self.engine, self.settings, run_id):
             items = staging.read_chunk(self.engine, self.settings, run_id, chunk)
@@ -100,7 +99,7 @@ class Warehouse:
     def _labelled(self, run_id: str) -> None:
         """Every chunk staged: the run is labelled (what the label job's end does)."""
         if not staging.pending_chunks(self.engine, self.settings, run_id):
-            pipeline.finish_labelling(self.engine, self.settings, run_id)
+            staging.finish_labelling(self.engine, self.settings, run_id)
 
     def publish(self, run_id: str, validate: bool = True, **kw) -> dict:
         """Publish the run; `validate` first passes it through the gate without running GX (these tests

@@ -26,7 +26,7 @@ class LabelOperator(RayLabelJobOperator):
             self.log.info("ray.label_mode is in_process: labelling run %s in this worker", self.run_id)
             engine = make_engine(self.settings)
             try:
-                outcome = pipeline.label(engine, self.settings, self.run_id)
+                outcome = pipeline.label_run(engine, self.settings, self.run_id)
             except pipeline.LabelJobFailed as exc:
                 raise RuntimeError(str(exc)) from None  # the run is marked failed; Airflow's retry resumes it
             finally:

@@ -207,12 +207,11 @@ class RayLabelJobOperator(RayJobOperator):
     def _fail_run(self, reason: str) -> None:
         """A job whose driver died cannot say so itself: the run is marked failed here (a no-op when
         the job already failed it); the task's retry resumes it."""
-        from safeguard_flow.warehouse import db, runs
+        from safeguard_flow.pipeline.run_rules import mark_failed
+        from safeguard_flow.warehouse import db
 
-        engine = db.make_engine(self.settings)
+        sql_engine = db.make_engine(self.settings)
         try:
-            runs.fail_run(engine, self.settings, self.run_id, reason)
-        except Exception as exc:  # keep the job's own error as the task's
-            self.log.warning("could not mark run %s failed: %s", self.run_id, exc)
+            mark_failed(sql_engine, self.settings, self.run_id, reason)  # keeps the job's own error as the task's
         finally:
-            engine.dispose()
+            sql_engine.dispose()

@@ -29,7 +29,6 @@ from safeguard_flow.airflow.assets import (
     verdicts_asset,
 )
 from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
-from safeguard_flow.pipeline import interval_run_id, relabel_run_id  # noqa: F401  (the DAGs' run ids)
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +216,7 @@ def validate(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, An
 
     with _warehouse(safeguard_conn_id) as (engine, settings):
         try:
-            report = pipeline.validate(engine, settings, run)
+            report = pipeline.validate_run(engine, settings, run)
         except QualityGateFailed as exc:
             log.error("%s\nfull validation result: %s", exc.report.summary, exc.report.path)
             raise AirflowFailException(exc.report.summary) from None
@@ -236,7 +235,7 @@ def publish(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any
     from safeguard_flow.warehouse import runs
 
     with _warehouse(safeguard_conn_id) as (engine, settings):
-        counts = pipeline.publish(engine, settings, run)
+        counts = pipeline.publish_run(engine, settings, run)
         log.info("published run %s: %s", run, counts)
         extra = {k: counts.get(k) for k in ("inserted", "updated", "unchanged", "errors", "positives")}
         extra["run_id"] = run

@@ -17,7 +17,7 @@ a suite is built from the policy (its label set) and the settings (``quality.*``
 Great Expectations is used as a library (an ephemeral context with a pandas data source), so this
 module needs no Airflow, no warehouse and no files: :func:`validate_frame` is pure. Applying the gate
 to a run (reading its staged verdicts, saving the report, validated or quarantined) is
-``pipeline.validate``; the report file is ``validation_report``. A failed gate raises
+``pipeline/validate.py``, which also writes the report file. A failed gate raises
 :class:`QualityGateFailed`, whose message lists the failed expectations in words.
 """
 
@@ -35,9 +35,8 @@ from safeguard_flow.domain.verdicts import INPUT_ERROR, OK, PARSE_STATUSES
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-    import sqlalchemy as sa
 
-    from safeguard_flow.settings import QualitySettings, Settings
+    from safeguard_flow.settings import QualitySettings
 
 # Columns of the staged frame the suite reads. The key identifies one verdict.
 KEY_COLUMNS = ("source", "content_id", "policy", "policy_version")
@@ -90,7 +89,7 @@ def validate_frame(
     """Run one suite per policy version over its slice of the frame; pure (no warehouse, no files).
 
     `trailing` maps (policy, version) to (positives, labelled) of its earlier published verdicts
-    (see trailing_rates), for the drift check."""
+    (see warehouse/verdict_rates.py), for the drift check."""
     import pandas as pd
 
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -248,34 +247,6 @@ def _policy_suite(policy: Policy, quality: QualitySettings, n_labelled: int = 0,
                 },
             ))
     return gx.ExpectationSuite(name=f"{policy.name} v{policy.version}", expectations=expectations)
-
-
-def trailing_rates(engine: sa.Engine, settings: Settings, policies: Sequence[Policy],
-                   exclude_run_id: str | None = None) -> dict[tuple[str, int], tuple[int, int]]:
-    """(positives, labelled) over each policy version's last `quality.drift_window` published labelled
-    verdicts (newest first on the (policy, version, labelled_at) index), other runs than `exclude_run_id`."""
-    import sqlalchemy as sa
-
-    from safeguard_flow.warehouse.schema import tables
-
-    v = tables(settings).verdicts
-    out: dict[tuple[str, int], tuple[int, int]] = {}
-    with engine.connect() as conn:
-        for policy in policies:
-            if policy.version is None:
-                continue
-            recent = (sa.select(v.c.label).where(v.c.policy == policy.name, v.c.policy_version == policy.version,
-                                                 v.c.parse_status == OK, v.c.label.is_not(None))
-                      .order_by(v.c.labelled_at.desc()).limit(settings.quality.drift_window))
-            if exclude_run_id is not None:
-                recent = recent.where(v.c.run_id != exclude_run_id)
-            recent = recent.subquery()
-            positives, labelled = conn.execute(sa.select(
-                sa.func.coalesce(sa.func.sum(sa.case((recent.c.label >= 1, 1), else_=0)), 0), sa.func.count()
-            ).select_from(recent)).one()
-            if labelled:
-                out[(policy.name, int(policy.version))] = (int(positives), int(labelled))
-    return out
 
 
 # --- GX plumbing ----------------------------------------------------------------------------------

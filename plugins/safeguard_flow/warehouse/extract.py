@@ -325,7 +325,7 @@ def _finish(engine: Engine, settings: Settings, run_id: str, stats: _Stats) -> N
         log.warning("run %s: %s", run_id, msg)
     n_chunks = math.ceil(stats.items / settings.warehouse.chunk_size) if stats.items else 0
     run = get_run(engine, settings, run_id)
-    params = {**(run.get("params") or {}), "extract_report": {
+    params = {**(run.params), "extract_report": {
         "rows_read": stats.rows_read, "items": stats.items, "skipped_unchanged": stats.skipped_unchanged,
         "bad_ids": stats.bad_ids, "duplicate_ids": stats.duplicate_ids,
         "dropped_duplicate_rows": stats.dropped_duplicate_rows, "undecodable_text": stats.undecodable,

@@ -101,7 +101,7 @@ def _check_run(conn: Connection, settings: Settings, run_id: str, allow_partial:
         raise RunStateError(f"run {run_id!r} has no complete work list (status {run.status}); nothing to publish")
     if run.status not in (RunStatus.VALIDATED, RunStatus.PUBLISHED):
         raise RunStateError(f"run {run_id!r} is {run.status}, not validated: only a run that passed the quality "
-                            "gate is published (validate it first: pipeline.validate or the DAG's validate task)")
+                            "gate is published (validate it first: pipeline.validate_run or the DAG's validate task)")
     c = t.run_chunks
     pending = conn.execute(sa.select(sa.func.count()).where(c.c.run_id == run_id, c.c.done == sa.false())).scalar_one()
     if pending and not allow_partial:

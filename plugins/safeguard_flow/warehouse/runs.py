@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Sequence
 
@@ -94,9 +93,8 @@ class IllegalTransition(RunStateError):
 
 
 @dataclass(eq=False)
-class Run(Mapping):
-    """One row of `sg_runs`. Attribute access is the API; read-only `run["field"]` works too, for code
-    written when runs travelled as dicts."""
+class Run:
+    """One row of `sg_runs`, typed (``to_dict`` gives the plain fields)."""
 
     id: str
     kind: str
@@ -168,21 +166,6 @@ class Run(Mapping):
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    # -- read-only mapping (the dict runs used to be) -------------------------------------------------
-    def __getitem__(self, key: str) -> Any:
-        if key not in _FIELD_NAMES:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self):
-        return iter(_FIELD_NAMES)
-
-    def __len__(self) -> int:
-        return len(_FIELD_NAMES)
-
-
-_FIELD_NAMES = tuple(f.name for f in fields(Run))
 
 
 def check_transition(run: Run, to: RunStatus | str) -> RunStatus:
@@ -320,7 +303,7 @@ def _update(conn: Connection, t: sa.Table, run_id: str, values: dict[str, Any]) 
 def transition(engine: Engine | Connection, settings: Settings, run_id: str, to: RunStatus | str, /,
                **fields_: Any) -> Run:
     """Move the run to status `to` (setting `fields_` with it) if the lifecycle allows; returns the run
-    as it was before. Checked and written in one transaction: of two processes racing for the same
+    as it is now. Checked and written in one transaction: of two processes racing for the same
     move out of one status, the second sees the first's result. Moving to 'validated' needs the
     passing gate's `validation` result."""
     _check_fields(settings, fields_)
@@ -344,7 +327,7 @@ def _transition(conn: Connection, settings: Settings, run_id: str, to, fields_: 
         now = _select(conn, settings, run_id)
         raise IllegalTransition(f"run {run_id!r} changed from {run.status.value} to {now.status.value} while "
                                 f"moving it to {to.value}")
-    return run
+    return _select(conn, settings, run_id)
 
 
 def fail_run(engine: Engine | Connection, settings: Settings, run_id: str, reason: str) -> bool:
@@ -363,17 +346,16 @@ def fail_run(engine: Engine | Connection, settings: Settings, run_id: str, reaso
         return fail(conn)
 
 
-def resume_run(engine: Engine, settings: Settings, run_id: str) -> RunStatus:
+def resume_run(engine: Engine, settings: Settings, run_id: str) -> Run:
     """Resume a failed run at the step that had not finished (finished chunks are kept); returns the
-    status it resumes at. The failure stays in the run's warnings."""
+    resumed run (its status is where it resumes). The failure stays in the run's warnings."""
     with write_tx(engine) as conn:
         run = _select(conn, settings, run_id, for_update=True)
         if run.status is not S.FAILED:
             raise IllegalTransition(f"run {run_id!r} is {run.status.value}, not failed: nothing to resume")
         point = run.resume_point()
         note = f"resumed at {point.value} after a failure: {run.error or 'no reason recorded'}"
-        _transition(conn, settings, run_id, point, {"error": None, "warnings": [*run.warnings, note[:2000]]})
-        return point
+        return _transition(conn, settings, run_id, point, {"error": None, "warnings": [*run.warnings, note[:2000]]})
 
 
 def add_warning(conn: Connection, settings: Settings, run_id: str, message: str) -> None:
@@ -394,7 +376,7 @@ def list_runs(engine: Engine, settings: Settings, limit: int = 50, kind: str | N
         return [Run.from_row(r) for r in conn.execute(q)]
 
 
-def reset_run(engine: Engine, settings: Settings, run_id: str) -> None:
+def reset_run(engine: Engine, settings: Settings, run_id: str) -> Run:
     """Start a quarantined or failed run afresh: forget its work list, chunks and staged verdicts
     (published verdicts stay), clear its counts; status 'created'."""
     t = tables(settings)
@@ -403,4 +385,4 @@ def reset_run(engine: Engine, settings: Settings, run_id: str) -> None:
         for table in (t.work_items, t.run_chunks, t.verdict_staging):
             conn.execute(table.delete().where(table.c.run_id == run_id))
         cleared = {c: None for c in (*_COUNTS, *_TIMES, "validation", "error")}
-        _transition(conn, settings, run_id, S.CREATED, {**cleared, "warnings": []})
+        return _transition(conn, settings, run_id, S.CREATED, {**cleared, "warnings": []})

@@ -80,7 +80,7 @@ def _write_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int,
         w = t.work_items
         items = conn.execute(_chunk_items_query(settings, run_id, chunk, w.c.source, w.c.content_id,
                                                 w.c.content_hash, w.c.content_updated_at)).all()
-        _check_complete(run_id, chunk_no, items, run["policy_refs"], verdicts)
+        _check_complete(run_id, chunk_no, items, run.policy_refs, verdicts)
         updated_at = {(it.source, it.content_id): it.content_updated_at for it in items}
 
         rows, analysis = [], []
@@ -93,7 +93,7 @@ def _write_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int,
                 category=v.category, rationale=v.rationale, confidence=v.confidence, rule_ids=v.rule_ids,
                 parse_status=v.parse_status, raw_output=v.raw_output if v.is_error else None, error=v.error,
                 model=v.model or "", prompt_tokens=v.prompt_tokens, completion_tokens=v.completion_tokens,
-                extra=v.extra or None, labelled_at=now, extracted_at=run["extract_started_at"],
+                extra=v.extra or None, labelled_at=now, extracted_at=run.extract_started_at,
                 content_updated_at=updated_at[(v.source, v.content_id)]))
             tokens[(v.content_hash, v.policy)] = (v.prompt_tokens, v.completion_tokens)
             if settings.warehouse.store_analysis and (v.analysis or v.raw_output):
@@ -197,6 +197,5 @@ def finish_labelling(engine: Engine, settings: Settings, run_id: str) -> Run:
     if pending:
         raise RunStateError(f"run {run_id!r} has {len(pending)} chunk(s) not labelled yet: {pending[:20]}")
     totals = progress(engine, settings, run_id)  # earlier (killed) jobs included
-    transition(engine, settings, run_id, RunStatus.LABELLED, label_finished_at=utcnow(),
-               prompt_tokens=totals["prompt_tokens"], completion_tokens=totals["completion_tokens"])
-    return get_run(engine, settings, run_id)
+    return transition(engine, settings, run_id, RunStatus.LABELLED, label_finished_at=utcnow(),
+                      prompt_tokens=totals["prompt_tokens"], completion_tokens=totals["completion_tokens"])

@@ -26,32 +26,31 @@ class LabelJobError(RuntimeError):
 def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
     """Label the run's pending chunks; the run ends labelled. If this raises (or is interrupted) the
     run is marked failed with the reason; running it again resumes (a failed run included)."""
+    from safeguard_flow.pipeline.run_rules import LABEL_DONE, failing, resume_if_failed
     from safeguard_flow.warehouse import db, policy_store, runs, staging
     from safeguard_flow.warehouse.runs import RunStatus
 
     started = time.perf_counter()
     settings = resolve_paths(settings)
-    engine = db.make_engine(settings)
+    sql_engine = db.make_engine(settings)
     try:
-        run = runs.get_run(engine, settings, run_id)
-        if run.status is RunStatus.FAILED:  # a retried job resumes where the last one died
-            runs.resume_run(engine, settings, run_id)
-            run = runs.get_run(engine, settings, run_id)
+        # A retried job resumes where the last one died.
+        run = resume_if_failed(sql_engine, settings, runs.get_run(sql_engine, settings, run_id))
         summary = LabelJobSummary(run_id=run_id)
-        if run.status in (RunStatus.LABELLED, RunStatus.VALIDATED, RunStatus.PUBLISHED):
+        if run.status in LABEL_DONE:
             log.info("run %s is %s: nothing to label", run_id, run.status.value)
             return summary
-        policies = policy_store.get_policies(engine, settings, run.policy_refs)
-        chunks = staging.pending_chunks(engine, settings, run_id)
+        policies = policy_store.get_policies(sql_engine, settings, run.policy_refs)
+        chunks = staging.pending_chunks(sql_engine, settings, run_id)
         summary.chunks_pending = len(chunks)
-        try:
+        with failing(sql_engine, settings, run_id, "label job"):  # an interrupt too: never left 'labelling'
             if chunks:
                 log.info("run %s: %d pending chunks, %d policies (%s), %d replicas", run_id, len(chunks), len(policies),
                          ", ".join(f"{p.name} v{p.version}" for p in policies),
                          min(settings.ray.num_replicas, len(chunks)))
                 # A resumed run keeps the start of its first label job.
                 start_fields = {} if run.label_started_at else {"label_started_at": db.utcnow()}
-                runs.transition(engine, settings, run_id, RunStatus.LABELLING, model=settings.model.name,
+                runs.transition(sql_engine, settings, run_id, RunStatus.LABELLING, model=settings.model.name,
                                 engine=f"{settings.engine.kind} on ray", **start_fields)
                 with ray_session(settings), progress_bar(len(chunks), run_id) as bar:
                     for row in label_chunks(settings, run_id, policies, chunks):
@@ -62,19 +61,12 @@ def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
             else:
                 log.info("run %s: no pending chunks, nothing to label", run_id)
 
-            left = staging.pending_chunks(engine, settings, run_id)
+            left = staging.pending_chunks(sql_engine, settings, run_id)
             summary.chunks_left = len(left)
             summary.wall_s = time.perf_counter() - started
             if left:
                 raise LabelJobError(f"run {run_id}: {len(left)} chunks still pending after the job: {left[:20]}")
-            staging.finish_labelling(engine, settings, run_id)
-        except BaseException as exc:  # an interrupt too: the run must not stay 'labelling'
-            reason = f"label job: {type(exc).__name__}: {exc}"
-            try:
-                runs.fail_run(engine, settings, run_id, reason)
-            except Exception as mark:
-                exc.add_note(f"(could not mark run {run_id} failed: {mark})")
-            raise
+            staging.finish_labelling(sql_engine, settings, run_id)
         return summary
     finally:
-        engine.dispose()
+        sql_engine.dispose()

@@ -1,0 +1,27 @@
+"""Publish, the last step: merge a validated run's staged verdicts into the verdict table in one
+transaction and record it (the merge itself, an upsert per dialect, is warehouse/publish.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from safeguard_flow.warehouse import publish as verdict_merge
+from safeguard_flow.warehouse import runs
+from safeguard_flow.warehouse.runs import RunStatus
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sqlalchemy.engine import Engine
+
+    from safeguard_flow.settings import Settings
+
+
+def publish_run(sql_engine: Engine, settings: Settings, run_id: str) -> dict[str, Any]:
+    """Publish the run; a run published before returns its recorded counts (nothing is merged twice).
+
+    Not marked failed when it raises: the merge is one transaction, so the run is still validated and
+    publishing again (a task retry) is all it takes. The merge refuses a run that is not validated."""
+    run = runs.get_run(sql_engine, settings, run_id)
+    if run.status is RunStatus.PUBLISHED:
+        return {"run_id": run_id, "already_published": True,
+                **{k: getattr(run, k) for k in ("verdicts", "inserted", "updated", "unchanged", "errors", "positives")}}
+    return verdict_merge.publish_run(sql_engine, settings, run_id)

@@ -40,7 +40,8 @@ from pydantic_settings.sources.utils import parse_env_vars
 from safeguard_flow.redact import mask_value
 
 ENV_PREFIX = "SAFEGUARD_"
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# A plain SQL identifier: any table, schema or column name taken from settings or flags must be one.
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 class SettingsError(ValueError):
@@ -56,7 +57,7 @@ class _Section(BaseModel):
 
 
 def _identifier(value: str | None, what: str) -> str | None:
-    if value is not None and not _IDENT_RE.match(value):
+    if value is not None and not IDENT_RE.match(value):
         raise ValueError(f"{what} {value!r} is not a plain SQL identifier (letters, digits, '_')")
     return value
 

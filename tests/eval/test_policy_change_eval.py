@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_new_and_promoted_versions_are_evaluated_once(tmp_path, vllm_engine, monkeypatch):
-    from safeguard_flow.policy_quality.metrics import dataset_key
+    from safeguard_flow.policy_quality.datasets import dataset_key
     from safeguard_flow.domain.policies import load_policy
     from safeguard_flow.policy_quality.policy_change import evaluate_version
     from safeguard_flow.warehouse import db, evals, policy_store, schema

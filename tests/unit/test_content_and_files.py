@@ -63,17 +63,24 @@ def test_writer_jsonl_and_csv(tmp_path):
 
 
 def test_evaluate_counts_errors_apart(tmp_path):
-    from safeguard_flow.policy_quality.metrics import load_truth, plot_scores, score
+    """`evaluate`: compute_metrics over the truth rows the verdicts labelled; errors apart, no text needed."""
+    from safeguard_flow.policy_quality.eval import score_against_truth, score_verdicts
 
     truth_file = tmp_path / "t.jsonl"
-    truth_file.write_text('{"id": "a", "SH": 1}\n{"id": "b", "SH": 0}\n{"id": "c", "SH": 1}\n{"id": "d"}\n')
-    truth = load_truth(truth_file, {"self-harm": "SH"})
+    truth_file.write_text('{"id": "a", "SH": 1}\n{"id": "b", "SH": 0}\n{"id": "c", "SH": 1}\n{"id": "d"}\n'
+                          '{"id": "not-labelled", "SH": 1}\n')
 
     def mk(cid, label, status="ok"):
         return Verdict(content_id=cid, policy="self-harm", policy_version=1, label=label, parse_status=status)
 
-    (s,) = score([mk("a", 1), mk("b", 1), mk("c", None, "malformed"), mk("d", 0)], truth)
-    assert (s.tp, s.fp, s.fn, s.tn, s.errors, s.unlabelled) == (1, 1, 0, 0, 1, 1)
-    assert s.precision == 0.5 and s.recall == 1.0
-    png = plot_scores([s], tmp_path / "plot.png")
+    verdicts = [mk("a", 1), mk("b", 1), mk("c", None, "malformed"), mk("d", 0), mk("no-truth", 1)]
+    m = score_against_truth(verdicts, truth_file, {"self-harm": "SH", "spam": "spam"})["policies"]["self-harm"]
+    assert (m["tp"], m["fp"], m["fn"], m["tn"], m["errors"], m["skipped"]) == (1, 1, 0, 0, 1, 1)
+    assert m["precision"] == 0.5 and m["recall"] == 1.0
+    with VerdictWriter(tmp_path / "v.jsonl") as w:
+        w.write(verdicts)
+    text, png = score_verdicts(tmp_path / "v.jsonl", truth_file, {"self-harm": "SH"}, tmp_path / "plots" / "plot.png")
+    header, _, row = text.splitlines()
+    assert header.split() == ["policy", "scored", "tp", "fp", "fn", "tn", "errors", "precision", "recall", "F1"]
+    assert row.split() == ["self-harm", "2", "1", "1", "0", "0", "1", "0.50", "1.00", "0.67"]
     assert png.read_bytes()[:4] == b"\x89PNG"

@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from safeguard_flow.policy_quality.metrics import (
-    LabelledRow,
-    compute_metrics,
-    gold_value,
-    mcnemar_exact,
-    parse_label_map,
-    read_labelled_file,
-)
+from safeguard_flow.policy_quality.datasets import LabelledRow, gold_value, parse_label_map, read_labelled_file
+from safeguard_flow.policy_quality.metrics import compute_metrics, mcnemar_exact
 from safeguard_flow.domain.verdicts import MALFORMED, OK, Verdict
 
 
@@ -87,6 +81,13 @@ def test_dataset_checks(tmp_path):
     csv = tmp_path / "d.csv"
     csv.write_text("id,text,S\n1,a,1\n2,b,\n3,c,0\n")
     assert [r.gold["s"] for r in read_labelled_file(csv, {"s": "S"})] == [1, None, 0]
+    # The rows `label` would turn into error verdicts make a dataset unreadable instead.
+    csv.write_bytes(b"id,text,S\n1,a,1\n2,bad \xff byte,0\n")
+    with pytest.raises(ValueError, match="line 3: not valid UTF-8"):
+        read_labelled_file(csv, {"s": "S"})
+    path.write_text(json.dumps({"id": 1, "text": "x"}) + "\n{not json\n")
+    with pytest.raises(ValueError, match="line 2: invalid JSON"):
+        read_labelled_file(path, {})
 
 
 def test_mcnemar_exact():

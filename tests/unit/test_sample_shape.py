@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from safeguard_flow.policy_quality.metrics import MODERATION_2022_KEYS
+from safeguard_flow.policy_quality.datasets import MODERATION_2022_KEYS
 from safeguard_flow.domain.policies import load_policy_set
 from safeguard_flow.warehouse.sample_data import POLICIES, read_sample
 

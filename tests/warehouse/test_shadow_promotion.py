@@ -14,7 +14,8 @@ import sqlalchemy as sa
 import yaml
 
 from safeguard_flow import cli
-from safeguard_flow.policy_quality.metrics import LabelledRow, compute_metrics, dataset_key, dataset_sha256, mcnemar_exact
+from safeguard_flow.policy_quality.datasets import LabelledRow, dataset_key, dataset_sha256
+from safeguard_flow.policy_quality.metrics import compute_metrics, mcnemar_exact
 from safeguard_flow.domain.policies import load_policy
 from safeguard_flow import pipeline
 from safeguard_flow.warehouse.sample_data import POSTS_SOURCE, copy_policies, load_sample, read_sample
@@ -48,8 +49,8 @@ def _relabel(engine, settings, policy, rows_by_id, order) -> str:
             content_id=i.content_id, policy=policy.name, policy_version=policy.version, source=i.source,
             content_hash=i.content_hash, label=_label(policy.version, rows_by_id[i.content_id], order[i.content_id]),
             parse_status=OK, rationale=f"v{policy.version} on {i.content_id}", model="annotations") for i in items])
-    pipeline.finish_labelling(engine, settings, run_id)
-    pipeline.validate(engine, settings, run_id)
+    staging.finish_labelling(engine, settings, run_id)
+    pipeline.validate_run(engine, settings, run_id)
     publish.publish_run(engine, settings, run_id)
     return run_id
 
@@ -70,8 +71,8 @@ def _nightly(engine, settings, rows):
             content_hash=i.content_hash, label=gold[i.content_id],
             parse_status=OK, rationale=f"v{p.version} on {i.content_id}", model="annotations")
             for i in items for p in policies])
-    pipeline.finish_labelling(engine, settings, run.id)
-    pipeline.validate(engine, settings, run.id)
+    staging.finish_labelling(engine, settings, run.id)
+    pipeline.validate_run(engine, settings, run.id)
     publish.publish_run(engine, settings, run.id)
     return run
 
@@ -227,7 +228,7 @@ def test_view_file_and_migration_agree():
 
 
 def test_eval_dataset_from_a_warehouse_table(sqlite_url, settings_factory):
-    from safeguard_flow.policy_quality.eval import read_dataset
+    from safeguard_flow.policy_quality.datasets import read_dataset
 
     settings = settings_factory(sqlite_url)
     engine = db.make_engine(settings)

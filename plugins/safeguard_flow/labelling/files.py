@@ -1,7 +1,7 @@
-"""Reading content from JSONL/CSV files and writing verdicts, for the CLI and the demo.
+"""Reading JSONL/CSV rows, content for the `label` command and verdicts written by it.
 
-A line that cannot be read (bad JSON, bad UTF-8, no id) still yields an item, with its problem
-set, so it comes out as an error verdict: count in == count out.
+`read_rows` is the one JSONL/CSV reader: `label` turns an unreadable row into an error verdict
+(count in == count out), a labelled dataset refuses it (a dataset is scored whole or not at all).
 """
 
 from __future__ import annotations
@@ -19,17 +19,56 @@ ID_FIELDS = ("id", "content_id")
 TEXT_FIELDS = ("text", "content", "prompt")
 
 
-def read_items(path: str | Path, source: str = "file") -> Iterator[ContentItem]:
+def read_rows(path: str | Path, flag: str) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line number, row, None), or (line number, None, problem) for a line that is not a JSON object.
+
+    CSV is decoded leniently so one bad byte does not stop the file: such bytes stay as surrogate
+    escapes (`has_bad_bytes`) for the caller to judge. `flag` names the file in errors (`--input`)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--input: {path} does not exist")
+        raise FileNotFoundError(f"{flag}: {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".ndjson", ".json"}:
-        yield from _read_jsonl(path, source)
+        yield from _jsonl_rows(path)
     elif suffix == ".csv":
-        yield from _read_csv(path, source)
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+        yield from ((lineno, row, None) for lineno, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2))
     else:
-        raise ValueError(f"--input: {path} must be .jsonl or .csv (got {suffix or 'no extension'})")
+        raise ValueError(f"{flag}: {path} must be .jsonl or .csv (got {suffix or 'no extension'})")
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                yield lineno, None, f"line {lineno}: not valid UTF-8 (byte {exc.start})"
+                continue
+            except json.JSONDecodeError as exc:
+                yield lineno, None, f"line {lineno}: invalid JSON ({exc.msg})"
+                continue
+            if isinstance(row, dict):
+                yield lineno, row, None
+            else:
+                yield lineno, None, f"line {lineno}: not a JSON object"
+
+
+def has_bad_bytes(value: object) -> bool:
+    """A CSV value that held bytes which are not UTF-8 (kept as surrogate escapes by `read_rows`)."""
+    return isinstance(value, str) and any(0xDC80 <= ord(ch) <= 0xDCFF for ch in value)
+
+
+def read_items(path: str | Path, source: str = "file") -> Iterator[ContentItem]:
+    path = Path(path)
+    for lineno, row, problem in read_rows(path, "--input"):
+        fallback_id = f"{path.name}:{lineno}"
+        if problem is not None:
+            yield ContentItem(fallback_id, None, source, "", problem=problem)
+        else:
+            yield _item(row, fallback_id, lineno, source)
 
 
 def _pick(row: dict, fields: tuple[str, ...]) -> tuple[bool, object]:
@@ -39,34 +78,6 @@ def _pick(row: dict, fields: tuple[str, ...]) -> tuple[bool, object]:
     return False, None
 
 
-def _read_jsonl(path: Path, source: str) -> Iterator[ContentItem]:
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            fallback_id = f"{path.name}:{lineno}"
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                yield ContentItem(fallback_id, None, source, "", problem=f"line {lineno}: not valid UTF-8 (byte {exc.start})")
-                continue
-            except json.JSONDecodeError as exc:
-                yield ContentItem(fallback_id, None, source, "", problem=f"line {lineno}: invalid JSON ({exc.msg})")
-                continue
-            if not isinstance(row, dict):
-                yield ContentItem(fallback_id, None, source, "", problem=f"line {lineno}: not a JSON object")
-                continue
-            yield _item(row, fallback_id, lineno, source)
-
-
-def _read_csv(path: Path, source: str) -> Iterator[ContentItem]:
-    # Decode leniently so one bad byte does not stop the file; flag rows that held one.
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    for lineno, row in enumerate(reader, start=2):
-        yield _item(row, f"{path.name}:{lineno}", lineno, source)
-
-
 def _item(row: dict, fallback_id: str, lineno: int, source: str) -> ContentItem:
     has_id, cid = _pick(row, ID_FIELDS)
     has_text, text = _pick(row, TEXT_FIELDS)
@@ -74,7 +85,7 @@ def _item(row: dict, fallback_id: str, lineno: int, source: str) -> ContentItem:
         return ContentItem(fallback_id, None, source, "", problem=f"line {lineno}: no id (one of {', '.join(ID_FIELDS)})")
     if not has_text:
         return ContentItem(str(cid), None, source, "", problem=f"line {lineno}: no text (one of {', '.join(TEXT_FIELDS)})")
-    if isinstance(text, str) and any(0xDC80 <= ord(ch) <= 0xDCFF for ch in text):
+    if has_bad_bytes(text):
         return ContentItem(str(cid), None, source, "", problem=f"line {lineno}: not valid UTF-8")
     return ContentItem.from_raw(cid, text, source)
 
@@ -83,6 +94,18 @@ VERDICT_FIELDS = (
     "content_id", "policy", "policy_version", "label", "category", "rationale", "parse_status", "error",
     "raw_output", "prompt_tokens", "completion_tokens", "model", "content_hash", "source", "analysis",
 )
+
+
+def read_verdicts(path: str | Path) -> list[Verdict]:
+    """Verdicts from a JSONL file `label` wrote (other keys are ignored)."""
+    fields = set(Verdict.__dataclass_fields__)
+    path = Path(path)
+    verdicts = []
+    for _, row, problem in _jsonl_rows(path):
+        if problem is not None:
+            raise ValueError(f"--verdicts: {path} {problem}")
+        verdicts.append(Verdict(**{k: v for k, v in row.items() if k in fields}))
+    return verdicts
 
 
 class VerdictWriter:

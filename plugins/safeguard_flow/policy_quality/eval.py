@@ -1,36 +1,27 @@
-"""`safeguard-flow eval`: label a labelled dataset with the configured engine and score it.
+"""`safeguard-flow eval`: label a labelled dataset with the configured engine and score it; and
+`safeguard-flow evaluate`: score verdicts `label` already wrote, with the same metrics.
 
-Writes OUTDIR/verdicts.jsonl (one line per row and policy), OUTDIR/metrics.json and OUTDIR/report.html
-(PNGs beside it), and records the eval in the warehouse's eval table (model, engine, policy versions,
-metrics, paired predictions), where `evals list`, `policies diff` and the promotion gate find it.
-The dataset is a JSONL/CSV file or a table of the configured warehouse.
+`eval` writes OUTDIR/verdicts.jsonl (one line per row and policy), OUTDIR/metrics.json and
+OUTDIR/report.html (PNGs beside it), and records the eval in the warehouse's eval table (model, engine,
+policy versions, metrics, paired predictions), where `evals list`, `policies diff` and the promotion
+gate find it. The dataset is a JSONL/CSV file or a table of the configured warehouse.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
-import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from safeguard_flow.domain.content import ContentItem
-from safeguard_flow.policy_quality.metrics import (
-    LabelledRow,
-    compute_metrics,
-    dataset_key,
-    dataset_sha256,
-    read_labelled_file,
-    rows_from_dicts,
-)
 from safeguard_flow.domain.policies import Policy, load_policy_set
+from safeguard_flow.domain.verdicts import Verdict
+from safeguard_flow.policy_quality.datasets import dataset_key, dataset_sha256, file_rows, read_dataset, rows_from_dicts
+from safeguard_flow.policy_quality.metrics import compute_metrics
 from safeguard_flow.settings import Settings
-
-log = logging.getLogger(__name__)
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 @dataclass
@@ -51,39 +42,6 @@ def label_map_for(settings: Settings, policies: list[Policy], flags: Mapping[str
         raise ValueError("no label mapping: pass --label POLICY=COLUMN (repeatable) or set "
                          "evals.policies.<policy>.label_column in the settings")
     return mapping
-
-
-def read_dataset(settings: Settings, dataset: str, label_map: Mapping[str, str], id_column: str = "id",
-                 text_column: str = "text") -> list[LabelledRow]:
-    """A JSONL/CSV file, or else a table (``[schema.]table``) of the configured warehouse."""
-    key = dataset_key(dataset)
-    if not key.startswith("table:"):
-        return read_labelled_file(dataset, label_map, id_column, text_column)
-    import sqlalchemy as sa
-
-    from safeguard_flow.warehouse.db import make_engine
-
-    schema, _, table = dataset.rpartition(".")
-    for part, what in ((table, "--dataset table"), (schema or None, "--dataset schema"), (id_column, "--id-column"),
-                       (text_column, "--text-column"), *((c, "--label column") for c in label_map.values())):
-        if part is not None and not _IDENT_RE.match(part):  # names are only ever bound from reflection
-            raise ValueError(f"{what} {part!r} is not a plain SQL identifier (or {dataset!r} is a file that does not exist)")
-    engine = make_engine(settings)
-    try:
-        try:
-            t = sa.Table(table, sa.MetaData(), schema=schema or settings.warehouse.db_schema, autoload_with=engine)
-        except sa.exc.NoSuchTableError:
-            raise FileNotFoundError(f"--dataset: {dataset!r} is neither a file nor a table of the warehouse") from None
-        cols = {id_column, text_column, *label_map.values()}
-        missing = sorted(c for c in cols if c not in t.c)
-        if missing:
-            raise ValueError(f"--dataset table {dataset}: no column(s) {', '.join(missing)} "
-                             f"(columns: {', '.join(t.c.keys())})")
-        with engine.connect() as conn:
-            raw = [dict(r._mapping) for r in conn.execute(sa.select(*[t.c[c] for c in sorted(cols)]).order_by(t.c[id_column]))]
-    finally:
-        engine.dispose()
-    return rows_from_dicts(raw, label_map, id_column, text_column, where=f"table {dataset}")
 
 
 def _with_versions(settings: Settings, policies: list[Policy]) -> tuple[list[Policy], Any]:
@@ -188,3 +146,37 @@ def _actor() -> str:
         return getpass.getuser()
     except Exception:  # no login name in some containers
         return "unknown"
+
+
+# --- `safeguard-flow evaluate`: verdicts from `label`, scored against a truth file -----------------
+
+
+def score_against_truth(verdicts: list[Verdict], truth_path: str | Path, label_map: Mapping[str, str]) -> dict[str, Any]:
+    """compute_metrics for every policy the verdicts hold, over the truth rows they labelled.
+
+    Only labelled rows count (a truth file may hold more: `label --limit`, a day of the sample); a
+    policy whose column the file lacks (the 2022 moderation set has no spam) has no gold labels."""
+    raw = file_rows(truth_path, "--truth")
+    columns = {c for row in raw for c in row}
+    gold_columns = {p: c for p, c in label_map.items() if c in columns}
+    labelled = {v.content_id for v in verdicts}
+    rows = [r for r in rows_from_dicts(raw, gold_columns, "id", None, where=str(truth_path)) if r.content_id in labelled]
+    return compute_metrics(rows, verdicts, sorted({v.policy for v in verdicts}))
+
+
+def score_table(metrics: Mapping[str, Any]) -> str:
+    from safeguard_flow.console import table
+
+    return table(["policy", "scored", "tp", "fp", "fn", "tn", "errors", "precision", "recall", "F1"],
+                 [[name, p["tp"] + p["fp"] + p["fn"] + p["tn"], p["tp"], p["fp"], p["fn"], p["tn"], p["errors"],
+                   p["precision"], p["recall"], p["f1"]] for name, p in sorted(metrics["policies"].items())])
+
+
+def score_verdicts(verdicts_path: str | Path, truth_path: str | Path, label_map: Mapping[str, str],
+                   plot_path: str | Path | None = None) -> tuple[str, Path | None]:
+    """`evaluate`: the score table of a verdicts JSONL file, and the bar chart's path when one is asked for."""
+    from safeguard_flow.labelling.files import read_verdicts
+    from safeguard_flow.policy_quality.eval_report import plot_scores_with_ci
+
+    metrics = score_against_truth(read_verdicts(verdicts_path), truth_path, label_map)
+    return score_table(metrics), plot_scores_with_ci(metrics, plot_path) if plot_path else None

@@ -25,8 +25,10 @@ def _pyplot():
     return plt
 
 
-def plot_scores_with_ci(metrics: Mapping[str, Any], path: Path) -> Path:
-    """Precision, recall and F1 per policy; F1 with its bootstrap interval."""
+def plot_scores_with_ci(metrics: Mapping[str, Any], path: str | Path) -> Path:
+    """Precision, recall and F1 per policy; F1 with its bootstrap interval (the eval report, `evaluate --plot`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
     names = sorted(metrics["policies"])
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 3.6))

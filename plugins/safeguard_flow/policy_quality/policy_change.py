@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from safeguard_flow.policy_quality.metrics import dataset_key
+from safeguard_flow.policy_quality.datasets import dataset_key
 from safeguard_flow.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from safeguard_flow.policy_quality.metrics import dataset_key
+from safeguard_flow.policy_quality.datasets import dataset_key
 from safeguard_flow.settings import Settings
 from safeguard_flow.warehouse import evals
 from safeguard_flow.warehouse.db import utcnow, write_tx

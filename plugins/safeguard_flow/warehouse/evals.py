@@ -1,5 +1,5 @@
 """Stored evaluations: one row per `safeguard-flow eval`, its per-policy scores, and the paired
-predictions the version diff tests with McNemar's test.
+predictions the version diff tests with McNemar's test; and eval datasets kept as warehouse tables.
 
 An evaluated policy is identified by its sha256 (the text evaluated), so an eval run on a policy
 file before it was published still counts for the version that text became.
@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from safeguard_flow.policy_quality.metrics import LabelledRow
-from safeguard_flow.settings import Settings
 from safeguard_flow.domain.verdicts import Verdict
-from safeguard_flow.warehouse.db import bulk_insert, utcnow, write_tx
+from safeguard_flow.settings import Settings
+from safeguard_flow.warehouse.db import bulk_insert, make_engine, utcnow, write_tx
 from safeguard_flow.warehouse.schema import tables
+
+if TYPE_CHECKING:  # policy_quality.datasets reads tables through this module
+    from safeguard_flow.policy_quality.datasets import LabelledRow
 
 
 @dataclass(frozen=True)
@@ -111,3 +113,24 @@ def predictions(engine: Engine, settings: Settings, eval_id: str, policy: str) -
         rows = conn.execute(sa.select(t.c.content_id, t.c.gold, t.c.label)
                             .where(t.c.eval_id == eval_id, t.c.policy == policy))
         return {r.content_id: (r.gold, r.label) for r in rows}
+
+
+def dataset_table_rows(settings: Settings, dataset: str, schema: str | None, table: str, columns: Iterable[str],
+                       order_by: str) -> list[dict[str, Any]]:
+    """The `columns` of a labelled dataset kept as a table of the configured warehouse, ordered by
+    `order_by`. Names are checked plain identifiers (policy_quality.datasets) and bound by reflection."""
+    engine = make_engine(settings)
+    try:
+        try:
+            t = sa.Table(table, sa.MetaData(), schema=schema, autoload_with=engine)
+        except sa.exc.NoSuchTableError:
+            raise FileNotFoundError(f"--dataset: {dataset!r} is neither a file nor a table of the warehouse") from None
+        cols = sorted(set(columns))
+        missing = [c for c in cols if c not in t.c]
+        if missing:
+            raise ValueError(f"--dataset table {dataset}: no column(s) {', '.join(missing)} "
+                             f"(columns: {', '.join(t.c.keys())})")
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(*[t.c[c] for c in cols]).order_by(t.c[order_by]))]
+    finally:
+        engine.dispose()

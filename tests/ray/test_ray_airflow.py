@@ -79,6 +79,28 @@ def test_deferrable_operator_defers_and_the_trigger_brings_the_logs(ray_conn_env
     logged = [line for line in capsys.readouterr().out.splitlines() if "RayJobTrigger" in line]
     assert any("hello from ray" in line for line in logged) and any("bye" in line for line in logged)
     assert op.execute_complete({}, event.payload) == {"job_id": op.job_id}
+    # The task's "Ray job" link opens this job in the dashboard the hook reached.
+    from safeguard_flow.airflow.ray_operator import RayJobLink
+
+    (link,) = op.operator_extra_links
+    assert isinstance(link, RayJobLink) and link.name == "Ray job"
+    assert link.get_link(op, ti_key=None) == f"{op.hook.target.dashboard_url}/#/jobs/{op.job_id}"
+
+
+def test_deferrable_follows_airflows_default_deferrable_where_set(monkeypatch):
+    from safeguard_flow.airflow.provider import get_provider_info
+    from safeguard_flow.airflow.ray_operator import RayJobLink, RayJobOperator
+
+    monkeypatch.delenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", raising=False)
+    assert RayJobOperator(task_id="unset", entrypoint=HELLO).deferrable is True  # Airflow's own default is false
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
+    assert RayJobOperator(task_id="off", entrypoint=HELLO).deferrable is False
+    assert RayJobOperator(task_id="asked", entrypoint=HELLO, deferrable=True).deferrable is True
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "true")
+    assert RayJobOperator(task_id="on", entrypoint=HELLO).deferrable is True
+    # No job yet (or in_process mode): no link; the UI finds the link class through the provider.
+    assert RayJobLink().get_link(RayJobOperator(task_id="none", entrypoint=HELLO), ti_key=None) == ""
+    assert "safeguard_flow.airflow.ray_operator.RayJobLink" in get_provider_info()["extra-links"]
 
 
 def test_failing_job_fails_the_operator_with_its_log_tail(ray_conn_env, ray_settings):

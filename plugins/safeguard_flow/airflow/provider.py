@@ -52,6 +52,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "Safeguard Flow", "python-modules": ["safeguard_flow.airflow.ray_trigger"]}
         ],
+        "extra-links": ["safeguard_flow.airflow.ray_operator.RayJobLink"],
         "connection-types": [
             {"hook-class-name": WAREHOUSE_HOOK, "connection-type": WAREHOUSE_CONN_TYPE},
             {"hook-class-name": RAY_HOOK, "connection-type": RAY_CONN_TYPE},

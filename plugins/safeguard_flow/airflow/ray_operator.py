@@ -1,7 +1,10 @@
 """Operators that run Ray jobs: any entrypoint (RayJobOperator) and the label job (RayLabelJobOperator).
 
-Deferrable by default: the task submits the job and hands the wait to RayJobTrigger, which streams
-the job's log into the task log. `deferrable=False` waits in the worker instead. Killing the task
+Deferrable as ``[operators] default_deferrable`` says where a deployment sets it, and by default
+otherwise (a label job waits minutes to hours: the triggerer's work, not a worker slot's): the task
+submits the job and hands the wait to RayJobTrigger, which streams the job's log into the task log.
+`deferrable=False` waits in the worker instead. The task shows a "Ray job" link to the job's page
+in the Ray dashboard. Killing the task
 stops the job (operator.on_kill while waiting in the worker, trigger.on_kill while deferred).
 A failed job fails the task with the job's last log lines.
 """
@@ -13,12 +16,34 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException
 
 from safeguard_flow.airflow.ray_hook import RayHook, log_tail
 from safeguard_flow.airflow.ray_trigger import RayJobTrigger
 from safeguard_flow.settings import Settings, get_settings
+
+
+def default_deferrable() -> bool:
+    """``[operators] default_deferrable`` where airflow.cfg or the environment sets it; True where only
+    Airflow's own default (false) would say."""
+    from airflow.configuration import conf
+
+    # Sources only: no *_cmd or secrets-backend option is run or fetched to answer this.
+    value, source = conf.as_dict(display_source=True, display_sensitive=True, raw=True, include_cmds=False,
+                                 include_secret=False).get("operators", {}).get("default_deferrable", ("", "default"))
+    return True if source == "default" else str(value).strip().lower() in ("true", "t", "1", "yes", "y")
+
+
+class RayJobLink(BaseOperatorLink):
+    """The job's page in the Ray dashboard (empty while no job was submitted, or in in_process mode)."""
+
+    name = "Ray job"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        job_id = getattr(operator, "job_id", None)
+        url = getattr(operator, "dashboard_url", None)
+        return f"{url.rstrip('/')}/#/jobs/{job_id}" if job_id and url else ""
 
 
 class RayJobOperator(BaseOperator):
@@ -27,6 +52,7 @@ class RayJobOperator(BaseOperator):
     template_fields: Sequence[str] = ("entrypoint", "runtime_env", "metadata")
     template_fields_renderers = {"runtime_env": "json", "metadata": "json"}
     ui_color = "#d6e6ff"
+    operator_extra_links = (RayJobLink(),)
 
     def __init__(
         self,
@@ -35,7 +61,7 @@ class RayJobOperator(BaseOperator):
         runtime_env: dict[str, Any] | None = None,
         metadata: dict[str, str] | None = None,
         ray_conn_id: str | None = RayHook.default_conn_name,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         poll_interval: float | None = None,
         job_timeout: float | None = None,
         entrypoint_num_cpus: float | None = None,
@@ -47,12 +73,13 @@ class RayJobOperator(BaseOperator):
         self.runtime_env = runtime_env or {}
         self.metadata = metadata or {}
         self.ray_conn_id = ray_conn_id
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.poll_interval = poll_interval
         self.job_timeout = job_timeout
         self.entrypoint_num_cpus = entrypoint_num_cpus
         self._settings = settings
         self.job_id: str | None = None
+        self.dashboard_url: str | None = None  # for RayJobLink
 
     @cached_property
     def settings(self) -> Settings:
@@ -95,10 +122,11 @@ class RayJobOperator(BaseOperator):
                 metadata=self.build_metadata(context),
                 entrypoint_num_cpus=self.entrypoint_num_cpus,
             )
+        self.dashboard_url = self.hook.target.dashboard_url
         ti = context.get("ti") if context else None
         if ti is not None:
             ti.xcom_push(key="ray_job_id", value=self.job_id)
-            ti.xcom_push(key="ray_dashboard_url", value=self.hook.target.dashboard_url)
+            ti.xcom_push(key="ray_dashboard_url", value=self.dashboard_url)
         if self.deferrable:
             self.defer(
                 trigger=RayJobTrigger(
@@ -120,6 +148,8 @@ class RayJobOperator(BaseOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         self.job_id = event.get("job_id") or self.job_id
+        if self.dashboard_url is None and context and context.get("ti") is not None:  # resumed after deferral
+            self.dashboard_url = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key="ray_dashboard_url")
         status = event.get("status")
         if status != "SUCCEEDED":
             raise AirflowException(

@@ -19,6 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES_DIR = ROOT / "policies"
+TEST_POLICIES = ("spam", "self-harm")  # the two repo policies most tests publish
 
 # Local defaults for every test process and the subprocesses it starts (Ray workers, vLLM servers).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -231,3 +232,58 @@ def small_policies():
     policies = [p for p in load_policy_set(POLICIES_DIR) if p.name in wanted]
     assert {p.name for p in policies} == wanted
     return [p.with_version(1) for p in policies]
+
+
+# --- a migrated warehouse with the demo source, and a Ray head for label jobs (pipeline and Airflow tests)
+
+
+@pytest.fixture
+def policies_dir(tmp_path) -> Path:
+    """A private copy of two repo policies (tests edit them)."""
+    from safeguard_flow.warehouse.sample_data import copy_policies
+
+    return copy_policies(tmp_path / "policies", TEST_POLICIES)
+
+
+def _warehouse_settings(url: str, tmp_path: Path, policies_dir: Path):
+    from safeguard_flow.warehouse.sample_data import demo_settings
+    from safeguard_flow.warehouse import db, schema
+
+    settings = demo_settings(tmp_path, policies_dir, url)
+    engine = db.make_engine(settings)
+    schema.upgrade(settings, engine=engine)
+    engine.dispose()
+    return settings
+
+
+@pytest.fixture
+def wh_settings(warehouse_url, tmp_path, policies_dir):
+    """Settings for a migrated warehouse (SQLite or PostgreSQL) with the demo `posts` source."""
+    return _warehouse_settings(warehouse_url, tmp_path, policies_dir)
+
+
+@pytest.fixture
+def sqlite_wh_settings(sqlite_url, tmp_path, policies_dir):
+    return _warehouse_settings(sqlite_url, tmp_path, policies_dir)
+
+
+@pytest.fixture
+def wh_engine(wh_settings):
+    from safeguard_flow.warehouse import db
+
+    engine = db.make_engine(wh_settings)
+    yield engine
+    engine.dispose()
+
+
+def job_ray_head(tmp_path_factory, port: int, dashboard_port: int):
+    """Start a real local Ray head, yield it, stop it: the body of a folder's package-scoped head fixture."""
+    from safeguard_flow.raylib.cluster import local_head
+    from safeguard_flow.settings import load_settings
+
+    settings = load_settings(environ={}, home=str(tmp_path_factory.mktemp("ray-home")), ray={
+        "local_port": port, "local_dashboard_port": dashboard_port, "local_num_cpus": 2})
+    head = local_head.start_head(settings)
+    yield head
+    local_head.stop_head(head)
+

@@ -7,7 +7,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
-TEST_POLICIES = ("spam", "self-harm")
 
 # Ports from the airflow helper's range 18200-18299.
 STACK_PORT = int(os.environ.get("SAFEGUARD_TEST_AF_STACK_PORT", "18210"))

@@ -28,7 +28,7 @@ def test_test_folders_do_not_shadow_the_real_packages():
 def test_each_folders_heavy_fixtures_end_when_the_run_leaves_it():
     """pytest's own setup plan (nothing runs): every package-scoped fixture is torn down before the
     first test of another folder; the one session-wide server is set up once."""
-    files = ["tests/engines", "tests/airflow", "tests/ray", "tests/unit/test_verdicts.py"]
+    files = ["tests/engines", "tests/airflow", "tests/pipeline", "tests/ray", "tests/unit/test_verdicts.py"]
     out = subprocess.run([sys.executable, "-m", "pytest", "--setup-plan", "-q", "-p", "no:cacheprovider", *files],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -46,7 +46,7 @@ def test_each_folders_heavy_fixtures_end_when_the_run_leaves_it():
             for name, owner in live.items():
                 live[name] = owner or folder
                 assert live[name] == folder, f"{name} (set up for {live[name]}) is still alive in {folder}"
-    assert {"af_ray_head", "ray_head", "ray_driver"} <= seen
+    assert {"af_ray_head", "jobs_ray_head", "ray_head", "ray_driver"} <= seen
     assert not live
     # The small model's engine and OpenAI server are the session's: each started once.
     for name in ("vllm_engine", "vllm_server"):

@@ -51,14 +51,14 @@ def _chunks(engine, settings, run_id):
                                                                   .where(c.c.run_id == run_id, c.c.done == sa.true()))}
 
 
-def test_a_label_worker_killed_half_way_fails_the_run_and_the_rerun_resumes_it(wh_settings, vllm_server, af_ray_head,
+def test_a_label_worker_killed_half_way_fails_the_run_and_the_rerun_resumes_it(wh_settings, vllm_server, jobs_ray_head,
                                                                                  tmp_path):
     from safeguard_flow import pipeline
     from safeguard_flow.pipeline import day_interval
     from safeguard_flow.warehouse import db, runs, schema
     from safeguard_flow.warehouse.runs import RunStatus
 
-    settings = _real_settings(wh_settings, vllm_server, af_ray_head, chunk_size=2)
+    settings = _real_settings(wh_settings, vllm_server, jobs_ray_head, chunk_size=2)
     engine = db.make_engine(settings)
     try:
         n = _seed(engine, settings, per_day=8)
@@ -99,7 +99,7 @@ def test_a_label_worker_killed_half_way_fails_the_run_and_the_rerun_resumes_it(w
         engine.dispose()
 
 
-def test_cli_runs_an_interval_on_a_fresh_home_and_a_rerun_labels_nothing(sqlite_wh_settings, vllm_server, af_ray_head,
+def test_cli_runs_an_interval_on_a_fresh_home_and_a_rerun_labels_nothing(sqlite_wh_settings, vllm_server, jobs_ray_head,
                                                                             tmp_path, capsys, monkeypatch):
     from safeguard_flow import cli
 
@@ -107,7 +107,7 @@ def test_cli_runs_an_interval_on_a_fresh_home_and_a_rerun_labels_nothing(sqlite_
         monkeypatch.delenv(key)  # the CLI reads the environment: only the config file below counts here
     from safeguard_flow.pipeline import day_interval, interval_run_id
 
-    settings = _real_settings(sqlite_wh_settings, vllm_server, af_ray_head)
+    settings = _real_settings(sqlite_wh_settings, vllm_server, jobs_ray_head)
     home = tmp_path / "fresh-home"
     config = tmp_path / "cli.yaml"
     data = settings.model_dump(mode="json")

@@ -35,24 +35,24 @@ def test_new_and_promoted_versions_are_evaluated_once(tmp_path, vllm_engine, mon
             "dataset": str(dataset), "label_column": "gold_sh", "id_column": "post", "text_column": "body"}}})})
     settings = type(settings).model_validate(settings.model_dump())
     schema.upgrade(settings)
-    engine = db.make_engine(settings)
+    sql_engine = db.make_engine(settings)
     path = policies / "self-harm.md"
-    policy_store.publish_policies(engine, settings, [load_policy(path)], author="test")
+    policy_store.publish_policies(sql_engine, settings, [load_policy(path)], author="test")
     path.write_text(path.read_text() + "\nQuotes of song lyrics are SAFE.\n")
-    (v2,) = policy_store.publish_policies(engine, settings, [load_policy(path)], author="test", shadow=True)
+    (v2,) = policy_store.publish_policies(sql_engine, settings, [load_policy(path)], author="test", shadow=True)
     assert v2.shadow and v2.version == 2
 
     llm = vllm_engine  # the session's engine (the small model, as these settings name)
     try:
-        done = evaluate_version(engine, settings, "self-harm", 2, llm=llm)
+        done = evaluate_version(sql_engine, settings, "self-harm", 2, llm=llm)
         assert sorted(e["version"] for e in done) == [1, 2]  # the promoted v1 had no eval there yet
         assert all(Path(e["report"]).is_file() for e in done)
         for e in done:
-            stored = evals.get_eval(engine, settings, e["eval_id"])
+            stored = evals.get_eval(sql_engine, settings, e["eval_id"])
             assert stored["dataset"] == dataset_key(str(dataset))
             assert stored["rows_scored"] == sum(1 for r in rows if r.get("SH") in (0, 1))
             assert stored["policy_refs"]["self-harm"]["version"] == e["version"]
-        assert evaluate_version(engine, settings, "self-harm", 2, llm=llm) == []  # evaluated already
+        assert evaluate_version(sql_engine, settings, "self-harm", 2, llm=llm) == []  # evaluated already
     finally:
-        engine.dispose()
-    assert evaluate_version(engine, settings, "spam", 1) == []  # no eval dataset configured: skipped
+        sql_engine.dispose()
+    assert evaluate_version(sql_engine, settings, "spam", 1) == []  # no eval dataset configured: skipped

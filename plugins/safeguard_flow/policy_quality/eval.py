@@ -44,33 +44,19 @@ def label_map_for(settings: Settings, policies: list[Policy], flags: Mapping[str
     return mapping
 
 
-def _with_versions(settings: Settings, policies: list[Policy]) -> tuple[list[Policy], Any]:
-    """Policies with the warehouse version of their text, when it was published; and the engine."""
-    import sqlalchemy as sa
-
-    from safeguard_flow.warehouse import schema
-    from safeguard_flow.warehouse.db import make_engine
-
-    schema.upgrade(settings)
-    engine = make_engine(settings)
-    t = schema.tables(settings).policy_versions
-    with engine.connect() as conn:
-        found = {(r.name, r.sha256): r.version for r in conn.execute(
-            sa.select(t.c.name, t.c.sha256, t.c.version).where(t.c.name.in_([p.name for p in policies])))}
-    return [p.with_version(found[(p.name, p.sha256)]) if (p.name, p.sha256) in found else p for p in policies], engine
-
-
 def run_eval(settings: Settings, policies_dir: str | Path | list[Policy], dataset: str, output: str | Path, *,
              label_flags: Mapping[str, str] | None = None, limit: int | None = None, id_column: str = "id",
-             text_column: str = "text", engine=None, chunk_size: int = 64, progress: bool = True) -> EvalResult:
+             text_column: str = "text", llm=None, chunk_size: int = 64, progress: bool = True) -> EvalResult:
+    """Label the dataset with `llm` (default: the configured engine, built and closed here) and score it."""
     from tqdm import tqdm
 
     from safeguard_flow.engines import build_engine
-    from safeguard_flow.policy_quality.eval_report import write_eval_report
     from safeguard_flow.labelling.files import VerdictWriter
     from safeguard_flow.labelling.loop import LabelStats, label_stream
+    from safeguard_flow.policy_quality.eval_report import write_eval_report
     from safeguard_flow.warehouse import evals as eval_store
-    from safeguard_flow.policy_quality.version_diff import eval_comparisons
+    from safeguard_flow.warehouse import policy_store, schema
+    from safeguard_flow.warehouse.db import make_engine
 
     # A folder of policy files (the CLI), or stored versions (the relabel flow evaluates those).
     all_policies = list(policies_dir) if isinstance(policies_dir, list) else load_policy_set(policies_dir)
@@ -87,55 +73,58 @@ def run_eval(settings: Settings, policies_dir: str | Path | list[Policy], datase
         raise ValueError(f"--dataset: {dataset} holds no rows")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    policies, wh = _with_versions(settings, policies)
+    schema.upgrade(settings)
+    sql_engine = make_engine(settings)
     try:
+        policies = policy_store.with_stored_versions(sql_engine, settings, policies)
         stats = LabelStats()
         items = [ContentItem.from_raw(r.content_id, r.text, "eval") for r in rows]
-        own_engine = engine is None
-        engine = engine or build_engine(settings)
+        own_llm = llm is None
+        llm = llm or build_engine(settings)
         verdicts = []
         started = time.perf_counter()
         try:
             with VerdictWriter(out / "verdicts.jsonl") as writer, \
                     tqdm(total=len(items), unit="row", desc="eval", disable=not progress) as bar:
-                for chunk in label_stream(engine, items, policies, chunk_size=chunk_size,
+                for chunk in label_stream(llm, items, policies, chunk_size=chunk_size,
                                           max_content_chars=settings.model.max_content_chars, stats=stats,
                                           progress=bar.update):
                     writer.write(chunk)
                     verdicts.extend(chunk)
         finally:
-            if own_engine:
-                engine.close()
+            if own_llm:
+                llm.close()
         metrics = compute_metrics(rows, verdicts, [p.name for p in policies],
                                   bootstrap_samples=settings.evals.bootstrap_samples, seed=settings.evals.seed)
         key = dataset_key(dataset)
         metrics.update(
-            model=engine.model_name, engine=settings.engine.kind,
+            model=llm.model_name, engine=settings.engine.kind,
             policy_versions={p.name: {"version": p.version, "sha256": p.sha256} for p in policies},
             prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
             seconds=round(time.perf_counter() - started, 3), dataset=key, dataset_sha256=dataset_sha256(rows),
             label_map=dict(label_map), rows_read=len(rows),
         )
-        eval_id = eval_store.store_eval(wh, settings, metrics, rows, verdicts, dataset=key,
+        eval_id = eval_store.store_eval(sql_engine, settings, metrics, rows, verdicts, dataset=key,
                                         dataset_sha256=metrics["dataset_sha256"], label_map=label_map,
                                         output_dir=str(out.resolve()), created_by=_actor())
         metrics["eval_id"] = eval_id
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        comparisons = {p.name: _previous(wh, settings, p, key, eval_comparisons) for p in policies}
+        comparisons = {p.name: _previous(sql_engine, settings, p, key) for p in policies}
     finally:
-        wh.dispose()
+        sql_engine.dispose()
     report = write_eval_report(out, metrics, {k: v for k, v in comparisons.items() if v})
     return EvalResult(eval_id, out, metrics, report)
 
 
-def _previous(engine, settings: Settings, policy: Policy, dataset: str, eval_comparisons):
+def _previous(sql_engine, settings: Settings, policy: Policy, dataset: str):
     """The comparison with the newest other stored version of the policy evaluated on this dataset."""
+    from safeguard_flow.policy_quality.version_diff import eval_comparisons
     from safeguard_flow.warehouse.policy_store import list_versions
 
-    for v in reversed(list_versions(engine, settings, policy.name)):
+    for v in reversed(list_versions(sql_engine, settings, policy.name)):
         if v["sha256"] == policy.sha256:
             continue
-        found = eval_comparisons(engine, settings, policy.name, v["sha256"], policy.sha256, dataset)
+        found = eval_comparisons(sql_engine, settings, policy.name, v["sha256"], policy.sha256, dataset)
         if found:
             return {"old_version": v["version"], "new_version": policy.version, "comparison": found[0]}
     return None

@@ -16,7 +16,7 @@ A version published as shadow (``publish_policies(..., shadow=True)`` or ``shado
 file's front matter) is stored and recorded as the policy's shadow_version, but current_version does
 not move: it labels (the relabel run of the change, and every nightly run beside the active
 version: `run_policies`) while the BI views keep the promoted version, until
-`safeguard_flow.promotion.promote` passes the gate.
+`policy_quality.promotion_gate.promote` passes the promotion gate.
 """
 
 from __future__ import annotations
@@ -166,6 +166,32 @@ def get_policies(engine: Engine, settings: Settings, refs: Iterable[tuple[str, i
                 raise WarehouseError(f"policy {name!r} has no stored version {version}")
             out.append(_to_policy(row))
     return out
+
+
+def get_head(engine: Engine, settings: Settings, name: str) -> sa.Row | None:
+    """The policy's row of the policies table (current, pinned and shadow version); None: not published."""
+    t = tables(settings).policies
+    with engine.connect() as conn:
+        return conn.execute(sa.select(t).where(t.c.name == name)).one_or_none()
+
+
+def version_sha(engine: Engine, settings: Settings, name: str, version: int) -> str:
+    """The sha256 of a stored version's text: what evals are keyed by."""
+    t = tables(settings).policy_versions
+    with engine.connect() as conn:
+        sha = conn.execute(sa.select(t.c.sha256).where(t.c.name == name, t.c.version == version)).scalar_one_or_none()
+    if sha is None:
+        raise WarehouseError(f"policy {name!r} has no stored version {version}")
+    return sha
+
+
+def with_stored_versions(engine: Engine, settings: Settings, policies: Sequence[Policy]) -> list[Policy]:
+    """The policies, each with the version its text is stored as (as given when never published)."""
+    t = tables(settings).policy_versions
+    with engine.connect() as conn:
+        found = {(r.name, r.sha256): r.version for r in conn.execute(
+            sa.select(t.c.name, t.c.sha256, t.c.version).where(t.c.name.in_([p.name for p in policies])))}
+    return [p.with_version(found[(p.name, p.sha256)]) if (p.name, p.sha256) in found else p for p in policies]
 
 
 def run_policies(engine: Engine, settings: Settings) -> list[Policy]:

@@ -1,12 +1,12 @@
-"""Promotion of a (shadow) policy version to the one BI and labelling use, behind a gate.
+"""The promotion gate: may a (shadow) policy version become the one BI and labelling use?
 
-The gate compares the candidate with the promoted version (the policy's current_version):
+The promotion gate compares the candidate with the promoted version (the policy's current_version):
 - eval F1 on the policy's eval dataset (settings evals.policies.<name>): refused when it drops by
   more than policy_gate.max_f1_drop, or when either version has no eval there (policy_gate.require_eval);
 - flip rate over the content both versions labelled: refused above policy_gate.max_flip_rate, or when
   the promoted version has verdicts but the candidate labelled none of that content yet.
 `force` (with a reason) promotes anyway. Every promotion, refusal and forced promotion is a row of
-<prefix>policy_promotions: who, when, the figures, the gate's problems and the reason.
+the promotion log (warehouse.promotions): who, when, the figures, the gate's problems and the reason.
 """
 
 from __future__ import annotations
@@ -14,29 +14,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from safeguard_flow.policy_quality.datasets import dataset_key
 from safeguard_flow.settings import Settings
 from safeguard_flow.warehouse import evals
-from safeguard_flow.warehouse.db import utcnow, write_tx
 from safeguard_flow.warehouse.errors import WarehouseError
-from safeguard_flow.warehouse.schema import tables
-from safeguard_flow.policy_quality.version_diff import flip_counts, version_sha
-
-PROMOTED, REFUSED, FORCED = "promoted", "refused", "forced"
+from safeguard_flow.warehouse.flips import flip_counts, verdict_count
+from safeguard_flow.warehouse.policy_store import get_head, version_sha
+from safeguard_flow.warehouse.promotions import FORCED, PROMOTED, REFUSED, record_promotion
 
 
 class PromotionRefused(WarehouseError):
-    def __init__(self, gate: GateResult):
+    def __init__(self, gate: PromotionGateResult):
         self.gate = gate
         super().__init__(f"promotion of {gate.policy} v{gate.to_version} refused: " + "; ".join(gate.problems)
                          + " (use --force --reason TEXT to promote anyway)")
 
 
 @dataclass
-class GateResult:
+class PromotionGateResult:
     policy: str
     from_version: int | None
     to_version: int
@@ -48,18 +45,16 @@ class GateResult:
         return not self.problems
 
 
-def check_gate(engine: Engine, settings: Settings, policy: str, version: int) -> GateResult:
-    t = tables(settings)
+def check_promotion_gate(engine: Engine, settings: Settings, policy: str, version: int) -> PromotionGateResult:
     gate = settings.policy_gate
-    with engine.connect() as conn:
-        head = conn.execute(sa.select(t.policies).where(t.policies.c.name == policy)).one_or_none()
+    head = get_head(engine, settings, policy)
     if head is None:
         raise WarehouseError(f"policy {policy!r} is not published in the warehouse")
     new_sha = version_sha(engine, settings, policy, version)  # raises for an unknown version
     current = head.current_version
     if current == version:
         raise WarehouseError(f"policy {policy!r} v{version} is already the promoted version")
-    result = GateResult(policy, current, version, figures={
+    result = PromotionGateResult(policy, current, version, figures={
         "max_f1_drop": gate.max_f1_drop, "max_flip_rate": gate.max_flip_rate})
     if current is None:
         result.figures["note"] = "no promoted version yet: nothing to compare with"
@@ -93,10 +88,7 @@ def check_gate(engine: Engine, settings: Settings, policy: str, version: int) ->
     result.figures.update(compared=flips.compared, both_labelled=flips.both_labelled, flips=flips.flips,
                           to_positive=flips.to_positive, to_safe=flips.to_safe, flip_rate=flips.flip_rate)
     if flips.flip_rate is None:
-        v = tables(settings).verdicts
-        with engine.connect() as conn:
-            has_old = conn.execute(sa.select(sa.func.count()).select_from(v).where(
-                v.c.policy == policy, v.c.policy_version == current)).scalar_one()
+        has_old = verdict_count(engine, settings, policy, current)
         if has_old:
             result.problems.append(f"v{version} has labelled none of the {has_old} item(s) v{current} labelled: "
                                    "relabel in shadow first, so the flip rate can be measured")
@@ -107,41 +99,15 @@ def check_gate(engine: Engine, settings: Settings, policy: str, version: int) ->
 
 
 def promote(engine: Engine, settings: Settings, policy: str, version: int, actor: str, *, force: bool = False,
-            reason: str | None = None) -> tuple[str, GateResult]:
-    """Promote `version` when the gate passes (or when forced with a reason); returns (outcome, gate).
-    A refusal is recorded and raises PromotionRefused."""
+            reason: str | None = None) -> tuple[str, PromotionGateResult]:
+    """Promote `version` when the promotion gate passes (or when forced with a reason); returns
+    (outcome, gate). A refusal is recorded and raises PromotionRefused."""
     if force and not (reason or "").strip():
         raise WarehouseError("a forced promotion needs a reason (--reason TEXT)")
-    gate = check_gate(engine, settings, policy, version)
+    gate = check_promotion_gate(engine, settings, policy, version)
     outcome = PROMOTED if gate.passed else (FORCED if force else REFUSED)
-    t = tables(settings)
-    now = utcnow()
-    with write_tx(engine) as conn:
-        if outcome != REFUSED:
-            head = conn.execute(sa.select(t.policies).where(t.policies.c.name == policy).with_for_update()).one()
-            if head.current_version != gate.from_version:
-                raise WarehouseError(f"policy {policy!r} changed meanwhile (current v{head.current_version}): try again")
-            conn.execute(t.policies.update().where(t.policies.c.name == policy).values(
-                current_version=version, updated_at=now,
-                shadow_version=None if head.shadow_version == version else head.shadow_version))
-            if head.pinned_version is not None:
-                gate.figures["note"] = f"pinned to v{head.pinned_version}: the pin still decides what BI sees"
-        conn.execute(t.policy_promotions.insert().values(
-            policy=policy, from_version=gate.from_version, to_version=version, outcome=outcome, actor=actor,
-            figures=_jsonable(gate.figures), problems=list(gate.problems), reason=reason, created_at=now))
+    gate.figures = record_promotion(engine, settings, policy, gate.from_version, version, outcome=outcome, actor=actor,
+                                    figures=gate.figures, problems=gate.problems, reason=reason)
     if outcome == REFUSED:
         raise PromotionRefused(gate)
     return outcome, gate
-
-
-def list_promotions(engine: Engine, settings: Settings, policy: str | None = None, limit: int = 50) -> list[dict]:
-    t = tables(settings).policy_promotions
-    q = sa.select(t).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
-    if policy:
-        q = q.where(t.c.policy == policy)
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(q)]
-
-
-def _jsonable(figures: dict[str, Any]) -> dict[str, Any]:
-    return {k: (float(v) if isinstance(v, float) else v) for k, v in figures.items()}

@@ -76,8 +76,8 @@ def plot_confusion(metrics: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def write_diff_report(path: str | Path, diff, gate=None) -> Path:
+def write_diff_report(path: str | Path, diff, promotion_gate=None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render("diff_report.html", d=diff, gate=gate), encoding="utf-8")
+    path.write_text(render("diff_report.html", d=diff, gate=promotion_gate), encoding="utf-8")
     return path

@@ -71,10 +71,11 @@ def review_version(sql_engine: Engine, settings: Settings, policy: str, version:
         return summary
     old, new = min(base, version), max(base, version)
     diff = compare_versions(sql_engine, settings, policy, old, new)
-    gate = check_promotion_gate(sql_engine, settings, policy, version) if shadow else None
-    path = write_diff_report(_reports(settings) / "diffs" / f"{_safe(policy)}-v{old}-v{new}.html", diff, gate)
+    promotion_gate = check_promotion_gate(sql_engine, settings, policy, version) if shadow else None
+    path = write_diff_report(_reports(settings) / "diffs" / f"{_safe(policy)}-v{old}-v{new}.html", diff, promotion_gate)
     summary.update(report=str(path), flips=diff.flips.flips, flip_rate=diff.flips.flip_rate,
-                   gate_passed=None if gate is None else gate.passed, gate_problems=[] if gate is None else gate.problems)
+                   gate_passed=None if promotion_gate is None else promotion_gate.passed,
+                   gate_problems=[] if promotion_gate is None else promotion_gate.problems)
     if shadow and settings.policy_gate.auto_promote:
         try:
             outcome, _ = promote(sql_engine, settings, policy, version, actor=actor)

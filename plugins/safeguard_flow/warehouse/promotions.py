@@ -22,8 +22,8 @@ def record_promotion(engine: Engine, settings: Settings, policy: str, from_versi
                      outcome: str, actor: str, figures: dict[str, Any], problems: Sequence[str],
                      reason: str | None) -> dict[str, Any]:
     """Log one promotion attempt and, unless it was refused, make `to_version` current (no longer the
-    shadow) in the same transaction. Refuses when the current version moved since the gate read it.
-    Returns the figures as logged: with a note when a pin, not the promotion, decides what BI sees."""
+    shadow) in the same transaction; raises when the current version moved since the promotion gate
+    read it. Returns the figures as logged: with a note when a pin, not the promotion, decides what BI sees."""
     t = tables(settings)
     now = utcnow()
     figures = {k: (float(v) if isinstance(v, float) else v) for k, v in figures.items()}  # numpy floats: JSON

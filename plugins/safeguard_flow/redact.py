@@ -4,6 +4,9 @@
 URL's userinfo (``user:***@host``) and the value of password-like query parameters
 (``?password=``, ``token``, ``secret``, ``api_key``, ...). :func:`mask_value` applies the same rules
 to a setting by its name (``api_key``, a ``*_url`` field, a dict of environment variables).
+:func:`is_secret_name` is the one rule for "this name holds a secret": what is shown, what a Ray job's
+settings document leaves out (raylib.shipping.job_secrets), which variables replicas never inherit
+(raylib.shipping.settings_env.worker_env).
 """
 
 from __future__ import annotations

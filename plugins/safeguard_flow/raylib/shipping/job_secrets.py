@@ -24,38 +24,15 @@ import json
 import secrets as _random
 from typing import Any
 
+from safeguard_flow.redact import mask_value
 from safeguard_flow.settings import Settings, SettingsError
 
 # The first bytes of an upload may be echoed in a Ray error message: keep them harmless.
 _HEADER = "safeguard-flow job secrets"
 _PREFIX = "_sg_secret_"
-# Query parameters of a database URL that carry credentials (libpq and common drivers).
-_SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword", "token", "secret", "access_key", "private_key")
-_NO_API_KEY = ("", "EMPTY")
-
-
-def _url_has_secret(url: str) -> bool:
-    import sqlalchemy as sa
-
-    try:
-        parsed = sa.engine.make_url(url)
-    except Exception:  # not a URL SQLAlchemy understands: treat the whole value as secret
-        return bool(url)
-    if parsed.password:
-        return True
-    return any(any(k in key.lower() for k in _SECRET_QUERY_KEYS) for key in parsed.query)
-
-
-def masked_url(url: str) -> str:
-    """The URL without its password and credential query parameters (what the public document shows)."""
-    import sqlalchemy as sa
-
-    try:
-        parsed = sa.engine.make_url(url)
-    except Exception:
-        return "***"
-    query = {k: ("***" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v) for k, v in parsed.query.items()}
-    return parsed.set(query=query).render_as_string(hide_password=True)
+# The settings that can hold a secret; redact.mask_value decides whether they do (a URL's password or
+# credential query parameter, an api_key other than EMPTY) and what the public document shows instead.
+_SECRET_FIELDS = (("warehouse", "url"), ("engine", "api_key"))
 
 
 def split_secrets(settings: Settings) -> tuple[dict[str, Any], dict[str, str]]:
@@ -63,14 +40,12 @@ def split_secrets(settings: Settings) -> tuple[dict[str, Any], dict[str, str]]:
     # Only what was set travels: model presets fill the unset model fields on the Ray side too.
     data = settings.model_dump(mode="json", exclude_unset=True)
     found: dict[str, str] = {}
-    url = data.get("warehouse", {}).get("url")
-    if url and _url_has_secret(url):
-        found["warehouse.url"] = url
-        data["warehouse"]["url"] = masked_url(url)
-    api_key = data.get("engine", {}).get("api_key")
-    if api_key is not None and api_key not in _NO_API_KEY:
-        found["engine.api_key"] = api_key
-        data["engine"]["api_key"] = "***"
+    for section, field in _SECRET_FIELDS:
+        value = data.get(section, {}).get(field)
+        shown = mask_value(field, value)
+        if value is not None and shown != value:
+            found[f"{section}.{field}"] = value
+            data[section][field] = shown
     return data, found
 
 

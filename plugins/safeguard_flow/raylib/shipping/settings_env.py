@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
+from safeguard_flow.redact import is_secret_name
 from safeguard_flow.settings import Settings, SettingsError
 
 # Environment of the driver that replicas need too (vLLM CPU tuning, offline model hub, tokenizers).
 WORKER_ENV_PREFIXES = ("VLLM_", "OMP_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "KMP_", "LD_PRELOAD")
-# ... but never a credential that happens to share a prefix (HF_TOKEN, VLLM_API_KEY).
-_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 # The runtime_env variable holding a job's settings document. Deliberately not SAFEGUARD_*: it is
 # not a setting of its own, and the settings loader must not read it as one.
 SETTINGS_DOC_ENV = "SGFLOW_JOB_SETTINGS"
@@ -73,7 +71,8 @@ def settings_from_document(doc: str, secrets: dict[str, str] | None = None) -> S
 
 
 def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The driver's engine tuning variables for replicas on the same machine (never credentials)."""
+    """The driver's engine tuning variables for replicas on the same machine: never a credential that
+    shares a prefix (HF_TOKEN, VLLM_API_KEY)."""
     environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if k.startswith(WORKER_ENV_PREFIXES) and not _SECRET_NAME.search(k)}
+    return {k: v for k, v in environ.items() if k.startswith(WORKER_ENV_PREFIXES) and not is_secret_name(k)}
 

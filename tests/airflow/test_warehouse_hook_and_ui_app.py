@@ -60,7 +60,7 @@ def test_a_standard_postgres_connection_works_through_its_provider_hook(monkeypa
     wins over the settings, reaches the real server, and its password never prints."""
     import sqlalchemy as sa
 
-    from safeguard_flow import cli
+    from safeguard_flow.cli import main as cli
     from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
     from safeguard_flow.warehouse import schema
 

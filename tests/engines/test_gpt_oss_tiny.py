@@ -199,7 +199,7 @@ def test_model_prepare_builds_it_offline(tmp_path, monkeypatch, capsys):
     import os
     import socket
 
-    from safeguard_flow import cli
+    from safeguard_flow.cli import main as cli
 
     def refuse(*args, **kwargs):
         raise OSError("network disabled by the test")
@@ -229,7 +229,7 @@ def test_the_label_command_on_the_demo_sample_keeps_the_analysis(tiny_engine, le
     """The README's command with SAFEGUARD_MODEL__NAME=gpt-oss-tiny (on this module's engine, to start
     vLLM once): a verdict per item and policy, each ok with an analysis in the JSONL. That its vLLM
     output goes to the log file: tests/unit/test_cli_output.py."""
-    from safeguard_flow import cli
+    from safeguard_flow.cli import main as cli
 
     lend_engine(tiny_engine)
     monkeypatch.setenv("SAFEGUARD_MODEL__NAME", "gpt-oss-tiny")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score
 
-from safeguard_flow import cli
+from safeguard_flow.cli import main as cli
 from safeguard_flow.domain.policies import load_policy_set
 from safeguard_flow.warehouse.sample_data import SAMPLE, copy_policies
 

@@ -101,7 +101,7 @@ def test_a_label_worker_killed_half_way_fails_the_run_and_the_rerun_resumes_it(w
 
 def test_cli_runs_an_interval_on_a_fresh_home_and_a_rerun_labels_nothing(sqlite_wh_settings, vllm_server, jobs_ray_head,
                                                                             tmp_path, capsys, monkeypatch):
-    from safeguard_flow import cli
+    from safeguard_flow.cli import main as cli
 
     for key in [k for k in os.environ if k.startswith("SAFEGUARD_")]:
         monkeypatch.delenv(key)  # the CLI reads the environment: only the config file below counts here

@@ -8,9 +8,9 @@ import sys
 
 SCRIPT = """
 import os, subprocess, sys
-from safeguard_flow.cli import _output_to_log
+from safeguard_flow.cli.common import output_to_log
 print("before", flush=True)
-with _output_to_log(sys.argv[1]) as terminal:
+with output_to_log(sys.argv[1]) as terminal:
     os.write(1, b"INFO engine says hi\\n")
     os.write(2, b"WARNING from C++\\n")
     print("a python print")

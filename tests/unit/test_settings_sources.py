@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from safeguard_flow import cli
+from safeguard_flow.cli import main as cli
 from safeguard_flow.redact import mask_url, mask_value
 from safeguard_flow.settings import SettingsError, apply_connection, describe, load_settings
 

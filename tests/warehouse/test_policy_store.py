@@ -99,7 +99,7 @@ def test_cli_publish_reports_versions_and_db_current(warehouse_url, tmp_path, ca
     """`safeguard-flow policies publish DIR` and `db current` through a settings file, as a user runs them."""
     import yaml
 
-    from safeguard_flow import cli
+    from safeguard_flow.cli import main as cli
     from safeguard_flow.warehouse.sample_data import copy_policies
 
     policies = copy_policies(tmp_path / "policies", ["spam"])
@@ -133,7 +133,7 @@ def test_validate_and_publish_take_the_same_arguments(tmp_path, capsys):
     """Both default the folder to settings policies_dir, and both accept one."""
     import yaml
 
-    from safeguard_flow import cli
+    from safeguard_flow.cli import main as cli
     from safeguard_flow.warehouse.sample_data import copy_policies
 
     policies = copy_policies(tmp_path / "policies", ["spam"])

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from safeguard_flow import cli
+from safeguard_flow.cli import main as cli
 from safeguard_flow.policy_quality.datasets import LabelledRow, dataset_key, dataset_sha256
 from safeguard_flow.policy_quality.metrics import compute_metrics, mcnemar_exact
 from safeguard_flow.domain.policies import load_policy

@@ -6,9 +6,11 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     from sqlalchemy.engine import Engine
 
     from safeguard_flow.settings import Settings
@@ -38,7 +40,7 @@ def open_warehouse(settings: Settings, *, upgrade: bool = False) -> Iterator[Eng
 
 
 @contextlib.contextmanager
-def output_to_log(log_path):
+def output_to_log(log_path: str | Path) -> Iterator[TextIO]:
     """Quiet by default: while the engine runs, this process's stdout and stderr descriptors (vLLM's
     logs, its engine-core process, C++ warnings) go to the log file; yields a stream to the terminal
     for the progress bar. Descriptors, not sys.stdout: vLLM's handlers and child processes write to
@@ -64,7 +66,7 @@ def output_to_log(log_path):
         terminal.close()
 
 
-def log_file(settings: Settings, given: str | None):
+def log_file(settings: Settings, given: str | None) -> Path:
     """Where the heavy logs (Ray, vLLM, GX) go; every record of this process goes there too."""
     import datetime as dt
     import logging

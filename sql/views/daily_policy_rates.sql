@@ -8,12 +8,12 @@
 -- labelling happened when; days with labelling only have verdicts = 0).
 -- positive_rate = positives / labelled (error rows excluded); a positive is a label >= 1.
 WITH d AS (
-    SELECT v.policy, v.policy_version, CAST(COALESCE(v.content_updated_at, r.interval_start, v.labelled_at) AS DATE) AS day,
+    SELECT v.policy, v.policy_version, ${utc_day}(COALESCE(v.content_updated_at, r.interval_start, v.labelled_at)) AS day,
            1 AS counted, 0 AS labelled_then, v.parse_status, v.label
     FROM ${verdicts} v
     LEFT JOIN ${runs} r ON r.id = v.run_id
     UNION ALL
-    SELECT v.policy, v.policy_version, CAST(v.labelled_at AS DATE) AS day,
+    SELECT v.policy, v.policy_version, ${utc_day}(v.labelled_at) AS day,
            0 AS counted, 1 AS labelled_then, v.parse_status, v.label
     FROM ${verdicts} v
 )

@@ -90,6 +90,13 @@ def test_view_files_only_take_known_placeholders(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFEGUARD_SQL_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="verdictz"):
         schema.view_sql("current_verdicts", sa.create_engine("sqlite://").dialect, "sg_", None)
+    # ${utc_day} is the day of its argument in the dialect's words; without one it is unknown.
+    (tmp_path / "views" / "current_verdicts.sql").write_text("SELECT ${utc_day}(COALESCE(a, b)), ${utc_day}")
+    with pytest.raises(ValueError, match="utc_day"):
+        schema.view_sql("current_verdicts", sa.create_engine("sqlite://").dialect, "sg_", None)
+    (tmp_path / "views" / "current_verdicts.sql").write_text("SELECT ${utc_day}(COALESCE(a, b))")
+    assert schema.view_sql("current_verdicts", sa.create_engine("sqlite://").dialect, "sg_", None) == \
+        "SELECT date(COALESCE(a, b))"
 
 
 def test_0004_keeps_data_both_ways(warehouse_url, settings_factory):

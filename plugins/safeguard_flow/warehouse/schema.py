@@ -113,18 +113,20 @@ class _engine:
             self.engine.dispose()
 
 
-# ---- views: plain SQL files templated only with the validated, quoted table/view names ----
+# ---- views: plain SQL files templated only with the validated, quoted names and "UTC day of" ----
 
 _PLACEHOLDER_RE = re.compile(r"\$\{?([a-z_]+)\}?")
+# `${utc_day}(x)`: the UTC calendar day of timestamp x (x may hold one level of parentheses). SQLite
+# stores ISO text that date() reads; PostgreSQL's timestamptz must leave the session's zone first.
+_UTC_DAY_RE = re.compile(r"\$\{utc_day\}\(((?:[^()]|\([^()]*\))*)\)")
+_UTC_DAY = {"sqlite": "date({})", "postgresql": "CAST(({} AT TIME ZONE 'UTC') AS DATE)"}
 
 
 def view_sql(name: str, dialect: sa.engine.Dialect, prefix: str, schema: str | None) -> str:
-    """`CREATE VIEW` body for one view: sql/views/<dialect>/<name>.sql if present, else sql/views/<name>.sql."""
-    base = sql_dir() / "views"
-    path = base / dialect.name / f"{name}.sql"
-    if not path.is_file():
-        path = base / f"{name}.sql"
-    text = path.read_text(encoding="utf-8")
+    """`CREATE VIEW` body for one view, from sql/views/<name>.sql."""
+    path = sql_dir() / "views" / f"{name}.sql"
+    day = _UTC_DAY.get(dialect.name, "CAST({} AS DATE)")
+    text = _UTC_DAY_RE.sub(lambda m: day.format(m.group(1)), path.read_text(encoding="utf-8"))
     names = qualified_names(dialect, prefix, schema)
     unknown = set(_PLACEHOLDER_RE.findall(text)) - set(names)
     if unknown:

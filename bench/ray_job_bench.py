@@ -186,7 +186,7 @@ def compare_ray_data_llm(settings, policies, texts: list[str], head) -> dict:
     from safeguard_flow.models.local import resolve_model
     from safeguard_flow.domain.prompts import chat_messages
     from safeguard_flow.raylib.cluster import local_head
-    from safeguard_flow.raylib import run_label_job
+    from safeguard_flow.raylib.batch.runner import run_label_job
     from safeguard_flow.raylib.shipping.settings_env import worker_env
 
     local_head.prepare_driver(head.gcs_address)

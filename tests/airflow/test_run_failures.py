@@ -44,12 +44,12 @@ def test_a_ray_job_that_ends_failed_or_stopped_fails_its_run(wh_engine, wh_setti
 
 
 def test_a_label_job_that_raises_fails_its_run_with_the_error(sqlite_wh_settings, monkeypatch):
-    """raylib.run_label_job's status handling (in-process, or inside a Ray job): whatever the labelling
+    """run_label_job's status handling (in-process, or inside a Ray job): whatever the labelling
     raises, the run ends failed with it. (Ray itself is stubbed here; the real worker is killed in
     test_pipeline_cli.py.)"""
     import contextlib
 
-    from safeguard_flow.raylib import run_label_job
+    from safeguard_flow.raylib.batch.runner import run_label_job
     from safeguard_flow.raylib.batch import runner
     from safeguard_flow.warehouse import db, runs
     from safeguard_flow.warehouse.runs import RunStatus

@@ -49,7 +49,7 @@ def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small
     on; the replica is SIGKILLed mid-run, Ray restarts it, and every item ends up staged exactly once."""
     import psutil
 
-    from safeguard_flow.raylib import run_label_job
+    from safeguard_flow.raylib.batch.runner import run_label_job
 
     settings = label_settings()
     long_text = "Buy cheap watches at http://example.com now! " * 300  # ~3k tokens > max_model_len 2048

@@ -64,7 +64,7 @@ def label_run(sql_engine: Engine, settings: Settings, run_id: str, *, isolate: b
     if run.status not in (RunStatus.EXTRACTED, RunStatus.LABELLING):
         raise RunStateError(f"run {run_id!r} is {run.status.value}: the label step needs an extracted run")
     if not isolate:
-        from safeguard_flow.raylib import run_label_job
+        from safeguard_flow.raylib.batch.runner import run_label_job
 
         summary = run_label_job(settings, run_id)  # marks the run failed itself if it raises
         return LabelOutcome(run_id, summary.to_dict())

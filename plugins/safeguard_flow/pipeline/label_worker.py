@@ -1,7 +1,7 @@
-"""The label step's worker process (started by pipeline.label, not a user command).
+"""The label step's worker process (started by pipeline/label.py, not a user command).
 
-It reads the settings as JSON on stdin, labels the run's pending chunks (raylib.run_label_job, a
-local or configured Ray) and writes the job summary as JSON to --result. Its output is the heavy
+It reads the settings as JSON on stdin, labels the run's pending chunks (the Ray label job's
+run_label_job, on a local or configured Ray) and writes the job summary as JSON to --result. Its output is the heavy
 part (Ray, vLLM): the parent sends it to a log file. If it dies, the parent marks the run failed.
 """
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from safeguard_flow.raylib import run_label_job
+    from safeguard_flow.raylib.batch.runner import run_label_job
     from safeguard_flow.settings import Settings
 
     settings = Settings.model_validate_json(sys.stdin.read())

@@ -48,7 +48,7 @@ def _connect() -> None:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from safeguard_flow.raylib import LabelJobError, run_label_job
+    from safeguard_flow.raylib.batch.runner import LabelJobError, run_label_job
 
     settings = _settings(args)
     if args.replicas is not None:

@@ -36,7 +36,8 @@ def print_agreement(engine, settings, out=sys.stdout) -> None:
     """How the published verdicts agree with the sample's human labels (where the policy has a column)."""
     import sqlalchemy as sa
 
-    from safeguard_flow.policy_quality.metrics import MODERATION_2022_KEYS, load_truth, score, score_table
+    from safeguard_flow.policy_quality.datasets import MODERATION_2022_KEYS
+    from safeguard_flow.policy_quality.eval import score_against_truth, score_table
     from safeguard_flow.domain.verdicts import Verdict
     from safeguard_flow.warehouse import schema
 
@@ -46,11 +47,11 @@ def print_agreement(engine, settings, out=sys.stdout) -> None:
                                       verdicts_table.c.label, verdicts_table.c.parse_status)).all()
     verdicts = [Verdict(content_id=r.content_id, policy=r.policy, policy_version=r.policy_version, label=r.label,
                         parse_status=r.parse_status) for r in rows]
-    scores = [s for s in score(verdicts, load_truth(SAMPLE, MODERATION_2022_KEYS)) if s.scored]
-    if scores:
+    metrics = score_against_truth(verdicts, SAMPLE, MODERATION_2022_KEYS)
+    if metrics["rows_scored"]:
         print("\n== agreement with the sample's human labels (the small local model stands in for "
               "gpt-oss-safeguard: this exercises the path, it is not a quality figure) ==", file=out)
-        print(score_table(scores), file=out)
+        print(score_table(metrics), file=out)
 
 
 def follow(proc: subprocess.Popen, engine, settings, run_id: str) -> None:
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from safeguard_flow.redact import mask_url
     from safeguard_flow.console import format_run, format_views
     from safeguard_flow.settings import load_settings
-    from safeguard_flow.warehouse import db, policy_store, runs, schema
+    from safeguard_flow.warehouse import db, policy_store, runs, schema, views
 
     # The demo's source and label mode; everything else from the usual settings (env / safeguard.yaml).
     os.environ.setdefault("SAFEGUARD_SOURCES", json.dumps([POSTS_SOURCE]))
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return proc.returncode or 1
     summary = format_run(run).splitlines()
     print("\n" + "\n".join(line for line in summary if not line.lstrip().startswith(("params", "created"))))
-    print(format_views(engine, settings, limit=VIEW_ROWS))
+    print(format_views(views.summary_rows(engine, settings, VIEW_ROWS), VIEW_ROWS))
     print_agreement(engine, settings)
     print(f"\nfull log: {log_path}")
     if not args.airflow_home:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from safeguard_flow.labelling.loop import LabelStats
 
@@ -44,44 +44,15 @@ def summary(stats: LabelStats, model: str = "") -> str:
 
 # --- runs and BI views (the CLI's `runs list` / `runs show`, the demo) ------------------------------
 
-_VIEWS = {
-    "current_verdicts": (["source", "content_id", "policy", "policy_version", "label", "category", "parse_status"],
-                         ["policy", "content_id"]),
-    "daily_policy_rates": (["policy", "policy_version", "day", "verdicts", "labelled", "positives", "errors",
-                            "positive_rate", "error_rate"], ["policy", "day"]),
-    "verdict_flips": (["policy", "content_id", "old_version", "new_version", "old_label", "new_label"],
-                      ["policy", "content_id"]),
-}
 
-
-def view_rows(engine, settings, view: str, limit: int = 10, order_by: Sequence[str] = ()) -> list[dict]:
-    """The first rows of one BI view (by its unprefixed name)."""
-    import sqlalchemy as sa
-
-    from safeguard_flow.warehouse import schema
-
-    name = schema.view_names(settings)[view]
-    query = sa.select(sa.text("*")).select_from(sa.table(name, schema=settings.warehouse.db_schema)).limit(limit)
-    if order_by:
-        query = query.order_by(*[sa.column(c) for c in order_by])
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
-
-
-def format_views(engine, settings, limit: int = 10) -> str:
-    """A few rows of each BI view, as plain tables."""
+def format_views(rows_by_view: Mapping[str, Sequence[Mapping[str, object]]], limit: int) -> str:
+    """The first rows of each BI view (warehouse.views.summary_rows), as plain tables."""
     parts = []
-    for view, (cols, order) in _VIEWS.items():
-        rows = view_rows(engine, settings, view, limit=limit, order_by=order)
-        parts.append(f"\n== {settings.warehouse.table_prefix}{view} (first {limit} rows) ==")
-        parts.append(table(cols, [["" if r.get(c) is None else r.get(c) for c in cols] for r in rows]) if rows else "(no rows)")
+    for view, rows in rows_by_view.items():
+        parts.append(f"\n== {view} (first {limit} rows) ==")
+        cols = list(rows[0]) if rows else []
+        parts.append(table(cols, [["" if r[c] is None else r[c] for c in cols] for r in rows]) if rows else "(no rows)")
     return "\n".join(parts)
-
-
-def print_views(engine, settings, limit: int = 10, out=None) -> None:
-    import sys
-
-    print(format_views(engine, settings, limit), file=out or sys.stdout)
 
 
 def runs_table(runs: Sequence) -> str:

@@ -68,7 +68,7 @@ def _verdict_events() -> list[dict]:
 
 
 def test_nightly_labels_its_interval_and_reruns_are_idempotent(airflow_db, dag_env, wh_engine, wh_settings):
-    from safeguard_flow.console import view_rows
+    from safeguard_flow.warehouse.views import view_rows
     from safeguard_flow.warehouse import runs
 
     dag_env(wh_settings, label_mode="job")

@@ -143,7 +143,7 @@ def test_readme_backfill_labels_each_interval_once(flow, backfilled):
 
 
 def test_policy_change_relabels_through_the_asset_event(flow, backfilled):
-    from safeguard_flow.console import view_rows
+    from safeguard_flow.warehouse.views import view_rows
     from safeguard_flow.warehouse import runs
 
     af, settings, engine, rows = flow

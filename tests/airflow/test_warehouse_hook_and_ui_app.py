@@ -119,13 +119,11 @@ def test_ui_app_requires_a_login_and_renders_an_empty_warehouse(airflow_db, wh_e
     assert app.get("/api/runs").json() == [] and app.get("/api/flips").json() == []
     assert app.get("/", params={"days": 0}).status_code == 422
 
-    import io
+    from safeguard_flow.console import format_views
+    from safeguard_flow.warehouse.views import summary_rows
 
-    from safeguard_flow.console import print_views
-
-    out = io.StringIO()
-    print_views(wh_engine, wh_settings, out=out)  # what `make demo` prints at the end
-    assert "== sg_current_verdicts (first 10 rows) ==\n(no rows)" in out.getvalue()
+    out = format_views(summary_rows(wh_engine, wh_settings), 10)  # what `make demo` prints at the end
+    assert "== sg_current_verdicts (first 10 rows) ==\n(no rows)" in out
 
 
 def test_svg_chart_draws_gaps_and_escapes_names():

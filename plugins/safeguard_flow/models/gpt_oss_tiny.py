@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -191,20 +189,3 @@ def _calibrate(model: Any, tok: Any) -> list[float]:
     if min(scales) <= 0:
         raise RuntimeError(f"calibration failed (channel means {scales})")
     return scales
-
-
-def prepare(final: Path, *, force: bool = False) -> tuple[Path, dict[str, Any] | None]:
-    """Build into `<final>.partial` and rename into place; reuse a finished folder unless `force`."""
-    if (final / "config.json").is_file() and (final / "tokenizer.json").is_file() and not force:
-        return final, None
-    work = final.with_name(final.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    stats = build(work)
-    if final.exists():
-        old = final.with_name(f"{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, final)
-    return final, stats

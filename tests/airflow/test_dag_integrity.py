@@ -195,7 +195,7 @@ def test_relabel_targets_and_scope_rules():
 
 
 def test_run_ids_are_deterministic():
-    from safeguard_flow.airflow.tasks import interval_run_id, relabel_run_id
+    from safeguard_flow.pipeline.run_rules import interval_run_id, relabel_run_id
 
     start = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
     end = start + dt.timedelta(days=1)

@@ -98,7 +98,7 @@ def test_nightly_labels_its_interval_and_reruns_are_idempotent(airflow_db, dag_e
     assert dr.state == "success"
     assert {ti.task_id: ti.state for ti in dr.get_task_instances()} == {
         "extract": "success", "label": "skipped", "validate": "skipped", "publish": "skipped"}
-    assert [r["id"] for r in runs.list_runs(wh_engine, wh_settings)] == [run.id]
+    assert [r.id for r in runs.list_runs(wh_engine, wh_settings)] == [run.id]
     assert _count(wh_engine, wh_settings) == 2 * PER_DAY
     assert len(_verdict_events()) == events_before + 1
 

@@ -86,7 +86,7 @@ def _logs(af, dag_id: str, runs: list[dict]) -> str:
     """The task logs of failed runs (for the assertion message: the temporary folder may be gone)."""
     out = []
     for run in runs:
-        if run.state == "success":
+        if run["state"] == "success":
             continue
         folder = af.home / "logs" / f"dag_id={dag_id}" / f"run_id={run['dag_run_id']}"
         for path in sorted(folder.glob("**/*.log")):
@@ -130,9 +130,9 @@ def test_readme_backfill_labels_each_interval_once(flow, backfilled):
     assert all(a["end_date"] <= b["start_date"] for a, b in zip(labels, labels[1:])), labels
 
     wh_runs = runs.list_runs(engine, settings, kind="backfill")
-    by_day = {r["interval_start"].date().isoformat(): r for r in wh_runs}
+    by_day = {r.interval_start.date().isoformat(): r for r in wh_runs}
     assert sorted(by_day) == list(DAYS) and len(wh_runs) == 3
-    assert all(r["status"] == "published" and r["items"] == PER_DAY for r in wh_runs)
+    assert all(r.status == "published" and r.items == PER_DAY for r in wh_runs)
     verdicts = _verdicts(engine, settings)
     per_key = Counter((v["content_id"], v["policy"]) for v in verdicts)
     assert set(per_key) == {(r["id"], p) for r in rows for p in POLICIES}
@@ -162,7 +162,7 @@ def test_policy_change_relabels_through_the_asset_event(flow, backfilled):
                             + _task_instances(af, "safeguard_relabel", [relabel]))
 
     (wh_run,) = runs.list_runs(engine, settings, kind="relabel")  # no empty runs for unchanged policies
-    assert wh_run["policy_refs"] == [("spam", 2)] and wh_run["status"] == "published" and wh_run["items"] == len(rows)
+    assert wh_run.policy_refs == [("spam", 2)] and wh_run.status == "published" and wh_run.items == len(rows)
     verdicts = Counter((v["policy"], v["policy_version"]) for v in _verdicts(engine, settings))
     assert verdicts == {("spam", 1): len(rows), ("spam", 2): len(rows), ("self-harm", 1): len(rows)}  # old kept
     current = [r for r in view_rows(engine, settings, "current_verdicts", limit=500) if r["policy"] == "spam"]
@@ -184,7 +184,7 @@ def test_relabel_by_hand_with_params(flow, backfilled):
     run_id = af.trigger("safeguard_relabel", conf={"policy": "self-harm", "scope": "since", "since": DAYS[1], "limit": 1})
     (manual,) = [r for r in af.wait_for_runs("safeguard_relabel", 1, run_type="manual", timeout_s=300) if r["dag_run_id"] == run_id]
     assert manual["state"] == "success"
-    (wh_run,) = [r for r in runs.list_runs(engine, settings, kind="relabel") if r["params"].get("dag_run_id") == run_id]
-    assert wh_run["policy_refs"] == [("self-harm", 1)]
-    assert wh_run["params"]["scope"] == "since" and wh_run["params"]["since"].startswith(DAYS[1]) and wh_run["params"]["limit"] == 1
-    assert wh_run["items"] == 0 and wh_run["status"] == "published"  # everything in scope already has a v1 verdict
+    (wh_run,) = [r for r in runs.list_runs(engine, settings, kind="relabel") if r.params.get("dag_run_id") == run_id]
+    assert wh_run.policy_refs == [("self-harm", 1)]
+    assert wh_run.params["scope"] == "since" and wh_run.params["since"].startswith(DAYS[1]) and wh_run.params["limit"] == 1
+    assert wh_run.items == 0 and wh_run.status == "published"  # everything in scope already has a v1 verdict

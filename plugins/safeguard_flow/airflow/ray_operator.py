@@ -27,12 +27,18 @@ from safeguard_flow.settings import Settings, get_settings
 def default_deferrable() -> bool:
     """``[operators] default_deferrable`` where airflow.cfg or the environment sets it; True where only
     Airflow's own default (false) would say."""
+    import configparser
+    import os
+
     from airflow.configuration import conf
 
-    # Sources only: no *_cmd or secrets-backend option is run or fetched to answer this.
-    value, source = conf.as_dict(display_source=True, display_sensitive=True, raw=True, include_cmds=False,
-                                 include_secret=False).get("operators", {}).get("default_deferrable", ("", "default"))
-    return True if source == "default" else str(value).strip().lower() in ("true", "t", "1", "yes", "y")
+    if conf.getboolean("operators", "default_deferrable", fallback=False):
+        return True
+    # False here is either Airflow's default or a deployment's choice: only the latter turns deferral
+    # off. (Read from the environment and the file only: no *_cmd or secrets backend is consulted.)
+    explicit = os.environ.get("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE") is not None or \
+        configparser.ConfigParser.get(conf, "operators", "default_deferrable", fallback=None) is not None
+    return not explicit
 
 
 class RayJobLink(BaseOperatorLink):

@@ -139,7 +139,7 @@ def test_readme_backfill_labels_each_interval_once(flow, backfilled):
     assert set(per_key.values()) == {1}  # every item labelled once per policy, no duplicates
     day_of = {r["id"]: r["updated_at"][:10] for r in rows}
     for v in verdicts:  # ... by the run of the interval it arrived in
-        assert v["run_id"] == by_day[day_of[v["content_id"]]]["id"]
+        assert v["run_id"] == by_day[day_of[v["content_id"]]].id
 
 
 def test_policy_change_relabels_through_the_asset_event(flow, backfilled):

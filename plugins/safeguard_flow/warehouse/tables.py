@@ -64,6 +64,8 @@ def _verdict_columns() -> list[sa.Column]:
         sa.Column("labelled_at", UTCDateTime, nullable=False),
         sa.Column("extracted_at", UTCDateTime, nullable=False),  # when the labelled text was read
         sa.Column("content_updated_at", UTCDateTime),  # the source row's own updated_at (migration 0004)
+        # 'model' or 'cascade' (migration 0006); the BI view shows 'human' where a review decision wins.
+        sa.Column("decided_by", sa.String(16), nullable=False, server_default="model"),
     ]
 
 

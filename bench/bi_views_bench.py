@@ -1,0 +1,154 @@
+"""The BI views at scale on PostgreSQL: seconds per BI-style query (one policy, 30 days) per view.
+
+    python bench/bi_views_bench.py                    # 10M verdicts (3 versions of one policy x 3.34M items)
+    python bench/bi_views_bench.py --verdicts 1000000 # the quick size
+    python bench/bi_views_bench.py --url postgresql+psycopg://...   # an existing server (a database is created)
+
+A throwaway PostgreSQL 15 server (dev/postgres.py) gets the schema by the migrations, then verdicts
+generated server-side (generate_series): every item labelled by each of three versions of one policy,
+content and labelling days spread over a year, 8% positives, 0.5% errors, version 3 flipping about 3%
+of version 2's labels. After ANALYZE each query runs --repeat times (best taken, the first run warms
+the cache); its plan (EXPLAIN ANALYZE) goes to artifacts/bench/explain-<view>.txt.
+Target (issue 21): every query under 1 s at 10M verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# BI-style questions a dashboard asks of each view: one policy, the last 30 days of a year of data.
+QUERIES = {
+    "current_verdicts": """
+        SELECT CAST(labelled_at AS DATE) AS day, COUNT(*) AS items, SUM(is_positive) AS positives
+        FROM {p}current_verdicts
+        WHERE policy = 'spam' AND labelled_at >= TIMESTAMPTZ '2025-12-02 00:00:00+00'
+        GROUP BY 1 ORDER BY 1""",
+    "daily_policy_rates": """
+        SELECT day, policy_version, verdicts, positives, positive_rate, error_rate
+        FROM {p}daily_policy_rates
+        WHERE policy = 'spam' AND day >= DATE '2025-12-02'
+        ORDER BY day, policy_version""",
+    "verdict_flips": """
+        SELECT CAST(new_labelled_at AS DATE) AS day, COUNT(*) AS flips,
+               SUM(CASE WHEN new_label >= 1 THEN 1 ELSE 0 END) AS to_positive
+        FROM {p}verdict_flips
+        WHERE policy = 'spam' AND old_version = 2 AND new_version = 3
+          AND new_labelled_at >= TIMESTAMPTZ '2025-12-02 00:00:00+00'
+        GROUP BY 1 ORDER BY 1""",
+}
+
+
+def seed(engine, settings, verdicts: int) -> dict:
+    """Policies, one run per version, and `verdicts` verdicts generated in the server."""
+    import sqlalchemy as sa
+
+    from safeguard_flow.warehouse import schema
+
+    t = schema.tables(settings)
+    v, runs, pol, pv = t.verdicts, t.runs, t.policies, t.policy_versions
+    items = verdicts // 3
+    stamp = "TIMESTAMPTZ '2025-01-01 00:00:00+00'"
+    with engine.begin() as conn:
+        now = sa.func.now()
+        conn.execute(pol.insert().values(name="spam", current_version=3, created_at=now, updated_at=now))
+        for n in (1, 2, 3):
+            conn.execute(pv.insert().values(name="spam", version=n, sha256=f"{n:064d}", text=f"v{n}", labels=[0, 1],
+                                            output_format="binary", reasoning_effort="low", created_at=now))
+            conn.execute(runs.insert().values(id=f"bench-v{n}", kind="relabel", status="published",
+                                              policy_refs=[["spam", n]], created_at=now, updated_at=now))
+    start = time.perf_counter()
+    with engine.begin() as conn:
+        # One statement per version: label from a hash of (item, version); v3 flips ~3% of v2.
+        for n in (1, 2, 3):
+            flip = "CASE WHEN mod(i, 33) = 0 THEN 1 - base ELSE base END" if n == 3 else "base"
+            conn.exec_driver_sql(f"""
+                INSERT INTO {v.name} (source, content_id, policy, policy_version, content_hash, label,
+                    parse_status, model, prompt_tokens, completion_tokens, labelled_at, extracted_at,
+                    content_updated_at, run_id, published_at, decided_by)
+                SELECT 'posts', 'c' || i, 'spam', {n}, md5(i::text), CASE WHEN mod(i, 200) = 7 THEN NULL ELSE {flip} END,
+                    CASE WHEN mod(i, 200) = 7 THEN 'invalid' ELSE 'ok' END, 'bench', 700, 2,
+                    {stamp} + mod(i, 365) * INTERVAL '1 day' + ({n} - 1) * INTERVAL '1 hour',
+                    {stamp} + mod(i, 365) * INTERVAL '1 day',
+                    {stamp} + mod(i, 365) * INTERVAL '1 day' - INTERVAL '1 hour',
+                    'bench-v{n}', now(), 'model'
+                FROM (SELECT i, CASE WHEN mod(i * 7919, 100) < 8 THEN 1 ELSE 0 END AS base
+                      FROM generate_series(1, {items}) AS i) g""")
+    load_s = time.perf_counter() - start
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"VACUUM ANALYZE {v.name}")
+    return {"verdicts": items * 3, "load_s": round(load_s, 1), "vacuum_analyze_s": round(time.perf_counter() - start - load_s, 1)}
+
+
+def time_queries(engine, prefix: str, repeat: int, out_dir: Path) -> dict[str, float]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    with engine.connect() as conn:
+        for view, sql in QUERIES.items():
+            sql = sql.format(p=prefix)
+            best = float("inf")
+            for _ in range(repeat):
+                t = time.perf_counter()
+                conn.exec_driver_sql(sql).fetchall()
+                best = min(best, time.perf_counter() - t)
+            figures[view] = round(best, 3)
+            plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + sql).scalars().all()
+            (out_dir / f"explain-{view}.txt").write_text(sql.strip() + "\n\n" + "\n".join(plan) + "\n")
+    return figures
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--verdicts", type=int, default=10_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--url", help="an existing PostgreSQL server (a database is created on it)")
+    ap.add_argument("--out", default=str(ROOT / "artifacts" / "bench"))
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+
+    from safeguard_flow.settings import load_settings
+    from safeguard_flow.warehouse import db, schema
+
+    server = None
+    if args.url:
+        import sqlalchemy as sa
+
+        name = f"bi_bench_{int(time.time())}"
+        with sa.create_engine(args.url, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        url = args.url.rsplit("/", 1)[0] + "/" + name
+    else:
+        from dev.postgres import PostgresServer
+
+        server = PostgresServer().start()
+        url = server.create_database("bi_bench")
+    try:
+        settings = load_settings(environ={}, warehouse={"url": url})
+        schema.upgrade(settings)
+        engine = db.make_engine(settings)
+        print(f"seeding {args.verdicts:,} verdicts ...", flush=True)
+        seeded = seed(engine, settings, args.verdicts)
+        print(f"seeded {seeded['verdicts']:,} verdicts in {seeded['load_s']} s (vacuum analyze {seeded['vacuum_analyze_s']} s)")
+        figures = time_queries(engine, settings.warehouse.table_prefix, args.repeat, Path(args.out))
+        engine.dispose()
+    finally:
+        if server is not None:
+            server.stop()
+    print(f"\n== BI views at {seeded['verdicts']:,} verdicts (PostgreSQL; one policy, last 30 days; best of {args.repeat}) ==")
+    for view, s in figures.items():
+        print(f"  {view:<22} {s:8.3f} s   {'ok' if s < 1.0 else 'OVER 1 s'}")
+    print(f"  plans: {args.out}/explain-<view>.txt")
+    result = {**seeded, "seconds": figures, "max_s": max(figures.values())}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -107,7 +107,7 @@ def test_ui_app_requires_a_login_and_renders_an_empty_warehouse(airflow_db, wh_e
     assert guarded.get("/").status_code == 401
     assert guarded.get("/api/runs").status_code == 401
     assert guarded.get("/health").json() == {"status": "ok"}
-    assert guarded.get("/api/runs", headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403
+    assert guarded.get("/api/runs", headers={"Authorization": "Bearer not-a-jwt"}).status_code == 401
     token = auth.generate_jwt(SimpleAuthManagerUser(username="analyst", role="viewer"))
     assert guarded.get("/api/runs", headers={"Authorization": f"Bearer {token}"}).json() == []
     guarded.cookies.set("_token", token)  # inside the Airflow UI the browser sends the session cookie

@@ -9,8 +9,9 @@ inline SVG charts: no JavaScript bundle to build or vendor. Besides the overview
 (``runs/<id>``), per eval (``evals/<id>``) and per version pair (``diff/<policy>/<old>/<new>``).
 JSON endpoints under ``api/`` return the same data.
 
-Access needs a logged-in Airflow user (the API server's JWT, sent as the ``_token`` cookie inside
-the Airflow UI or as a bearer token).
+Every route is authorised through Airflow's auth manager (airflow/ui_auth.py): reading needs DAG
+read access (403 otherwise); content (error excerpts, rationales, flip examples, dataset paths, the
+warehouse location) is shown only to users who may edit DAGs.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Callable
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 from sqlalchemy.engine import Engine
 
 from safeguard_flow.airflow.svg_chart import line_chart
+from safeguard_flow.airflow.ui_auth import LocalUser, require_editor, require_reader
 from safeguard_flow.policy_quality.version_diff import compare_versions
 from safeguard_flow.redact import mask_url
 from safeguard_flow.settings import Settings
@@ -57,11 +59,12 @@ def create_app(
             state["d"] = (dashboard_factory or _default_dashboard)()
         return state["d"]
 
-    async def authenticated(request: Request) -> None:
-        if require_auth:
-            await _check_airflow_user(request)
+    if not require_auth:  # tests and demos: one local user who may do everything
+        async def local_user() -> LocalUser:
+            return LocalUser()
 
-    guard = [Depends(authenticated)]
+        app.dependency_overrides.update({require_reader: local_user, require_editor: local_user})
+    guard = [Depends(require_reader)]
 
     @app.get("/", response_class=HTMLResponse, dependencies=guard)
     def index(days: int = Query(30, ge=1, le=366)) -> HTMLResponse:
@@ -123,18 +126,6 @@ def _default_dashboard() -> Dashboard:
 
     hook = SafeguardWarehouseHook()
     return Dashboard(hook.get_engine(), hook.settings)
-
-
-async def _check_airflow_user(request: Request) -> None:
-    """Accept the Airflow UI's JWT (cookie) or an API bearer token; 401 otherwise."""
-    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
-    from airflow.api_fastapi.core_api.security import resolve_user_from_token
-
-    header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE_NAME_JWT_TOKEN)
-    if not token:
-        raise HTTPException(status_code=401, detail="log in to Airflow first (no session token)")
-    await resolve_user_from_token(token)
 
 
 # --- rendering (templates/safeguard_view.html, run_report.html; autoescaped) ---------------------

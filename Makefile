@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: demo test install model browser bench clean eval-full
+.PHONY: demo test install model browser bench bench-quick clean eval-full
 
 # `make eval-full`: the eight moderation policies on OpenAI's 2022 moderation set (1,200 rows), read
 # from where it lies (never copied into the repo). EVAL_LIMIT=N scores the first N rows only.
@@ -47,10 +47,13 @@ test: model browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -v --durations=25
 
+# The benchmark suite: one table, every figure in artifacts/bench/latest.json (BENCHMARKS.md says
+# what each means). bench-quick (under 10 minutes) is the one to run before and after a change.
 bench: model
-	$(BIN)/python bench/engine_throughput.py
-	$(BIN)/python bench/ray_job_bench.py
-	$(BIN)/python bench/warehouse_bench.py
+	$(BIN)/python bench/suite.py
+
+bench-quick: model
+	$(BIN)/python bench/suite.py --quick
 
 eval-full: model
 	@test -f $(MODERATION_SET) || { echo "MODERATION_SET=$(MODERATION_SET) not found (set it to samples-1200.jsonl)"; exit 2; }

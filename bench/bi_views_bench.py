@@ -78,7 +78,7 @@ def seed(engine, settings, verdicts: int) -> dict:
                     {stamp} + mod(i, 365) * INTERVAL '1 day',
                     {stamp} + mod(i, 365) * INTERVAL '1 day' - INTERVAL '1 hour',
                     'bench-v{n}', now(), 'model'
-                FROM (SELECT i, CASE WHEN mod(i * 7919, 100) < 8 THEN 1 ELSE 0 END AS base
+                FROM (SELECT i, CASE WHEN mod(i::bigint * 7919, 100) < 8 THEN 1 ELSE 0 END AS base
                       FROM generate_series(1, {items}) AS i) g""")
     load_s = time.perf_counter() - start
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

@@ -266,6 +266,20 @@ class PolicyGateSettings(_Section):
     require_eval: bool = True  # refuse when the policy has an eval dataset but a version has no eval on it
 
 
+class ReviewSettings(_Section):
+    """Human review: which published verdicts go to the review queue (safeguard_flow.review.routing)."""
+
+    enabled: bool = True  # nightly and relabel runs route what they publish
+    confidence_below: float = Field(default=0.7, ge=0, le=1)  # an ok verdict with confidence under this is doubtful
+    audit_rate: float = Field(default=0.02, ge=0, le=1)  # uniform random audit sample per policy version
+    # The audit rate of the doubtful stratum (confidence under confidence_below, or none); None: audit_rate.
+    # Oversampling it is fine: every audit item keeps its sampling probability and estimates weight by it.
+    audit_rate_doubtful: float | None = Field(default=None, ge=0, le=1)
+    route_flips: bool = True  # a verdict whose label differs from the previous version's
+    lease_seconds: int = Field(default=600, ge=10, le=86_400)  # one reviewer holds an item this long
+    seed: str = ""  # salt of the audit draw (a draw is a hash of the item: the same item, the same draw)
+
+
 class EvalDatasetSettings(_Section):
     """A labelled dataset for one policy: a JSONL/CSV file or a warehouse table."""
 
@@ -298,6 +312,7 @@ class Settings(BaseSettings):
     ray: RaySettings = Field(default_factory=RaySettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     policy_gate: PolicyGateSettings = Field(default_factory=PolicyGateSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
 
     @property

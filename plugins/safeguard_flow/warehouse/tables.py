@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from safeguard_flow.warehouse.db import UTCDateTime
 
 TABLE_NAMES = ("policies", "policy_versions", "runs", "work_items", "run_chunks", "verdict_staging", "verdicts",
-               "verdict_analysis", "policy_changes", "evals", "eval_scores", "eval_predictions", "policy_promotions")
+               "verdict_analysis", "policy_changes", "evals", "eval_scores", "eval_predictions", "policy_promotions",
+               "review_queue", "review_decisions", "review_estimates")
 VIEW_NAMES = ("current_verdicts", "daily_policy_rates", "verdict_flips", "run_errors", "policy_version_diff")
 
 # Work items carry a bucket taken from their content hash; a run's chunks are bucket ranges, so every
@@ -43,6 +44,9 @@ class WarehouseTables:
     eval_scores: sa.Table
     eval_predictions: sa.Table
     policy_promotions: sa.Table
+    review_queue: sa.Table  # migration 0009: human review (safeguard_flow.review)
+    review_decisions: sa.Table
+    review_estimates: sa.Table
 
 
 def _verdict_columns() -> list[sa.Column]:
@@ -263,5 +267,71 @@ def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Index(f"{p}ix_policy_promotions_policy", "policy", "created_at"),
     )
+    review_queue, review_decisions, review_estimates = _review_tables(md, p)
     return WarehouseTables(md, policies, policy_versions, runs, work_items, run_chunks, verdict_staging, verdicts,
-                           verdict_analysis, policy_changes, evals, eval_scores, eval_predictions, policy_promotions)
+                           verdict_analysis, policy_changes, evals, eval_scores, eval_predictions, policy_promotions,
+                           review_queue, review_decisions, review_estimates)
+
+
+def _review_tables(md: sa.MetaData, p: str) -> tuple[sa.Table, sa.Table, sa.Table]:
+    """Human review (migration 0009): the queue, the append-only decisions, the refreshed estimates."""
+    def item() -> list[sa.Column]:  # the verdict an entry is about
+        return [sa.Column("source", sa.String(64), nullable=False),
+                sa.Column("content_id", sa.String(200), nullable=False),
+                sa.Column("policy", sa.String(64), nullable=False),
+                sa.Column("policy_version", sa.Integer, nullable=False),
+                sa.Column("content_hash", sa.String(64), nullable=False)]
+
+    queue = sa.Table(  # one entry per routed verdict (and text); leased to one reviewer at a time
+        f"{p}review_queue", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        *item(),
+        sa.Column("run_id", sa.String(200), nullable=False),  # the run whose published verdict was routed
+        sa.Column("text", sa.Text),  # the content as labelled (NULL: its work item was gone when routed)
+        sa.Column("model_label", sa.Integer),  # the verdict when routed (NULL: an error verdict)
+        sa.Column("confidence", sa.Float),
+        sa.Column("parse_status", sa.String(20), nullable=False),
+        sa.Column("decided_by", sa.String(16), nullable=False, server_default="model"),
+        sa.Column("reason", sa.String(32), nullable=False),  # the first of reasons, by priority
+        sa.Column("reasons", sa.JSON, nullable=False),
+        sa.Column("priority", sa.Integer, nullable=False),
+        sa.Column("audit", sa.Boolean, nullable=False, server_default=sa.false()),  # in the random audit sample
+        sa.Column("sampling_prob", sa.Float, nullable=False),  # P(in the audit sample) of this verdict
+        sa.Column("stratum", sa.String(16), nullable=False),  # doubtful | confident (the audit's strata)
+        sa.Column("status", sa.String(16), nullable=False, server_default="open"),  # open | decided
+        sa.Column("leased_by", sa.String(200)),
+        sa.Column("lease_until", UTCDateTime),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("decided_at", UTCDateTime),
+        sa.UniqueConstraint("source", "content_id", "policy", "policy_version", "content_hash",
+                            name=f"{p}uq_review_queue_item"),
+        sa.Index(f"{p}ix_review_queue_next", "policy", "status", "priority"),
+        sa.Index(f"{p}ix_review_queue_audit", "policy", "policy_version", "audit"),
+    )
+    decisions = sa.Table(  # append-only: a reviewer's decision (or skip, decision NULL) on a text
+        f"{p}review_decisions", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("queue_id", sa.Integer),  # NULL: imported for an item that was never queued
+        *item(),
+        sa.Column("decision", sa.Integer),  # the label; NULL: skipped
+        sa.Column("model_label", sa.Integer),  # the model's label the reviewer saw
+        sa.Column("reviewer", sa.String(200), nullable=False),
+        sa.Column("note", sa.Text),
+        sa.Column("origin", sa.String(20), nullable=False),  # ui | labelstudio | argilla
+        sa.Column("decided_at", UTCDateTime, nullable=False),
+        # sg_current_verdicts finds the newest decision per (policy, version, text) through this index.
+        sa.Index(f"{p}ix_review_decisions_text", "policy", "policy_version", "content_hash", "id"),
+        sa.Index(f"{p}ix_review_decisions_queue", "queue_id"),
+    )
+    estimates = sa.Table(  # per policy version, refreshed by `review route`/`import` and each decision
+        f"{p}review_estimates", md,
+        sa.Column("policy", sa.String(64), primary_key=True),
+        sa.Column("policy_version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("decisions", sa.Integer, nullable=False),  # texts with a reviewer's decision
+        sa.Column("agreement", sa.Float),  # share of those where the model said the same
+        sa.Column("audit_items", sa.Integer, nullable=False),  # the random audit sample
+        sa.Column("audit_decided", sa.Integer, nullable=False),
+        *(sa.Column(f"{m}{s}", sa.Float) for m in ("prevalence", "precision", "recall") for s in ("", "_low", "_high")),
+        sa.Column("computed_at", UTCDateTime, nullable=False),
+    )
+    return queue, decisions, estimates

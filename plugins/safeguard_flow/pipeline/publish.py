@@ -24,4 +24,9 @@ def publish_run(sql_engine: Engine, settings: Settings, run_id: str) -> dict[str
     if run.status is RunStatus.PUBLISHED:
         return {"run_id": run_id, "already_published": True,
                 **{k: getattr(run, k) for k in ("verdicts", "inserted", "updated", "unchanged", "errors", "positives")}}
-    return verdict_merge.publish_run(sql_engine, settings, run_id)
+    result = verdict_merge.publish_run(sql_engine, settings, run_id)
+    # What was published goes to human review by settings.review (never fails the published run).
+    from safeguard_flow.review.queue import route_after_publish
+
+    review = route_after_publish(sql_engine, settings, run_id)
+    return result if review is None else {**result, "review": review}

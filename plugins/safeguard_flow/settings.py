@@ -183,7 +183,11 @@ class EngineSettings(_Section):
 class RaySettings(_Section):
     address: str = ""  # empty: a local Ray started in-process (or by the hook) on 127.0.0.1
     dashboard_url: str = ""  # for job submission, e.g. http://head:8265
-    auth_mode: Literal["disabled", "token"] = "disabled"
+    # Ray's token auth for a cluster we start (the local head, an in-process Ray): "token" unless the
+    # RAY_AUTH_MODE variable says otherwise (tests and `make` set "disabled"); for a cluster we only
+    # connect to, what the connection's token needs (see airflow/ray_hook.check_auth).
+    auth_mode: Literal["disabled", "token"] = Field(
+        default_factory=lambda: "disabled" if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" else "token")
     num_replicas: int = Field(default=1, ge=1)
     num_cpus_per_replica: float = Field(default=1.0, ge=0)
     num_gpus_per_replica: float = Field(default=0.0, ge=0)
@@ -222,6 +226,11 @@ class RaySettings(_Section):
     # The host in the advertised base URL; empty: serve_host, or this node's IP when serve_host is a
     # wildcard (0.0.0.0 / ::), which clients cannot connect to.
     serve_advertise_host: str = ""
+    # Bearer keys the Serve app accepts (a secret: masked when shown, never in a job's document).
+    # Empty: the app refuses to bind anything but loopback. Clients send one as engine.api_key.
+    serve_api_keys: list[str] = Field(default_factory=list)
+    # Largest request body the Serve app reads (413 beyond): token-id prompts of max_model_len fit.
+    serve_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     @model_validator(mode="after")
     def _serve_bounds(self) -> RaySettings:

@@ -77,7 +77,7 @@ def test_settings_travel_to_a_job_as_one_document_without_secrets(settings_facto
     doc, secrets = settings_document(s)
     for secret in ("s3cr3t-pw", "k3y-pw", "sk-live-abc"):
         assert secret not in doc
-    assert set(secrets) == {"warehouse.url", "engine.api_key"} and secrets["warehouse.url"] == url
+    assert set(secrets) == {'["warehouse", "url"]', '["engine", "api_key"]'} and secrets['["warehouse", "url"]'] == url
     assert "db.example" in doc and "sslmode=require" in doc  # the rest of the URL stays readable
     assert settings_from_document(doc, secrets) == resolve_paths(s)
     with pytest.raises(SettingsError, match="warehouse.url"):

@@ -36,7 +36,9 @@ def _settings(args: argparse.Namespace):
 
         _connect()
         secrets = fetch(args.secrets)
-    return settings_from_document(doc, secrets)
+    from safeguard_flow.raylib.shipping.job_secrets import apply_env
+
+    return apply_env(settings_from_document(doc, secrets), secrets)
 
 
 def _connect() -> None:

@@ -34,8 +34,10 @@ class ChunkLabeller:
 
     def __init__(self, settings: Settings, run_id: str, policies: Sequence[Policy]):
         from safeguard_flow.engines import build_engine
+        from safeguard_flow.raylib.shipping.job_secrets import export_env
         from safeguard_flow.warehouse import db
 
+        export_env(settings)  # secret variables (HF_TOKEN) never travel in the job's runtime_env
         self.settings = settings
         self.run_id = run_id
         self.policies = list(policies)

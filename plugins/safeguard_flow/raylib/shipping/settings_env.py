@@ -51,7 +51,7 @@ def settings_document(settings: Settings) -> tuple[str, dict[str, str]]:
 
 def settings_from_document(doc: str, secrets: dict[str, str] | None = None) -> Settings:
     """Rebuild the settings a submitter sent (`settings_document`), with the secrets put back."""
-    from safeguard_flow.raylib.shipping.job_secrets import apply_secrets
+    from safeguard_flow.raylib.shipping.job_secrets import apply_secrets, dotted
 
     try:
         parsed = json.loads(doc)
@@ -59,7 +59,7 @@ def settings_from_document(doc: str, secrets: dict[str, str] | None = None) -> S
         raise SettingsError(f"{SETTINGS_DOC_ENV}: not a JSON document: {exc}") from None
     if not isinstance(parsed, dict) or parsed.get("kind") != _DOC_KIND:
         raise SettingsError(f"{SETTINGS_DOC_ENV}: not a safeguard-flow settings document")
-    missing = sorted(set(parsed.get("secret_fields") or []) - set(secrets or {}))
+    missing = sorted(dotted(k) for k in set(parsed.get("secret_fields") or []) - set(secrets or {}))
     if missing:
         raise SettingsError(f"the job's settings need secret(s) {missing} but the job was given none "
                             "(submit it with --secrets, as RayLabelJobOperator does)")

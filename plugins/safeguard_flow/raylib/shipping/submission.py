@@ -74,7 +74,8 @@ def label_job_runtime_env(
     The package as py_modules, the settings as one document. On the local head the submitter's
     vLLM/HF tuning variables travel too (same machine); on a real cluster the nodes' own environment
     applies. `settings.ray.runtime_env` and `extra` (from the connection and the operator) are merged
-    on top; a `working_dir` there is the user's explicit choice.
+    on top; a `working_dir` there is the user's explicit choice. Secret-named variables (HF_TOKEN)
+    leave the runtime_env for the secrets (the Jobs API shows a runtime_env to anyone).
     """
     doc, secrets = settings_document(settings)
     base: dict[str, Any] = {
@@ -82,4 +83,7 @@ def label_job_runtime_env(
         "excludes": list(PACKAGE_EXCLUDES),
         "env_vars": {**(worker_env() if local else {}), SETTINGS_DOC_ENV: doc},
     }
-    return merge_runtime_env(base, settings.ray.runtime_env, extra), secrets
+    from safeguard_flow.raylib.shipping.job_secrets import split_env_secrets
+
+    env, env_secrets = split_env_secrets(merge_runtime_env(base, settings.ray.runtime_env, extra))
+    return env, {**secrets, **env_secrets}

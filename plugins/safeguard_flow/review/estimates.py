@@ -50,6 +50,8 @@ def weighted_ratio(pairs: Iterable[tuple[float, float, float]]) -> Ratio:
     sx = sum(1 / pi for pi, _, _ in rows)
     r = sum(y / pi for pi, _, y in rows) / sx
     var = sum((1 - pi) / pi ** 2 * (y - r) ** 2 for pi, _, y in rows) / sx ** 2
+    if all(pi >= 1 for pi, _, _ in rows):  # a census of the population: no sampling error
+        return Ratio(r, r, r, len(rows))
     if 0 < r < 1 and var > 0:
         n_eff = r * (1 - r) / var
     else:  # all agree: Kish's effective size of the weights

@@ -113,3 +113,31 @@ def refresh_estimates(sql_engine: Engine, settings: Settings, policy: str | None
     for row in rows:
         store.write_estimates(sql_engine, settings, row)
     return rows
+
+
+def export_items(sql_engine: Engine, settings: Settings, fmt: str, out, policy: str | None = None,
+                 status: str | None = None) -> int:
+    """Write queue entries in an exchange format (review/exchange.py). Default: jsonl exports the
+    decided entries (a labelled dataset), labelstudio and argilla the open ones (work to do)."""
+    from safeguard_flow.review import exchange
+
+    if fmt not in exchange.FORMATS:
+        raise ValueError(f"--format {fmt!r}: one of {', '.join(exchange.FORMATS)}")
+    status = status or ("decided" if fmt == "jsonl" else "open")
+    items = store.queue_items(sql_engine, settings, policy, None if status == "all" else status)
+    return exchange.write_export(fmt, items, out)
+
+
+def import_decisions(sql_engine: Engine, settings: Settings, path) -> dict[str, Any]:
+    """Decisions from a Label Studio export or Argilla records; returns counts and the problems."""
+    from safeguard_flow.review import exchange
+
+    decisions, problems = exchange.read_import(path)
+    touched: set[tuple[str, int]] = set()
+    for d in decisions:
+        store.record_decision(sql_engine, settings, reviewer=d.reviewer, decision=d.decision, origin=d.origin,
+                              note=d.note, item=d.item)
+        touched.add((d.item["policy"], d.item["policy_version"]))
+    for policy, version in sorted(touched):
+        refresh_estimates(sql_engine, settings, policy, version)
+    return {"decisions": len(decisions), "problems": problems}

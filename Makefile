@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := airflow,ray,postgres,cpu,dev
+EXTRAS := airflow,ray,postgres,mysql,duckdb,cpu,dev
 
 # Local defaults: a local Ray without auth. (vLLM's CPU cores and KV cache size are the typed settings
 # model.cpu_threads_bind and model.kv_cache_gib, never raw VLLM_CPU_* variables here.)
@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: demo test install model browser bench bench-quick clean eval-full
+.PHONY: demo test install model browser mariadb bench bench-quick clean eval-full
 
 # `make eval-full`: the eight moderation policies on OpenAI's 2022 moderation set (1,200 rows), read
 # from where it lies (never copied into the repo). EVAL_LIMIT=N scores the first N rows only.
@@ -43,7 +43,11 @@ demo: model
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: model browser
+# The MySQL warehouse tests start a throwaway MariaDB server (dev/mariadb.py) from Debian's package.
+mariadb:
+	@command -v mariadb-install-db >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >/dev/null; }
+
+test: model browser mariadb
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -v --durations=25
 

@@ -105,6 +105,36 @@ def pg_url(pg_url_factory):
     return pg_url_factory()
 
 
+@pytest.fixture(scope="session")
+def mariadb_server():
+    """One real MariaDB server per test session, from Debian's mariadb-server (dev/mariadb.py)."""
+    from dev.mariadb import MariaDBServer
+
+    server = MariaDBServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mariadb_url_factory(mariadb_server):
+    """Make fresh, empty databases on the session's MariaDB server (user `sg`, pymysql); all dropped after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(mariadb_server.create_database())
+        return made[-1]
+
+    yield make
+    for url in made:
+        mariadb_server.drop_database(url)
+
+
+@pytest.fixture
+def mariadb_url(mariadb_url_factory):
+    """A fresh, empty database on the session's MariaDB server, dropped after the test."""
+    return mariadb_url_factory()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def warehouse_url(request, tmp_path) -> str:
     if request.param == "sqlite":

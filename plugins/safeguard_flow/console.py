@@ -107,5 +107,18 @@ def format_run(run) -> str:
     return "\n".join(lines)
 
 
+def format_gates(gates) -> str:
+    """The quality gate per policy version of a run (run_gates.Gate rows), for `runs show`."""
+    lines = ["  gate per policy version:"]
+    for g in gates:
+        what = f"{g.outcome}{' (shadow)' if g.shadow else ''}: {_n(g.verdicts)} verdict(s), {_n(g.errors)} error(s), "
+        what += f"{_n(g.positives)} positive; {g.checks - g.failed} of {g.checks} check(s) passed"
+        lines.append(f"    {g.key:<20} {what}")
+        lines += [f"      - {line}" for line in (g.reason or "").splitlines()]
+        if g.retry_run_id:
+            lines.append(f"      relabelled by run {g.retry_run_id}")
+    return "\n".join(lines)
+
+
 def _n(value) -> str:
     return "-" if value is None else f"{value:,}"

@@ -27,25 +27,50 @@ def test_frame_suite_reports_each_failed_expectation_in_words():
     spam = Policy(name="spam", text="t").with_version(2)
     frame = _frame([
         ("posts", "a", "spam", 2, 0, OK), ("posts", "b", "spam", 2, 1, OK), ("posts", "c", "spam", 2, None, MALFORMED),
-        ("posts", "c", "spam", 2, 1, OK),  # a second verdict for one key
+        ("posts", "c", "spam", 2, 1, OK),  # a second verdict for one key: one verdict too many
         ("posts", "d", "spam", 2, 7, OK),  # a label the policy does not have
         ("posts", "e", "spam", 1, 0, OK),  # a version the run does not label
     ])
     report = validate_frame(frame, [spam], QualitySettings(max_error_rate=0.1, max_positive_rate=0.3, min_sample=1),
-                            run_id="r", expected_items=5)
-    assert not report.success
+                            run_id="r", expected_items=4)
+    assert not report.success and [v.key for v in report.quarantined] == ["spam v2"]
     failed = sorted(c.check for c in report.failed)
     expected = [
-        "a verdict for every item and policy (5 item(s) x 1 policy(ies))",
+        "a verdict for every item (4 item(s))",
         "error rate <= 10.0% (quality.max_error_rate)",
         "labels in the policy's label set [0, 1]",
-        "one verdict per (source, content_id, policy, policy_version)",
         "only the run's policy versions ['spam v2']",
         "positive rate (label >= 1) within [0.0%, 30.0%] (quality.min_positive_rate / quality.max_positive_rate)",
     ]
     assert failed == expected
     assert "quality.max_error_rate" in report.summary and "20.0% (1 of 5 verdicts are errors: malformed=1)" in report.summary
+    assert "labels in the policy's label set [0, 1]: 1 of 5 verdict(s) unexpected, values ['7']" in report.summary
+    assert "a verdict for every item (4 item(s)): 5 verdict(s)" in report.summary
     json.dumps(report.result, allow_nan=False)  # strict JSON, ready for the runs table
+
+
+def test_each_policy_version_is_judged_on_its_own():
+    """A version every verdict of which is an error (a shadow text longer than the model's context) is
+    quarantined; the active version beside it passes, and the report says which and why."""
+    from safeguard_flow.pipeline.expectations import validate_frame
+
+    spam, shadow = Policy(name="spam", text="t").with_version(1), Policy(name="spam", text="t2").with_version(2)
+    rows = [("posts", str(i), "spam", 1, int(i % 10 == 0), OK) for i in range(40)]
+    rows += [("posts", str(i), "spam", 2, None, "input_error" if i == 0 else "engine_error") for i in range(40)]
+    report = validate_frame(_frame(rows), [spam, shadow], QualitySettings(), run_id="r", expected_items=40,
+                            shadow=[("spam", 2)])
+    assert report.success and report.partial
+    assert report.passed_refs == [("spam", 1)]
+    (gate,) = report.quarantined
+    assert (gate.key, gate.shadow, gate.verdicts, gate.errors) == ("spam v2", True, 40, 40)
+    assert gate.reason == ("error rate <= 5.0% (quality.max_error_rate): 100.0% (39 of 39 verdicts are errors: "
+                           "engine_error=39)")
+    assert report.summary.startswith("quality gate passed for run r: 80 staged verdict(s), for spam v1; quarantined "
+                                     "1 of 2 policy version(s), not published:\n  spam v2 (shadow): 1 of 5 check(s) failed")
+    assert report.result["quarantined"] == ["spam v2"] and report.result["versions"]["spam v1"]["outcome"] == "passed"
+    # Nothing passed: the run fails the gate.
+    bad = [r for r in rows if r[3] == 2]
+    assert not validate_frame(_frame(bad), [shadow], QualitySettings(), expected_items=40).success
 
 
 def test_frame_suite_passes_clean_runs_and_empty_intervals():
@@ -123,7 +148,7 @@ def test_passing_gate_marks_the_run_validated_and_publish_goes_through(wh_engine
     wh_settings = wh_settings.model_copy(update={"quality": QualitySettings(min_sample=1)})
     run_id = _staged_run(wh_engine, wh_settings, lambda i, item, p: _verdict(item, p, label=i % 2))
     report = pipeline.validate_run(wh_engine, wh_settings, run_id)
-    assert report.success and len(report.checks) == 8 + 2 * 4  # run suite + one suite per policy
+    assert report.success and len(report.checks) == 1 + 2 * 6  # the run check + one suite per policy version
     run = runs.get_run(wh_engine, wh_settings, run_id)
     assert run.status == "validated" and run.validated_at is not None
     assert publish.publish_run(wh_engine, wh_settings, run_id)["inserted"] == 12

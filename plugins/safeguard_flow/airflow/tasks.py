@@ -220,8 +220,11 @@ def validate(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, An
         except QualityGateFailed as exc:
             log.error("%s\nfull validation result: %s", exc.report.summary, exc.report.path)
             raise AirflowFailException(exc.report.summary) from None
-        log.info("%s\nfull validation result: %s", report.summary, report.path)
-        return {"run_id": run, "success": True, "checks": len(report.checks), "report": report.path}
+        # Some policy versions quarantined: the run is published without them (a warning in the log).
+        log.log(logging.WARNING if report.partial else logging.INFO, "%s\nfull validation result: %s",
+                report.summary, report.path)
+        return {"run_id": run, "success": True, "checks": len(report.checks), "report": report.path,
+                "quarantined": [v.key for v in report.quarantined]}
 
 
 # --- publish ----------------------------------------------------------------------------------------

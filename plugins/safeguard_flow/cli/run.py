@@ -99,6 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(f"published: {counts.get('inserted', 0)} new, {counts.get('updated', 0)} updated, "
               f"{counts.get('unchanged', 0)} unchanged")
+        if counts.get("quarantined"):
+            print(f"warning: quarantined, not published: {', '.join(counts['quarantined'])} (`safeguard-flow runs "
+                  f"show {run.id}` says why; rerun the same command after the fix to relabel only those)",
+                  file=sys.stderr)
         if args.verbose:
             from safeguard_flow.warehouse import runs
 
@@ -138,11 +142,17 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     from safeguard_flow.console import format_run
     from safeguard_flow.warehouse import runs
 
+    from safeguard_flow.console import format_gates
+    from safeguard_flow.warehouse import run_gates
+
     settings = settings_from(args)
     with open_warehouse(settings) as sql_engine:
         run = runs.get_run(sql_engine, settings, args.run_id)
+        gates = run_gates.gates(sql_engine, settings, args.run_id)
     if args.json:
-        print(json.dumps(run.to_dict(), indent=2, default=str))
+        print(json.dumps({**run.to_dict(), "gates": [g.__dict__ for g in gates]}, indent=2, default=str))
     else:
         print(format_run(run))
+        if gates:
+            print(format_gates(gates))
     return 0

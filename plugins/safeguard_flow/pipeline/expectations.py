@@ -1,24 +1,34 @@
-"""The quality gate: a Great Expectations suite over one run's staged verdicts.
+"""The quality gate: Great Expectations suites over one run's staged verdicts, one per policy version.
 
-Nothing reaches the verdict table unless the run passes. For each policy version the run labels,
-a suite is built from the policy (its label set) and the settings (``quality.*`` thresholds):
+Each policy version the run labels is judged on its own: a version that fails is quarantined and the
+others are published (a shadow version whose text the model cannot take never holds back the active
+versions). For each version, from the policy (its label set) and the settings (``quality.*``):
 
-- the key columns are never null and each key has exactly one verdict;
-- every label is in the policy's label set, and every ``ok`` verdict carries a label;
+- every label is in the policy's label set, every ``ok`` verdict carries a label, every status is known;
+- when the caller knows how many items were extracted, every item got a verdict of this version;
 - the error rate of the model (engine and parse errors, among verdicts that reached it) is at most
   ``quality.max_error_rate``; input errors (NULL, empty, undecodable content, repeated ids) judge the
   content, not the model: they are counted apart and bounded by ``quality.max_input_error_rate``
   (off by default), so whoever writes a share of the posts cannot quarantine the day;
 - the positive rate among labelled verdicts is within ``quality.min/max_positive_rate`` and, once the
   policy version has a history, within ``quality.drift_tolerance`` of its trailing rate over its last
-  published verdicts (both need ``quality.min_sample`` labelled verdicts in the run);
-- when the caller knows how many items were extracted, every item got a verdict.
+  published verdicts (both need ``quality.min_sample`` labelled verdicts of the version in the run).
+
+One whole-run check: only the run's own policy versions appear (anything else is a broken label job,
+and nothing of the run is published). One verdict per key needs no check: it is staging's primary key.
+
+Bounded memory: the suites never see a verdict. The warehouse counts the staged verdicts per (policy
+version, status, label) in one GROUP BY (``warehouse/staging.staged_tally``; texts, rationales and raw
+output stay in the database), and GX validates per version a frame of those distinct values with
+their counts (statuses, labels, the verdict count as the sum of the counts) and a one-row frame of the
+rates measured from them. Whatever the run's size, the frames hold a few rows.
 
 Great Expectations is used as a library (an ephemeral context with a pandas data source), so this
-module needs no Airflow, no warehouse and no files: :func:`validate_frame` is pure. Applying the gate
-to a run (reading its staged verdicts, saving the report, validated or quarantined) is
-``pipeline/validate.py``, which also writes the report file. A failed gate raises
-:class:`QualityGateFailed`, whose message lists the failed expectations in words.
+module needs no Airflow, no warehouse and no files: :func:`validate_tallies` is pure
+(:func:`validate_frame` takes verdicts as a DataFrame, for small runs and tests). Applying the gate to
+a run (validated, partly quarantined or quarantined; the report file, the per-version rows) is
+``pipeline/validate.py``. A gate that quarantines every version raises :class:`QualityGateFailed`,
+whose message lists the failed expectations in words.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from safeguard_flow.domain.policies import Policy
 from safeguard_flow.domain.verdicts import INPUT_ERROR, OK, PARSE_STATUSES
@@ -38,13 +48,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from safeguard_flow.settings import QualitySettings
 
-# Columns of the staged frame the suite reads. The key identifies one verdict.
+# Columns of a verdict frame validate_frame reads. The key identifies one verdict.
 KEY_COLUMNS = ("source", "content_id", "policy", "policy_version")
 REQUIRED_COLUMNS = (*KEY_COLUMNS, "label", "parse_status")
+RUN_SUITE = "run"
+
+VersionRef = tuple[str, int]
+# (policy, version) -> [(parse_status, label or None, verdicts)]: what staging holds, counted.
+Tallies = Mapping[VersionRef, Sequence[tuple[str, "int | None", int]]]
 
 
 class QualityGateFailed(RuntimeError):
-    """The run's verdicts failed the quality gate; the message is the readable summary."""
+    """No policy version of the run passed the quality gate; the message is the readable summary."""
 
     def __init__(self, report: ValidationReport):
         self.report = report
@@ -63,89 +78,220 @@ class CheckResult:
 
 
 @dataclass
+class VersionGate:
+    """The gate's decision for one policy version of the run."""
+
+    policy: str
+    version: int
+    passed: bool
+    shadow: bool = False
+    reason: str | None = None  # the failed checks, one per line (None when it passed)
+    checks: int = 0
+    failed: int = 0
+    verdicts: int = 0
+    errors: int = 0
+    positives: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.policy} v{self.version}"
+
+    @property
+    def outcome(self) -> str:
+        return "passed" if self.passed else "quarantined"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "version": self.version, "outcome": self.outcome, "shadow": self.shadow,
+                "reason": self.reason, "checks": self.checks, "failed": self.failed, "verdicts": self.verdicts,
+                "errors": self.errors, "positives": self.positives}
+
+
+@dataclass
 class ValidationReport:
     run_id: str
-    success: bool
+    success: bool  # at least one policy version passed (its verdicts may be published)
     summary: str
     result: dict[str, Any]  # JSON-safe: per-suite GX results plus our own statistics
     checks: list[CheckResult] = field(default_factory=list)
     rows: int = 0
     path: str | None = None  # where the JSON was saved, if it was
+    versions: list[VersionGate] = field(default_factory=list)
 
     @property
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.success]
 
+    @property
+    def passed_refs(self) -> list[VersionRef]:
+        return [(v.policy, v.version) for v in self.versions if v.passed]
 
-def validate_frame(
-    frame: pd.DataFrame,
-    policies: Sequence[Policy],
-    quality: QualitySettings,
-    *,
-    run_id: str = "",
-    expected_items: int | None = None,
-    trailing: dict[tuple[str, int], tuple[int, int]] | None = None,
-) -> ValidationReport:
-    """Run one suite per policy version over its slice of the frame; pure (no warehouse, no files).
+    @property
+    def quarantined(self) -> list[VersionGate]:
+        return [v for v in self.versions if not v.passed]
 
-    `trailing` maps (policy, version) to (positives, labelled) of its earlier published verdicts
-    (see warehouse/verdict_rates.py), for the drift check."""
+    @property
+    def partial(self) -> bool:
+        """Some versions passed and some were quarantined: published with warnings."""
+        return self.success and bool(self.quarantined)
+
+
+@dataclass
+class _Tally:
+    """One policy version's staged verdicts, counted: (parse_status, label) -> verdicts."""
+
+    groups: list[tuple[str, int | None, int]]
+
+    def count(self, status: str | None = None, *, not_status: str | None = None) -> int:
+        return sum(n for s, _, n in self.groups if (status is None or s == status) and s != not_status)
+
+    @property
+    def verdicts(self) -> int:
+        return self.count()
+
+    @property
+    def errors(self) -> int:
+        return self.verdicts - self.count(OK)
+
+    @property
+    def input_errors(self) -> int:
+        return self.count(INPUT_ERROR)
+
+    @property
+    def labelled(self) -> int:
+        return sum(n for s, label, n in self.groups if s == OK and label is not None)
+
+    @property
+    def positives(self) -> int:
+        # Positive = label >= 1 (SAFE is 0), the same rule as the BI views.
+        return sum(n for s, label, n in self.groups if s == OK and label is not None and label >= 1)
+
+    def labels(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s, label, n in self.groups:
+            if s == OK and label is not None:
+                out[str(label)] = out.get(str(label), 0) + n
+        return dict(sorted(out.items()))
+
+    def statuses(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s, _, n in self.groups:
+            out[s] = out.get(s, 0) + n
+        return out
+
+
+def tally_frame(frame: pd.DataFrame) -> dict[VersionRef, list[tuple[str, int | None, int]]]:
+    """Count a frame of verdicts as staging.staged_tally counts the staged rows."""
     import pandas as pd
 
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"staged verdicts lack column(s) {', '.join(missing)}; the gate needs {', '.join(REQUIRED_COLUMNS)}")
-    frame = frame.reset_index(drop=True)
+    out: dict[VersionRef, list[tuple[str, int | None, int]]] = {}
+    if frame.empty:
+        return out
+    counted = frame.groupby(["policy", "policy_version", "parse_status", "label"], dropna=False).size()
+    for (name, version, status, label), n in counted.items():
+        label = None if pd.isna(label) else int(label)
+        out.setdefault((str(name), int(version)), []).append((str(status), label, int(n)))
+    return out
+
+
+def validate_frame(frame: pd.DataFrame, policies: Sequence[Policy], quality: QualitySettings, *, run_id: str = "",
+                   expected_items: int | None = None, trailing: dict[VersionRef, tuple[int, int]] | None = None,
+                   shadow: Iterable[VersionRef] = ()) -> ValidationReport:
+    """The gate over verdicts held in a DataFrame (small runs, tests): counted, then validate_tallies."""
+    return validate_tallies(tally_frame(frame), policies, quality, run_id=run_id, expected_items=expected_items,
+                            trailing=trailing, shadow=shadow)
+
+
+def validate_tallies(
+    tallies: Tallies,
+    policies: Sequence[Policy],
+    quality: QualitySettings,
+    *,
+    run_id: str = "",
+    expected_items: int | None = None,
+    trailing: dict[VersionRef, tuple[int, int]] | None = None,
+    shadow: Iterable[VersionRef] = (),
+) -> ValidationReport:
+    """Judge each policy version of the run on its own; pure (no warehouse, no files).
+
+    `tallies` maps (policy, version) to its staged verdicts counted per (parse_status, label);
+    `trailing` maps (policy, version) to (positives, labelled) of its earlier published verdicts (see
+    warehouse/verdict_rates.py), for the drift check; `shadow` names the run's shadow versions."""
+    import pandas as pd
+
     context, batch_definition = _gx_batch_definition()
+    shadow = {(str(n), int(v)) for n, v in shadow}
     suites: dict[str, Any] = {}
     checks: list[CheckResult] = []
 
-    # Whole-run suite: keys, statuses, and that only the run's policy versions appear.
-    run_suite = _run_suite(policies, expected_items)
-    outcome = _validate(context, batch_definition, run_suite, frame)
-    suites[run_suite.name] = outcome
-    checks += _checks(run_suite.name, outcome)
+    # Whole run: only the run's policy versions appear. Anything else is a broken label job.
+    refs = sorted({(p.name, int(p.version or 0)) for p in policies}, key=str)
+    present = pd.DataFrame([{"policy": n, "policy_version": v, "n": sum(c for _, _, c in groups)}
+                            for (n, v), groups in sorted(tallies.items(), key=str)],
+                           columns=["policy", "policy_version", "n"])
+    run_suite = _run_suite(refs)
+    outcome = _validate(context, batch_definition, run_suite, present)
+    suites[RUN_SUITE] = outcome
+    run_checks = _checks(RUN_SUITE, outcome, {})
+    checks += run_checks
+    run_ok = all(c.success for c in run_checks)
 
+    versions: list[VersionGate] = []
     for policy in policies:
-        part = frame[(frame["policy"] == policy.name) & (frame["policy_version"] == policy.version)].copy()
-        if part.empty:
-            continue  # nothing to label for this policy in this run (for example an empty interval)
-        labelled = part["parse_status"] == OK
-        label = pd.to_numeric(part["label"], errors="coerce")
-        # 1.0/0.0 for labelled verdicts, missing for errors: its mean is the positive rate among labelled
-        # rows. Positive = label >= 1 (SAFE is 0), the same rule as the BI views.
-        part["is_positive"] = (label >= 1).astype(float).where(labelled & label.notna())
-        part["label"] = label.astype("Int64")
-        n_labelled = int(part["is_positive"].notna().sum())
-        history = (trailing or {}).get((policy.name, int(policy.version or 0)))
-        suite = _policy_suite(policy, quality, n_labelled, history)
-        outcome = _validate(context, batch_definition, suite, part)
-        suites[suite.name] = outcome
-        checks += _checks(suite.name, outcome)
+        ref = (policy.name, int(policy.version or 0))
+        tally = _Tally([(s, None if lab is None else int(lab), int(n)) for s, lab, n in tallies.get(ref, [])])
+        if not tally.groups and expected_items is None:
+            continue  # nothing to judge and nothing expected (for example a frame of an empty interval)
+        history = (trailing or {}).get(ref)
+        name = f"{policy.name} v{policy.version}"
+        values_suite, measures_suite = _policy_suites(name, policy, quality, tally, expected_items, history)
+        values = pd.DataFrame(tally.groups, columns=["parse_status", "label", "n"]).astype({"label": "Int64"})
+        first = _validate(context, batch_definition, values_suite, values)
+        second = _validate(context, batch_definition, measures_suite, _measures(tally))
+        suites[name] = _merged(first, second)
+        mine = _checks(name, first, {"tally": tally}) + _checks(name, second, {"tally": tally})
+        checks += mine
+        failed = [c for c in mine if not c.success] + ([] if run_ok else [c for c in run_checks if not c.success])
+        versions.append(VersionGate(
+            policy.name, int(policy.version or 0), passed=not failed, shadow=ref in shadow,
+            reason="\n".join(f"{c.check}: {c.observed}" for c in failed) or None, checks=len(mine),
+            failed=len(failed), verdicts=tally.verdicts, errors=tally.errors, positives=tally.positives))
 
-    success = all(c.success for c in checks)
-    statistics = _statistics(frame)
+    success = run_ok and (any(v.passed for v in versions) or not versions)
+    rows = sum(n for groups in tallies.values() for _, _, n in groups)
     result = {
         "run_id": run_id,
         "success": success,
         "validated_at": datetime.now(timezone.utc).isoformat(),
         "thresholds": quality.model_dump(),
         "policies": [{"name": p.name, "version": p.version, "labels": list(p.labels)} for p in policies],
-        "statistics": statistics,
+        "versions": {v.key: v.to_dict() for v in versions},
+        "quarantined": [v.key for v in versions if not v.passed],
+        "statistics": _statistics(tallies),
         "trailing": {f"{n} v{v}": {"positives": p, "labelled": lab} for (n, v), (p, lab) in (trailing or {}).items()},
         "suites": suites,
     }
-    report = ValidationReport(run_id, success, "", _json_safe(result), checks, rows=len(frame))
+    report = ValidationReport(run_id, success, "", _json_safe(result), checks, rows=rows, versions=versions)
     report.summary = summarise(report)
     return report
 
 
 def summarise(report: ValidationReport) -> str:
-    head = f"quality gate {'passed' if report.success else 'FAILED'} for run {report.run_id}: {report.rows} staged verdict(s)"
+    where = f"run {report.run_id}: {report.rows} staged verdict(s)"
     failed = report.failed
     if not failed:
-        return f"{head}, {len(report.checks)} check(s) passed"
-    lines = [f"{head}, {len(failed)} of {len(report.checks)} check(s) failed:"]
+        return f"quality gate passed for {where}, {len(report.checks)} check(s) passed"
+    if report.partial:
+        passed = ", ".join(v.key for v in report.versions if v.passed)
+        lines = [f"quality gate passed for {where}, for {passed}; quarantined "
+                 f"{len(report.quarantined)} of {len(report.versions)} policy version(s), not published:"]
+        for v in report.quarantined:
+            lines.append(f"  {v.key}{' (shadow)' if v.shadow else ''}: {v.failed} of {v.checks} check(s) failed")
+            lines += [f"  - [{c.suite}] {c.check}: {c.observed}" for c in failed if c.suite == v.key]
+        return "\n".join(lines)
+    lines = [f"quality gate FAILED for {where}, {len(failed)} of {len(report.checks)} check(s) failed:"]
     lines += [f"  - [{c.suite}] {c.check}: {c.observed}" for c in failed]
     return "\n".join(lines)
 
@@ -153,76 +299,68 @@ def summarise(report: ValidationReport) -> str:
 # --- suites -------------------------------------------------------------------------------------
 
 
-def _run_suite(policies: Sequence[Policy], expected_items: int | None):
+def _run_suite(refs: Sequence[VersionRef]):
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    refs = sorted({(p.name, p.version) for p in policies}, key=str)
-    expectations = [
-        *[
-            gxe.ExpectColumnValuesToNotBeNull(column=c, meta={"check": f"no null {c} (part of the verdict key)"})
-            for c in KEY_COLUMNS
-        ],
-        gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=list(KEY_COLUMNS), meta={"check": "one verdict per (source, content_id, policy, policy_version)"}
-        ),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="parse_status", value_set=list(PARSE_STATUSES), meta={"check": f"parse_status in {list(PARSE_STATUSES)}"}
-        ),
+    return gx.ExpectationSuite(name=RUN_SUITE, expectations=[
         gxe.ExpectColumnPairValuesToBeInSet(
             column_A="policy",
             column_B="policy_version",
             value_pairs_set=[list(r) for r in refs],
             meta={"check": f"only the run's policy versions {[f'{n} v{v}' for n, v in refs]}"},
         ),
-    ]
-    if expected_items is not None:
-        expected = expected_items * len(policies)
-        expectations.append(
-            gxe.ExpectTableRowCountToEqual(
-                value=expected,
-                meta={"check": f"a verdict for every item and policy ({expected_items} item(s) x {len(policies)} policy(ies))"},
-            )
-        )
-    return gx.ExpectationSuite(name="run", expectations=expectations)
+    ])
 
 
-def _policy_suite(policy: Policy, quality: QualitySettings, n_labelled: int = 0,
-                  history: tuple[int, int] | None = None):
+def _measures(tally: _Tally) -> pd.DataFrame:
+    """One row: the rates the suite bounds, measured from the tally."""
+    import pandas as pd
+
+    reached = tally.verdicts - tally.input_errors  # verdicts whose content reached the model
+    return pd.DataFrame([{
+        "verdicts": tally.verdicts,
+        "error_rate": (tally.errors - tally.input_errors) / reached if reached else 0.0,
+        "input_error_rate": tally.input_errors / tally.verdicts if tally.verdicts else 0.0,
+        "positive_rate": tally.positives / tally.labelled if tally.labelled else None,
+    }], columns=["verdicts", "error_rate", "input_error_rate", "positive_rate"]).astype({"positive_rate": float})
+
+
+def _policy_suites(name: str, policy: Policy, quality: QualitySettings, tally: _Tally, expected_items: int | None,
+                   history: tuple[int, int] | None):
+    """(the suite over the version's distinct (status, label) values, the suite over its measured rates)."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
     labels = list(policy.labels)
-    expectations = [
-        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels, meta={"check": f"labels in the policy's label set {labels}"}),
-        gxe.ExpectColumnValuesToNotBeNull(
-            column="label", row_condition=Column("parse_status") == OK, meta={"check": "every 'ok' verdict has a label"}
-        ),
-        # `mostly` is the share of rows that must be ok, so max_error_rate maps to 1 - mostly. Only
-        # verdicts that reached the model count: input errors have their own bound below.
-        gxe.ExpectColumnValuesToBeInSet(
-            column="parse_status",
-            value_set=[OK],
-            mostly=round(1.0 - quality.max_error_rate, 9),
-            row_condition=Column("parse_status") != INPUT_ERROR,
-            meta={"check": f"error rate <= {quality.max_error_rate:.1%} (quality.max_error_rate)", "rate": "error"},
-        ),
+    values = [
+        gxe.ExpectColumnValuesToBeInSet(column="parse_status", value_set=list(PARSE_STATUSES),
+                                        meta={"check": f"parse_status in {list(PARSE_STATUSES)}", "count": "rows"}),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels,
+                                        meta={"check": f"labels in the policy's label set {labels}", "count": "rows"}),
+        gxe.ExpectColumnValuesToNotBeNull(column="label", row_condition=Column("parse_status") == OK,
+                                          meta={"check": "every 'ok' verdict has a label", "count": "rows"}),
+    ]
+    if expected_items is not None:
+        values.append(gxe.ExpectColumnSumToBeBetween(
+            column="n", min_value=expected_items, max_value=expected_items,
+            meta={"check": f"a verdict for every item ({expected_items} item(s))", "count": "sum"}))
+    measures = [
+        # Only verdicts that reached the model count: input errors have their own bound below.
+        gxe.ExpectColumnValuesToBeBetween(
+            column="error_rate", min_value=0, max_value=quality.max_error_rate,
+            meta={"check": f"error rate <= {quality.max_error_rate:.1%} (quality.max_error_rate)", "rate": "error"}),
     ]
     if quality.max_input_error_rate is not None:
-        expectations.append(gxe.ExpectColumnValuesToNotBeInSet(
-            column="parse_status",
-            value_set=[INPUT_ERROR],
-            mostly=round(1.0 - quality.max_input_error_rate, 9),
+        measures.append(gxe.ExpectColumnValuesToBeBetween(
+            column="input_error_rate", min_value=0, max_value=quality.max_input_error_rate,
             meta={"check": f"input error rate <= {quality.max_input_error_rate:.1%} (quality.max_input_error_rate)",
-                  "rate": "input"},
-        ))
+                  "rate": "input"}))
     # Rates of a handful of verdicts are noise, not a model fault (quality.min_sample).
-    if n_labelled >= quality.min_sample:
-        expectations.append(gxe.ExpectColumnMeanToBeBetween(
-            column="is_positive",
-            min_value=quality.min_positive_rate,
-            max_value=quality.max_positive_rate,
+    if tally.labelled >= quality.min_sample:
+        measures.append(gxe.ExpectColumnValuesToBeBetween(
+            column="positive_rate", min_value=quality.min_positive_rate, max_value=quality.max_positive_rate,
             meta={
                 "check": (
                     f"positive rate (label >= 1) within [{quality.min_positive_rate:.1%}, "
@@ -234,10 +372,8 @@ def _policy_suite(policy: Policy, quality: QualitySettings, n_labelled: int = 0,
         if quality.drift_tolerance is not None and history is not None and history[1] >= quality.drift_min_history:
             rate = history[0] / history[1]
             tol = quality.drift_tolerance
-            expectations.append(gxe.ExpectColumnMeanToBeBetween(
-                column="is_positive",
-                min_value=max(0.0, rate - tol),
-                max_value=min(1.0, rate + tol),
+            measures.append(gxe.ExpectColumnValuesToBeBetween(
+                column="positive_rate", min_value=max(0.0, rate - tol), max_value=min(1.0, rate + tol),
                 meta={
                     "check": (
                         f"positive rate within {tol:.1%} of this version's trailing rate {rate:.1%} over its last "
@@ -246,7 +382,19 @@ def _policy_suite(policy: Policy, quality: QualitySettings, n_labelled: int = 0,
                     "rate": "positive",
                 },
             ))
-    return gx.ExpectationSuite(name=f"{policy.name} v{policy.version}", expectations=expectations)
+    return (gx.ExpectationSuite(name=name, expectations=values),
+            gx.ExpectationSuite(name=f"{name} rates", expectations=measures))
+
+
+def _merged(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """One result per policy version: its values suite and its rates suite together."""
+    stats = {}
+    for key in ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations"):
+        stats[key] = sum(int((r.get("statistics") or {}).get(key) or 0) for r in (first, second))
+    n = stats["evaluated_expectations"]
+    stats["success_percent"] = 100.0 * stats["successful_expectations"] / n if n else 100.0
+    return {"success": bool(first.get("success")) and bool(second.get("success")), "statistics": stats,
+            "results": [*first.get("results", []), *second.get("results", [])]}
 
 
 # --- GX plumbing ----------------------------------------------------------------------------------
@@ -279,32 +427,48 @@ def _validate(context, batch_definition, suite, frame) -> dict[str, Any]:
     return result.to_json_dict()
 
 
-def _checks(suite_name: str, outcome: dict[str, Any]) -> list[CheckResult]:
+def _checks(suite_name: str, outcome: dict[str, Any], ctx: dict[str, Any]) -> list[CheckResult]:
     out = []
     for item in outcome.get("results", []):
         config = item.get("expectation_config") or {}
         meta = config.get("meta") or {}
         exc = item.get("exception_info") or {}
-        observed = _observed(item.get("result") or {}, meta)
+        observed = _observed(item.get("result") or {}, meta, config.get("kwargs") or {}, ctx.get("tally"))
         if exc.get("raised_exception"):
             observed = f"could not be evaluated: {exc.get('exception_message')}"
         out.append(CheckResult(suite_name, meta.get("check", config.get("type", "?")), bool(item.get("success")), observed, config.get("type", "")))
     return out
 
 
-def _observed(result: dict[str, Any], meta: dict[str, Any]) -> str:
-    if meta.get("rate") == "input":
-        n, bad = result.get("element_count", 0), result.get("unexpected_count", 0)
+def _observed(result: dict[str, Any], meta: dict[str, Any], kwargs: dict[str, Any], tally: _Tally | None) -> str:
+    """What was found, in verdicts (the frames GX saw hold counts, not verdicts)."""
+    if tally is not None and meta.get("rate") == "input":
+        n, bad = tally.verdicts, tally.input_errors
         return f"{bad / n:.1%} ({bad} of {n} verdicts are input errors)" if n else "no verdicts"
-    if meta.get("rate") == "error":
-        n, bad = result.get("element_count", 0), result.get("unexpected_count", 0)
-        counts = ", ".join(f"{c['value']}={c['count']}" for c in result.get("partial_unexpected_counts", []))
-        return f"{bad / n:.1%} ({bad} of {n} verdicts are errors: {counts})" if n else "no verdicts"
+    if tally is not None and meta.get("rate") == "error":
+        n, bad = tally.verdicts - tally.input_errors, tally.errors - tally.input_errors
+        counts = ", ".join(f"{s}={c}" for s, c in sorted(tally.statuses().items()) if s not in (OK, INPUT_ERROR))
+        return f"{bad / n:.1%} ({bad} of {n} verdicts are errors{': ' + counts if counts else ''})" if n else "no verdicts"
+    if tally is not None and meta.get("rate") == "positive":
+        n = tally.labelled
+        return f"{tally.positives / n:.1%} ({tally.positives} of {n} labelled verdicts)" if n else "no labelled verdicts"
+    if tally is not None and meta.get("count") == "sum":
+        return f"{tally.verdicts} verdict(s)"
+    if tally is not None and meta.get("count") == "rows":
+        column = kwargs.get("column")
+        unexpected = result.get("partial_unexpected_list") or []
+        if column == "label" and "value_set" not in kwargs:  # an 'ok' verdict without a label
+            bad = sum(n for s, label, n in tally.groups if s == OK and label is None)
+        else:
+            index = 0 if column == "parse_status" else 1
+            found = {str(v) for v in unexpected}
+            bad = sum(g[2] for g in tally.groups if g[index] is not None and str(g[index]) in found)
+        if not bad:
+            return f"0 of {tally.verdicts} verdict(s) unexpected"
+        values = f", values {_json_safe(sorted({str(v) for v in unexpected})[:5])}" if unexpected else ""
+        return f"{bad} of {tally.verdicts} verdict(s) unexpected{values}"
     if "observed_value" in result:
-        value = result["observed_value"]
-        if meta.get("rate") == "positive":
-            return "no labelled verdicts" if value is None or _nan(value) else f"{float(value):.1%}"
-        return f"{value}"
+        return f"{result['observed_value']}"
     if "unexpected_count" in result:
         n, bad = result.get("element_count", 0), result.get("unexpected_count", 0)
         sample = result.get("partial_unexpected_list", [])[:5]
@@ -312,17 +476,18 @@ def _observed(result: dict[str, Any], meta: dict[str, Any]) -> str:
     return json.dumps(_json_safe(result))[:200]
 
 
-def _statistics(frame: pd.DataFrame) -> dict[str, Any]:
+def _statistics(tallies: Tallies) -> dict[str, Any]:
     by_policy: dict[str, Any] = {}
-    for (name, version), part in frame.groupby(["policy", "policy_version"], dropna=False):
-        labelled = part[part["parse_status"] == OK]
+    for (name, version), groups in sorted(tallies.items(), key=str):
+        tally = _Tally(list(groups))
         by_policy[f"{name} v{version}"] = {
-            "verdicts": int(len(part)),
-            "errors": int((part["parse_status"] != OK).sum()),
-            "input_errors": int((part["parse_status"] == INPUT_ERROR).sum()),  # content, not model: apart
-            "labels": {str(k): int(v) for k, v in labelled["label"].value_counts().sort_index().items()},
+            "verdicts": tally.verdicts,
+            "errors": tally.errors,
+            "input_errors": tally.input_errors,  # content, not model: apart
+            "labels": tally.labels(),
+            "statuses": tally.statuses(),
         }
-    return {"verdicts": int(len(frame)), "by_policy": by_policy}
+    return {"verdicts": sum(s["verdicts"] for s in by_policy.values()), "by_policy": by_policy}
 
 
 def _nan(value: Any) -> bool:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from safeguard_flow.pipeline.run_rules import PipelineError, failing, interval_run_id, relabel_run_id, resume_if_failed
 from safeguard_flow.warehouse import extract as work_list
-from safeguard_flow.warehouse import policy_store, runs
-from safeguard_flow.warehouse.db import utcnow
+from safeguard_flow.warehouse import policy_store, run_gates, runs
+from safeguard_flow.warehouse.db import utcnow, write_tx
 from safeguard_flow.warehouse.runs import Run, RunStatus
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,8 +40,33 @@ def start_interval_run(sql_engine: Engine, settings: Settings, start: dt.datetim
     run_id = interval_run_id(kind, start, end, refs)
     runs.create_run(sql_engine, settings, kind, policies, interval_start=start, interval_end=end, params=params,
                     run_id=run_id)
+    run_id = _retry_of_quarantined(sql_engine, settings, run_id, kind, start, end, params)
     return extract_run(sql_engine, settings, run_id,
                        lambda: work_list.extract_interval(sql_engine, settings, run_id, start, end))
+
+
+def _retry_of_quarantined(sql_engine: Engine, settings: Settings, run_id: str, kind: str, start: dt.datetime,
+                          end: dt.datetime, params: dict[str, Any] | None) -> str:
+    """The run to carry on with: `run_id`, or, when it was published with some policy versions
+    quarantined by the gate, a run of the interval for those versions only (the rerun relabels
+    nothing that was published). Its id comes from the same rule (kind, interval, versions), so
+    rerunning again continues it; the quarantined versions' gate rows name it."""
+    while True:
+        run = runs.get_run(sql_engine, settings, run_id)
+        if run.status is not RunStatus.PUBLISHED:
+            return run_id
+        quarantined = [g.ref for g in run_gates.gates(sql_engine, settings, run_id) if not g.passed]
+        if not quarantined:
+            return run_id
+        retry_id = interval_run_id(kind, start, end, quarantined)
+        policies = policy_store.get_policies(sql_engine, settings, quarantined)
+        runs.create_run(sql_engine, settings, kind, policies, interval_start=start, interval_end=end,
+                        params={**(params or {}), "retry_of": run_id}, run_id=retry_id)
+        with write_tx(sql_engine) as conn:
+            run_gates.set_retry(conn, settings, run_id, quarantined, retry_id)
+        log.warning("run %s was published with %s quarantined: run %s relabels only those", run_id,
+                    ", ".join(f"{n} v{v}" for n, v in quarantined), retry_id)
+        run_id = retry_id
 
 
 def start_relabel_run(sql_engine: Engine, settings: Settings, policy: str, version: int | None = None, *,

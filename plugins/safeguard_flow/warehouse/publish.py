@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from importlib import import_module
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -49,11 +49,14 @@ _ROWCOUNT = {"preserve_rowcount": True}  # INSERT ... SELECT rowcount is not kep
 
 
 def publish_run(engine: Engine, settings: Settings, run_id: str, allow_partial: bool = False,
-                method: str | None = None, _after_upsert: Callable[[Connection], None] | None = None) -> dict[str, Any]:
+                method: str | None = None, _after_upsert: Callable[[Connection], None] | None = None,
+                versions: Sequence[tuple[str, int]] | None = None) -> dict[str, Any]:
     """Merge the run's staged verdicts into the verdict table and mark the run published.
 
     Only a run the quality gate validated is published, whoever calls this (RunStateError otherwise).
     Publishing a published run again merges the same rows (changing nothing) and leaves its record.
+    `versions`: merge only these (policy, version)s of the run (the ones the gate passed; None: all),
+    and count only them in the run's record.
     """
     method = method or (engine.dialect.name if engine.dialect.name in ("postgresql", "sqlite") else "generic")
     if method not in METHODS or (method != "generic" and method != engine.dialect.name):
@@ -61,25 +64,29 @@ def publish_run(engine: Engine, settings: Settings, run_id: str, allow_partial: 
                              f"use {engine.dialect.name if engine.dialect.name in METHODS else 'generic'} or generic")
     # A unique violation means a concurrent publisher inserted one of our new keys first: retry.
     retry_on = (sa.exc.IntegrityError,)
-    return retrying(lambda: _publish(engine, settings, run_id, allow_partial, method, _after_upsert),
+    return retrying(lambda: _publish(engine, settings, run_id, allow_partial, method, _after_upsert, versions),
                     what=f"publish run {run_id}", retry_on=retry_on)
 
 
 def _publish(engine: Engine, settings: Settings, run_id: str, allow_partial: bool, method: str,
-             after_upsert: Callable[[Connection], None] | None) -> dict[str, Any]:
+             after_upsert: Callable[[Connection], None] | None,
+             versions: Sequence[tuple[str, int]] | None = None) -> dict[str, Any]:
     t = tables(settings)
     s = t.verdict_staging
     started = time.perf_counter()
     with write_tx(engine) as conn:
         run = _check_run(conn, settings, run_id, allow_partial)
         summary = _staged_summary(conn, settings, run_id)
+        rows = StagedRows(run_id, None if versions is None else tuple(versions))
+        if rows.versions is not None:  # part of the run: its own counts (tokens stay the whole run's)
+            summary.update(_version_counts(conn, s, rows))
         now = utcnow()
         if method == "postgresql":
-            inserted, updated = _upsert_postgresql(conn, t.verdicts, s, run_id, now)
+            inserted, updated = _upsert_postgresql(conn, t.verdicts, s, rows, now)
         elif method == "sqlite":
-            inserted, updated = _upsert_sqlite(conn, t.verdicts, s, run_id, now)
+            inserted, updated = _upsert_sqlite(conn, t.verdicts, s, rows, now)
         else:
-            inserted, updated = _upsert_generic(conn, t.verdicts, s, run_id, now)
+            inserted, updated = _upsert_generic(conn, t.verdicts, s, rows, now)
         if after_upsert is not None:
             after_upsert(conn)  # tests: drop the connection here, mid-transaction
         counts = dict(verdicts=summary["staged"], errors=summary["errors"], positives=summary["positives"],
@@ -130,6 +137,36 @@ def _staged_summary(conn: Connection, settings: Settings, run_id: str) -> dict[s
                 prompt_tokens=prompt, completion_tokens=completion)
 
 
+class StagedRows(str):
+    """The staged rows a publish merges: the run's (a str, its run id) and, when `versions` is set, only
+    those (policy, version)s: the ones the quality gate passed."""
+
+    versions: tuple[tuple[str, int], ...] | None
+
+    def __new__(cls, run_id: str, versions: tuple[tuple[str, int], ...] | None = None):
+        obj = super().__new__(cls, run_id)
+        obj.versions = versions
+        return obj
+
+
+def _run_rows(s, run_id: str) -> sa.ColumnElement:
+    """`s`'s rows of the run (s: the staging table or an alias of it), only the passed versions if set."""
+    cond = s.c.run_id == str(run_id)
+    versions = getattr(run_id, "versions", None)
+    if versions is not None:
+        cond = sa.and_(cond, sa.or_(sa.false(), *(sa.and_(s.c.policy == n, s.c.policy_version == int(v))
+                                                 for n, v in versions)))
+    return cond
+
+
+def _version_counts(conn: Connection, s: sa.Table, rows: StagedRows) -> dict[str, int]:
+    staged, errors, positives = conn.execute(sa.select(
+        sa.func.count(), sa.func.sum(sa.case((s.c.parse_status != "ok", 1), else_=0)),
+        sa.func.sum(sa.case((sa.and_(s.c.parse_status == "ok", s.c.label >= 1), 1), else_=0)),
+    ).where(_run_rows(s, rows))).one()
+    return dict(staged=int(staged or 0), errors=int(errors or 0), positives=int(positives or 0))
+
+
 def _columns(v: sa.Table) -> list[str]:
     return [c.name for c in v.c]
 
@@ -142,7 +179,7 @@ def _source_select(v: sa.Table, s: sa.Table, run_id: str, now) -> sa.Select:
             cols.append(sa.literal(now, UTCDateTime).label(name))
         else:
             cols.append(s.c[name])
-    return sa.select(*cols).where(s.c.run_id == run_id).order_by(*(s.c[k] for k in KEY))
+    return sa.select(*cols).where(_run_rows(s, run_id)).order_by(*(s.c[k] for k in KEY))
 
 
 def _update_guard(v: sa.Table, new) -> sa.ColumnElement:
@@ -162,7 +199,7 @@ def _upsert_native(dialect: str, v: sa.Table, s: sa.Table, run_id: str, now):
 
 def _all_new(conn: Connection, v: sa.Table, s: sa.Table, run_id: str) -> bool:
     """True when no staged key is in the verdict table yet (nightly runs of new content, relabels)."""
-    overlap = sa.select(sa.literal(1)).where(s.c.run_id == run_id, *(v.c[k] == s.c[k] for k in KEY)).exists()
+    overlap = sa.select(sa.literal(1)).where(_run_rows(s, run_id), *(v.c[k] == s.c[k] for k in KEY)).exists()
     return not conn.execute(sa.select(overlap)).scalar_one()
 
 
@@ -193,7 +230,7 @@ def _upsert_sqlite(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now)
     if _all_new(conn, v, s, run_id):
         return _insert_new(conn, v, s, run_id, now), 0
     new = conn.execute(sa.select(sa.func.count()).select_from(s).where(
-        s.c.run_id == run_id, ~sa.exists().where(*(v.c[k] == s.c[k] for k in KEY)))).scalar_one()
+        _run_rows(s, run_id), ~sa.exists().where(*(v.c[k] == s.c[k] for k in KEY)))).scalar_one()
     affected = conn.execute(_upsert_native("sqlite", v, s, run_id, now), execution_options=_ROWCOUNT).rowcount
     return int(new), int(affected) - int(new)
 
@@ -209,10 +246,10 @@ def _upsert_generic(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now
         if name == "published_at":
             values[name] = sa.literal(now, UTCDateTime)
         else:
-            values[name] = (sa.select(staged.c[name]).where(staged.c.run_id == run_id, *staged_match)
+            values[name] = (sa.select(staged.c[name]).where(_run_rows(staged, run_id), *staged_match)
                             .scalar_subquery())
     updated = conn.execute(v.update().values(values).where(sa.exists().where(
-        s.c.run_id == run_id, *match, _update_guard(v, s.c))), execution_options=_ROWCOUNT).rowcount
+        _run_rows(s, run_id), *match, _update_guard(v, s.c))), execution_options=_ROWCOUNT).rowcount
     new_rows = _source_select(v, s, run_id, now).where(~sa.exists().where(*match))
     inserted = conn.execute(v.insert().from_select(_columns(v), new_rows), execution_options=_ROWCOUNT).rowcount
     return int(inserted), int(updated)

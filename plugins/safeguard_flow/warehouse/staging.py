@@ -174,6 +174,21 @@ def staged_frame(engine: Engine, settings: Settings, run_id: str):
     return frame
 
 
+def staged_tally(engine: Engine, settings: Settings, run_id: str) -> dict[tuple[str, int], list[tuple[str, int | None, int]]]:
+    """The run's staged verdicts counted per (policy, version) -> [(parse_status, label, verdicts)], in
+    one GROUP BY on the database: what the quality gate judges, without reading a verdict (texts,
+    rationales and raw output stay in the database; the result has a few rows whatever the run's size)."""
+    s = tables(settings).verdict_staging
+    q = (sa.select(s.c.policy, s.c.policy_version, s.c.parse_status, s.c.label, sa.func.count())
+         .where(s.c.run_id == run_id).group_by(s.c.policy, s.c.policy_version, s.c.parse_status, s.c.label))
+    out: dict[tuple[str, int], list[tuple[str, int | None, int]]] = {}
+    with engine.connect() as conn:
+        get_run(conn, settings, run_id)
+        for policy, version, status, label, n in conn.execute(q):
+            out.setdefault((policy, int(version)), []).append((status, None if label is None else int(label), int(n)))
+    return out
+
+
 def purge_run(engine: Engine, settings: Settings, run_id: str, force: bool = False) -> dict[str, int]:
     """Delete a finished run's work list and staged verdicts (the run row and published verdicts stay)."""
     t = tables(settings)

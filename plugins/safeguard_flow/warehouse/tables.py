@@ -15,7 +15,7 @@ from safeguard_flow.warehouse.db import UTCDateTime
 
 TABLE_NAMES = ("policies", "policy_versions", "runs", "work_items", "run_chunks", "verdict_staging", "verdicts",
                "verdict_analysis", "policy_changes", "evals", "eval_scores", "eval_predictions", "policy_promotions",
-               "review_queue", "review_decisions", "review_estimates")
+               "review_queue", "review_decisions", "review_estimates", "run_gates")
 VIEW_NAMES = ("current_verdicts", "daily_policy_rates", "verdict_flips", "run_errors", "policy_version_diff")
 
 # Work items carry a bucket taken from their content hash; a run's chunks are bucket ranges, so every
@@ -47,6 +47,7 @@ class WarehouseTables:
     review_queue: sa.Table  # migration 0009: human review (safeguard_flow.review)
     review_decisions: sa.Table
     review_estimates: sa.Table
+    run_gates: sa.Table  # migration 0007: the quality gate per (run, policy version)
 
 
 def _verdict_columns() -> list[sa.Column]:
@@ -141,6 +142,7 @@ def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
         sa.Column("label_finished_at", UTCDateTime),
         sa.Column("validated_at", UTCDateTime),
         sa.Column("published_at", UTCDateTime),
+        sa.Column("purged_at", UTCDateTime),  # migration 0007: retention deleted its text copies and staging
         sa.Index(f"{p}ix_runs_created_at", "created_at"),
     )
     work_items = sa.Table(
@@ -270,7 +272,7 @@ def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
     review_queue, review_decisions, review_estimates = _review_tables(md, p)
     return WarehouseTables(md, policies, policy_versions, runs, work_items, run_chunks, verdict_staging, verdicts,
                            verdict_analysis, policy_changes, evals, eval_scores, eval_predictions, policy_promotions,
-                           review_queue, review_decisions, review_estimates)
+                           review_queue, review_decisions, review_estimates, _run_gates_table(md, p))
 
 
 def _review_tables(md: sa.MetaData, p: str) -> tuple[sa.Table, sa.Table, sa.Table]:
@@ -335,3 +337,24 @@ def _review_tables(md: sa.MetaData, p: str) -> tuple[sa.Table, sa.Table, sa.Tabl
         sa.Column("computed_at", UTCDateTime, nullable=False),
     )
     return queue, decisions, estimates
+
+
+def _run_gates_table(md: sa.MetaData, p: str) -> sa.Table:
+    """The quality gate per (run, policy version) (migration 0007): passed or quarantined, and why."""
+    return sa.Table(
+        f"{p}run_gates", md,
+        sa.Column("run_id", sa.String(200), primary_key=True),
+        sa.Column("policy", sa.String(64), primary_key=True),
+        sa.Column("policy_version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("outcome", sa.String(20), nullable=False),  # passed | quarantined
+        sa.Column("shadow", sa.Boolean, nullable=False, server_default=sa.false()),  # a shadow version then
+        sa.Column("reason", sa.Text),  # the failed checks, in words (NULL when it passed)
+        sa.Column("checks", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("verdicts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("errors", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("positives", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("retry_run_id", sa.String(200)),  # the run relabelling a quarantined version
+        sa.Column("validated_at", UTCDateTime, nullable=False),
+        sa.Index(f"{p}ix_run_gates_outcome", "outcome", "validated_at"),
+    )

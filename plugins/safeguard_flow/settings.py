@@ -306,6 +306,26 @@ class EvalSettings(_Section):
     output_dir: str = ""  # reports of the relabel flow (evals, diffs); empty: <home>/reports
 
 
+class RetentionSettings(_Section):
+    """How long what a run leaves behind is kept (`safeguard-flow retention`, the nightly DAG's retention
+    task; `publish` clears a run's text copies itself when text_days is 0). Days; None keeps forever.
+    Run rows, their per-version gate rows and published verdicts are never purged."""
+
+    # The copies of the content in a published run's work list (an erasure at the source must not live
+    # on here): 0 = as soon as the run is published.
+    text_days: int | None = Field(default=0, ge=0)
+    # A published run's work list, chunks and staged verdicts (published verdicts are in the verdict table).
+    staging_days: int | None = Field(default=7, ge=0)
+    analysis_days: int | None = Field(default=30, ge=0)  # the model's analysis channel (warehouse.store_analysis)
+    eval_predictions_days: int | None = Field(default=180, ge=0)  # per-row eval predictions (scores stay)
+    reports_days: int | None = Field(default=90, ge=0)  # <home>/reports/<run_id>/ validation reports
+    logs_days: int | None = Field(default=14, ge=0)  # <home>/logs/*.log (the CLI's and the demo's per-run logs)
+    # The local Ray head's log (<home>/ray/head-<port>.log, appended to): copied to .1 (older ones shifted,
+    # log_backups kept) and emptied when bigger than this.
+    log_max_mb: float = Field(default=50.0, gt=0)
+    log_backups: int = Field(default=3, ge=0)
+
+
 class Settings(BaseSettings):
     # Environment names and parsing for pydantic-settings; `Settings(...)` itself reads no source
     # (see settings_customise_sources): load_settings() assembles them in the documented order.
@@ -323,6 +343,7 @@ class Settings(BaseSettings):
     policy_gate: PolicyGateSettings = Field(default_factory=PolicyGateSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @property
     def home_path(self) -> Path:

@@ -244,7 +244,20 @@ def publish(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any
         extra["run_id"] = run
         extra["policies"] = [list(r) for r in runs.get_run(engine, settings, run).policy_refs]
         get_current_context()["outlet_events"][verdicts_alias()].add(verdicts_asset(settings), extra=extra)
+        if counts.get("quarantined"):
+            log.warning("run %s: quarantined, not published: %s", run, ", ".join(counts["quarantined"]))
+        _retention(engine, settings)
         return {k: v for k, v in counts.items() if isinstance(v, (int, float, str)) or v is None}
+
+
+def _retention(engine, settings) -> None:
+    """The retention pass (retention.* settings) after a publish; its failure is logged, never the publish's."""
+    from safeguard_flow.warehouse.retention import apply_retention
+
+    try:
+        apply_retention(engine, settings)
+    except Exception:  # the verdicts are published: a purge can wait for the next night
+        log.exception("retention pass failed (the next publish retries it; or run `safeguard-flow retention`)")
 
 
 # --- policy sync ------------------------------------------------------------------------------------

@@ -37,4 +37,8 @@ def publish_run(sql_engine: Engine, settings: Settings, run_id: str) -> dict[str
     from safeguard_flow.review.queue import route_after_publish
 
     review = route_after_publish(sql_engine, settings, run_id)
+    if settings.retention.text_days == 0:  # the content's copies go as soon as the run is published
+        from safeguard_flow.warehouse.retention import clear_texts
+
+        clear_texts(sql_engine, settings, run_id)
     return result if review is None else {**result, "review": review}

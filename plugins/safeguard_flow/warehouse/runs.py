@@ -130,6 +130,7 @@ class Run:
     label_finished_at: dt.datetime | None = None
     validated_at: dt.datetime | None = None
     published_at: dt.datetime | None = None
+    purged_at: dt.datetime | None = None  # migration 0007: retention deleted its text copies
 
     @classmethod
     def from_row(cls, row: sa.Row) -> Run:

@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 from sqlalchemy.engine import Engine
 
+from safeguard_flow.airflow.review_ui import review_router
 from safeguard_flow.airflow.svg_chart import line_chart
 from safeguard_flow.airflow.ui_auth import LocalUser, require_editor, require_reader
 from safeguard_flow.policy_quality.version_diff import compare_versions
@@ -65,6 +66,7 @@ def create_app(
 
         app.dependency_overrides.update({require_reader: local_user, require_editor: local_user})
     guard = [Depends(require_reader)]
+    app.include_router(review_router(dashboard), prefix="/review")  # airflow/review_ui.py: the review queue
 
     @app.get("/", response_class=HTMLResponse, dependencies=guard)
     def index(days: int = Query(30, ge=1, le=366)) -> HTMLResponse:

@@ -148,6 +148,16 @@ def claim_next(engine: Engine, settings: Settings, policy: str, reviewer: str, l
     return None
 
 
+def held_item(engine: Engine, settings: Settings, policy: str, reviewer: str,
+              now: dt.datetime | None = None) -> sa.Row | None:
+    """The open item of the policy this reviewer holds an unexpired lease on, if any (reads only)."""
+    q = tables(settings).review_queue
+    with engine.connect() as conn:
+        return conn.execute(sa.select(q).where(q.c.policy == policy, q.c.status == OPEN, q.c.leased_by == reviewer,
+                                               q.c.lease_until >= (now or utcnow()))
+                            .order_by(q.c.priority.desc(), q.c.id).limit(1)).first()
+
+
 def release(engine: Engine, settings: Settings, item_id: int, reviewer: str) -> None:
     q = tables(settings).review_queue
     with write_tx(engine) as conn:

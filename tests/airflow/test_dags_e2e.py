@@ -111,9 +111,14 @@ def test_failing_gate_quarantines_the_run_and_publishes_nothing(airflow_db, dag_
     wh_settings = sqlite_wh_settings  # the gate itself runs on PostgreSQL too, in test_quality_gate.py
     wh_engine = db.make_engine(wh_settings)
     # One output token cannot hold the JSON the self-harm policy asks for: every self-harm verdict is a
-    # `truncated` error, far above quality.max_error_rate. (Labels in-process here: the other label mode.)
+    # `truncated` error, far above quality.max_error_rate. Spam's current version is longer than the
+    # model's context: every spam verdict is an engine error. The gate judges each version on its own,
+    # so both must fail for the run to be quarantined. (Labels in-process here: the other label mode.)
+    from tests.pipeline.long_policy import publish_long_shadow
+
     dag_env(wh_settings, label_mode="in_process", SAFEGUARD_MODEL__MAX_TOKENS="1")
     _seed(wh_engine, wh_settings)
+    publish_long_shadow(wh_engine, wh_settings, wh_settings.policies_dir, shadow=False)  # spam v2, current
     dr = _dag("safeguard_nightly").test(logical_date=INTERVAL[1])
 
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
@@ -125,7 +130,8 @@ def test_failing_gate_quarantines_the_run_and_publishes_nothing(airflow_db, dag_
     assert "error rate <= 5.0% (quality.max_error_rate): 100.0%" in run.error and "truncated=" in run.error
     assert _count(wh_engine, wh_settings) == 0 and _count(wh_engine, wh_settings, "verdict_staging") == 2 * PER_DAY
     report = json.loads(Path(run.validation["report_path"]).read_text())
-    assert report["suites"]["self-harm v1"]["success"] is False and report["suites"]["spam v1"]["success"] is True
+    assert report["suites"]["self-harm v1"]["success"] is False and report["suites"]["spam v2"]["success"] is False
+    assert report["quarantined"] == ["self-harm v1", "spam v2"]
 
 
 def test_an_empty_interval_closes_its_run_and_skips_the_rest(airflow_db, monkeypatch, sqlite_wh_settings):

@@ -166,8 +166,11 @@ def render_run_report(d: Dashboard, run_id: str, days: int = 30) -> str:
                 diffs.append(compare_versions(d.engine, d.settings, name, version - 1, version, examples=5))
             except ValueError:  # the previous version was never stored (cannot happen through publish)
                 pass
+    from safeguard_flow.warehouse.run_gates import gates  # the gate per policy version (no content in it)
+
     return render("run_report.html", run=run, charts=_charts(rates),
-                  labels=views.run_label_counts(d.engine, d.settings, run_id), diffs=diffs)
+                  labels=views.run_label_counts(d.engine, d.settings, run_id), diffs=diffs,
+                  gates=gates(d.engine, d.settings, run_id))
 
 
 def _charts(rates: list[dict[str, Any]]) -> list[Markup]:

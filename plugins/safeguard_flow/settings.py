@@ -158,6 +158,8 @@ class ModelSettings(_Section):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     max_content_chars: int = Field(default=20_000, ge=1)  # longer content is cut (and flagged)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # A seed on each request (None: on GPU only; on vLLM's CPU sampler it crashes with chunked prefill).
+    request_seed: bool | None = None
     # Nucleus sampling; gpt-oss presets use the model card's 1.0 (see model_presets.py).
     top_p: float = Field(default=1.0, gt=0, le=1)
 
@@ -289,6 +291,30 @@ class ReviewSettings(_Section):
     seed: str = ""  # salt of the audit draw (a draw is a hash of the item: the same item, the same draw)
 
 
+class DeadlineSettings(_Section):
+    """How long each step may take (the Airflow task's execution_timeout, the CLI's label step too) and
+    how a run that stopped without saying so is told apart from one still being worked on."""
+
+    extract_s: float = Field(default=2 * 3600, gt=0)
+    label_s: float = Field(default=6 * 3600, gt=0)  # the whole label step (the Ray job's own limit is ray.job_timeout_s)
+    validate_s: float = Field(default=3600, gt=0)
+    publish_s: float = Field(default=3600, gt=0)
+    # A working step writes a heartbeat to its run this often; a run in extracting/labelling whose last
+    # heartbeat is older than stale_after_s is failed, with the reason, by the next attempt at it.
+    heartbeat_s: float = Field(default=30.0, gt=0)
+    stale_after_s: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _stale_after_heartbeats(self) -> DeadlineSettings:
+        if self.stale_after_s <= 2 * self.heartbeat_s:
+            raise ValueError("stale_after_s must be more than twice heartbeat_s (a live job would look dead)")
+        return self
+
+    def for_step(self, step: str) -> float:
+        """The deadline of `step` (extract, label, validate, publish) in seconds."""
+        return float(getattr(self, f"{step}_s"))
+
+
 class EvalDatasetSettings(_Section):
     """A labelled dataset for one policy: a JSONL/CSV file or a warehouse table."""
 
@@ -343,6 +369,7 @@ class Settings(BaseSettings):
     policy_gate: PolicyGateSettings = Field(default_factory=PolicyGateSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
+    deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @property

@@ -9,7 +9,7 @@ import pytest
 from safeguard_flow.domain.content import ContentItem
 from safeguard_flow.engines.base import Completion
 from safeguard_flow.labelling.loop import LabelStats
-from safeguard_flow.labelling.chunk import EngineUnhealthy, label_chunk
+from safeguard_flow.labelling.chunk import EngineSlot, EngineUnhealthy, label_chunk
 from safeguard_flow.domain.verdicts import ENGINE_ERROR, INPUT_ERROR, OK
 
 
@@ -163,6 +163,8 @@ def test_an_unhealthy_replica_closes_its_engine_before_it_exits(small_policies, 
     replica = object.__new__(labeller.ChunkLabeller)
     replica.settings, replica.run_id, replica.policies = settings_factory(), "r", list(small_policies)
     replica.db, replica.engine, replica.engine_load_s, replica._first_call = None, Broken(broken=True), 0.0, False
+    # An engine that cannot be restarted in the replica (issue 18 restarts a dead one there first).
+    replica.attempt, replica.slot = None, EngineSlot(lambda: Broken(broken=True), max_restarts=0, engine=replica.engine)
     monkeypatch.setattr(staging, "pending_chunks", lambda *a: [0])
     monkeypatch.setattr(staging, "read_chunk", lambda *a: _items(["a", "b"]))
 

@@ -15,6 +15,7 @@ import pytest
 from safeguard_flow.models import presets as model_presets
 from safeguard_flow.domain import prompts
 from safeguard_flow.engines.vllm_local import sampling_params
+from safeguard_flow.engines.vllm_args import engine_args
 from safeguard_flow.domain.policies import OutputFormat, load_policy_set
 
 POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
@@ -69,7 +70,8 @@ def test_harmony_constrains_only_the_final_channel(settings_factory, fmt):
         assert not accepts(grammar, '{"violation":1,"policy_category":"x<|end|>"' + rationale + "}")
     # Harmony stop tokens, special tokens kept for the channel split, the model card's sampling.
     assert sorted(params.stop_token_ids) == STOP and params.skip_special_tokens is False
-    assert (params.temperature, params.top_p, params.seed) == (1.0, 1.0, 0)
+    # No per-request seed on CPU: a seeded request split by chunked prefill kills vLLM's CPU sampler (issue 18).
+    assert (params.temperature, params.top_p, params.seed) == (1.0, 1.0, None)
     assert params.max_tokens == resolved.max_tokens_for(POLICIES[fmt].reasoning_effort.value) == 2048  # effort low
 
 
@@ -84,7 +86,18 @@ def test_chat_model_constrains_the_whole_reply(settings_factory, fmt):
         assert so.choice is None and so.json == prompts.json_schema(POLICIES[fmt]) and so.disable_any_whitespace
     assert not params.stop_token_ids and params.skip_special_tokens is True
     # The small local models keep today's values: greedy, 128 tokens.
-    assert (params.temperature, params.top_p, params.max_tokens, params.seed) == (0.0, 1.0, 128, 0)
+    assert (params.temperature, params.top_p, params.max_tokens, params.seed) == (0.0, 1.0, 128, None)
+
+
+def test_a_per_request_seed_on_gpu_only_unless_set(settings_factory):
+    """vLLM's CPU sampler cannot rewind a seeded generator (chunked prefill): the engine-level seed
+    (vllm_args) keeps CPU runs reproducible; on GPU each request carries seed 0; model.request_seed wins."""
+    for on_cpu, request_seed, expected in [(True, None, None), (False, None, 0), (True, True, 0), (False, False, None)]:
+        settings = settings_factory(model={"name": "openai/gpt-oss-safeguard-20b", "request_seed": request_seed})
+        resolved = model_presets.resolve(settings, on_cpu=on_cpu)
+        params = sampling_params(settings, POLICIES[OutputFormat.BINARY], harmony=True, resolved=resolved)
+        assert params.seed == expected, (on_cpu, request_seed)
+    assert engine_args(settings_factory(), on_cpu=True)["seed"] == 0
 
 
 def test_settings_override_the_preset(settings_factory):

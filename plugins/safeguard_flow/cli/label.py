@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 from safeguard_flow.cli.common import log_file, output_to_log, settings_from
+from safeguard_flow.domain.verdicts import INPUT_ERROR
 
 
 def register(sub) -> None:
@@ -32,8 +35,9 @@ def cmd_label(args: argparse.Namespace) -> int:
     from safeguard_flow.console import summary
     from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.engines import build_engine
+    from safeguard_flow.labelling.chunk import EngineSlot, label_isolating
     from safeguard_flow.labelling.files import VerdictWriter, read_items
-    from safeguard_flow.labelling.loop import LabelStats, label_stream
+    from safeguard_flow.labelling.loop import LabelStats, chunked
 
     settings = settings_from(args)
     policies = load_policy_set(args.policies)
@@ -46,22 +50,41 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.limit:
         items = items[: args.limit]
     stats = LabelStats()
+    engine_errors = 0
     log_path = log_file(settings, args.log_file)
     print(f"full log: {log_path}")
     with output_to_log(log_path) as terminal:
-        llm = build_engine(settings)
+        # An input that kills the engine gets it restarted and is isolated (an error verdict); the rest is labelled.
+        slot = EngineSlot(lambda: build_engine(settings))
+        model_name = slot.model_name
         try:
             with VerdictWriter(args.output) as writer, tqdm(total=len(items), unit="item", desc="labelling",
                                                             file=terminal) as bar:
-                for verdicts in label_stream(llm, items, policies, chunk_size=args.chunk_size,
-                                             max_content_chars=settings.model.max_content_chars, stats=stats,
-                                             progress=bar.update):
+                for chunk in chunked(items, args.chunk_size):
+                    start = time.perf_counter()
+                    verdicts = label_isolating(slot, chunk, policies,
+                                               max_content_chars=settings.model.max_content_chars, stats=stats)
+                    stats.seconds += time.perf_counter() - start
+                    engine_errors += sum(v.is_error and v.parse_status != INPUT_ERROR for v in verdicts)
                     writer.write(verdicts)
+                    bar.update(len(chunk))
         finally:
-            llm.close()
-    print(summary(stats, llm.model_name))
+            slot.close()
+    print(summary(stats, model_name))
     print(f"wrote {writer.count:,} verdicts for {len(items):,} items x {len(policies)} policies to {args.output}")
-    return 0
+    if slot.restarts:
+        print(f"the engine died {slot.restarts} time(s) and was restarted; the items that killed it have error verdicts")
+    return error_bound_exit(engine_errors, writer.count, settings.quality.max_error_rate)
+
+
+def error_bound_exit(errors: int, verdicts: int, max_error_rate: float) -> int:
+    """0, or 3 (with the count on stderr) when errors exceed the quality gate's bound (quality.max_error_rate;
+    input errors such as empty content are not the model's and are not counted)."""
+    if not verdicts or errors / verdicts <= max_error_rate:
+        return 0
+    print(f"error: {errors:,} of {verdicts:,} verdicts are errors ({errors / verdicts:.1%}), over "
+          f"quality.max_error_rate={max_error_rate:g}", file=sys.stderr)
+    return 3
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -48,3 +48,9 @@ class Engine(Protocol):
 
 class EngineError(RuntimeError):
     """The engine as a whole failed (not one request): start-up, connection, configuration."""
+
+
+class EngineDied(EngineError):
+    """The engine itself died while labelling (vLLM's EngineDeadError, a crashed engine core): it must be
+    restarted, and whatever was in flight retried on the fresh one (labelling/chunk.py isolates the
+    input that killed it). The message is the engine's reason."""

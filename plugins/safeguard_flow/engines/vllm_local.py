@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from safeguard_flow.models import presets as model_presets
 from safeguard_flow.domain import prompts
-from safeguard_flow.engines.base import Completion, EngineError, LabelRequest
+from safeguard_flow.engines.base import Completion, EngineDied, EngineError, LabelRequest
 from safeguard_flow.engines.vllm_args import cpu_thread_env, engine_args
 from safeguard_flow.domain.policies import Policy
 from safeguard_flow.settings import Settings
@@ -173,6 +173,7 @@ class VLLMEngine:
         try:
             return self._run(batch)
         except Exception as exc:  # noqa: BLE001 - vLLM rejects a whole batch for one bad request
+            self._raise_if_dead(exc)
             if len(batch) == 1:
                 return [self._failed(batch[0], exc)]
             log.warning("batch of %d failed (%s: %s); retrying one request at a time",
@@ -188,7 +189,29 @@ class VLLMEngine:
         try:
             return self._run([prep])[0]
         except Exception as exc:  # noqa: BLE001 - this request alone fails; the others go on
+            self._raise_if_dead(exc)
             return self._failed(prep, exc)
+
+    def _raise_if_dead(self, exc: Exception) -> None:
+        """EngineDied (the engine's reason) if `exc` killed the engine rather than rejected a request:
+        vLLM says so (EngineDeadError, its engine core marked dead), or, with the engine core in this
+        process, a one-token canary fails too. A dead engine answers nothing again: the caller restarts it."""
+        reason = f"{type(exc).__name__}: {exc}"
+        dead = any(type(e).__name__ == "EngineDeadError" for e in _chain(exc))
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        dead = dead or bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+        if not dead and type(core).__name__ == "InprocClient":
+            from vllm import SamplingParams
+            from vllm.inputs import TokensPrompt
+
+            try:
+                self.llm.generate([TokensPrompt(prompt_token_ids=[0])], SamplingParams(max_tokens=1), use_tqdm=False)
+            except Exception as canary:  # noqa: BLE001 - any failure of a trivial request: the engine is gone
+                dead = True
+                reason += f" (then a one-token canary: {type(canary).__name__}: {canary})"
+        if dead:
+            log.error("the vLLM engine died: %s", reason)
+            raise EngineDied(reason[:2000]) from exc
 
     def _to_completion(self, out: Any) -> Completion:
         if not out.outputs:
@@ -210,6 +233,14 @@ class VLLMEngine:
             completion_tokens=completion_tokens,
             cached_prompt_tokens=cached,
         )
+
+
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def sampling_params(settings: Settings, policy: Policy, *, harmony: bool, max_tokens: int | None = None,
@@ -241,6 +272,17 @@ def sampling_params(settings: Settings, policy: Policy, *, harmony: bool, max_to
         top_p=v["top_p"],
         max_tokens=max_tokens or resolved.max_tokens_for(policy.reasoning_effort.value),
         structured_outputs=structured,
-        seed=0,
+        seed=0 if _per_request_seed(settings, resolved) else None,
         **extra,
     )
+
+
+def _per_request_seed(settings: Settings, resolved: model_presets.ResolvedModel) -> bool:
+    """A per-request seed makes a sampled answer independent of its batch, but on CPU it kills the engine:
+    a seeded request whose prompt chunked prefill splits rewinds its torch generator's offset, which a
+    CPU generator does not have (`RuntimeError: CPU Generator does not use offset`, then EngineDeadError).
+    On CPU the engine-level seed (vllm_args: seed=0) keeps a run reproducible for the same batches
+    instead; greedy presets (temperature 0) do not sample at all. model.request_seed overrides."""
+    if settings.model.request_seed is not None:
+        return settings.model.request_seed
+    return not resolved.on_cpu

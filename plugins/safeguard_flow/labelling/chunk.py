@@ -4,17 +4,20 @@ Engines promise not to raise for one bad request, but a real engine can still ra
 batch because of one row (vLLM rejects a batch holding a prompt longer than `max_model_len`). When
 that happens the chunk is split in halves until the row that raises is alone; that row becomes an
 error verdict and every other row is labelled normally. If a short, known-good canary request fails
-too, the engine itself is broken: we raise, so Ray restarts the replica instead of writing a chunk
-of bogus errors.
+too, the engine itself is broken: we raise instead of writing a chunk of bogus errors.
+
+An input can also kill the engine outright (vLLM's EngineDeadError). `label_isolating` restarts the
+engine (an EngineSlot) and retries the items in flight in halves on the fresh one until the killer is
+alone: it gets an error verdict with the engine's reason, everything else is labelled.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 from safeguard_flow.domain.content import ContentItem
-from safeguard_flow.engines.base import Engine, EngineError, LabelRequest
+from safeguard_flow.engines.base import Engine, EngineDied, EngineError, LabelRequest
 from safeguard_flow.labelling.loop import LabelStats, label_items
 from safeguard_flow.domain.policies import Policy
 from safeguard_flow.domain.verdicts import ENGINE_ERROR, Verdict, error_verdict
@@ -39,7 +42,7 @@ def label_chunk(
     """Verdicts for every (item, policy), ordered by item then policy, whatever the engine raises."""
     try:
         return label_items(engine, items, policies, max_content_chars=max_content_chars, stats=stats)
-    except EngineUnhealthy:
+    except (EngineUnhealthy, EngineDied):
         raise
     except Exception as exc:
         if len(items) > 1:
@@ -80,6 +83,82 @@ def _label_one_item(engine: Engine, item: ContentItem, policies: Sequence[Policy
         stats.completion_tokens += local.completion_tokens
         stats.add(out)
     return out
+
+
+class EngineSlot:
+    """The engine a labeller uses now, and a fresh one when it dies (built by `build`, at most
+    `max_restarts` times; then EngineUnhealthy: something other than one input is wrong)."""
+
+    def __init__(self, build: Callable[[], Engine], *, max_restarts: int = 16, engine: Engine | None = None):
+        self.build = build
+        self.max_restarts = max_restarts
+        self.engine = engine if engine is not None else build()
+        self.restarts = 0
+        self.reasons: list[str] = []
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    def restart(self, reason: str) -> Engine:
+        self.reasons.append(reason)
+        if self.restarts >= self.max_restarts:
+            raise EngineUnhealthy(f"the engine died {self.restarts + 1} times (last: {reason}); not restarting it again")
+        self.close()
+        self.restarts += 1
+        log.warning("engine died (%s); starting a fresh one (restart %d)", reason, self.restarts)
+        self.engine = self.build()
+        return self.engine
+
+    def close(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception as exc:  # noqa: BLE001 - closing a dead engine: its own error says nothing new
+                log.warning("closing the dead engine: %s", _short(exc))
+
+
+def label_isolating(slot: EngineSlot, items: Sequence[ContentItem], policies: Sequence[Policy], *,
+                    max_content_chars: int, stats: LabelStats | None = None) -> list[Verdict]:
+    """label_chunk on the slot's engine, surviving inputs that kill the engine: when it dies, a fresh
+    engine is started and the items in flight are retried in halves until the one that kills it is
+    alone (then each of its policies alone); that (item, policy) gets an error verdict with the
+    engine's reason, everything else is labelled. Ordered by item then policy, like label_chunk."""
+    try:
+        return label_chunk(slot.engine, items, policies, max_content_chars=max_content_chars, stats=stats)
+    except (EngineDied, EngineUnhealthy) as exc:
+        reason = _short(exc, 500)
+        slot.restart(reason)
+    if len(items) > 1:
+        half = len(items) // 2
+        log.warning("the engine died on %d items; retrying them in halves to find the one that kills it", len(items))
+        return (label_isolating(slot, items[:half], policies, max_content_chars=max_content_chars, stats=stats)
+                + label_isolating(slot, items[half:], policies, max_content_chars=max_content_chars, stats=stats))
+    item = items[0]
+    if len(policies) > 1:
+        local = LabelStats()
+        out = [v for p in policies
+               for v in label_isolating(slot, [item], [p], max_content_chars=max_content_chars, stats=local)]
+        if stats is not None:
+            stats.items += 1
+            stats.requests += local.requests
+            stats.prompt_tokens += local.prompt_tokens
+            stats.completion_tokens += local.completion_tokens
+            stats.add(out)
+        return out
+    policy = policies[0]
+    log.warning("item %s under policy %s kills the engine (%s): writing an error verdict", item.content_id,
+                policy.name, reason)
+    verdict = error_verdict(
+        content_id=item.content_id, policy=policy.name, policy_version=policy.version or 0, status=ENGINE_ERROR,
+        error=f"the engine died labelling this item (it was restarted; the other items were labelled): {reason}",
+        source=item.source, content_hash=item.content_hash, model=slot.model_name,
+    )
+    if stats is not None:
+        stats.items += 1
+        stats.add([verdict])
+    return [verdict]
 
 
 def check_engine(engine: Engine, policy: Policy) -> None:

@@ -107,6 +107,7 @@ class ResolvedModel:
     output_budget: dict[str, int] | None
     engine_kwargs: dict[str, Any]
     config: dict[str, Any] | None  # the checkpoint's config.json, when it was found
+    on_cpu: bool = False  # resolved for vLLM's CPU platform
 
     def max_tokens_for(self, effort: str | None) -> int:
         """Output budget for one request: model.max_tokens if set, else the preset's per-effort budget."""
@@ -205,7 +206,7 @@ def resolve(settings: Settings, *, on_cpu: bool | None = None, model_path: str |
     engine_kwargs = dict(preset.engine_kwargs) if (preset and not on_cpu) else {}
     return ResolvedModel(name=m.name, preset=preset, harmony=harmony, harmony_reason=reason, values=values,
                          sources=sources, output_budget=dict(preset.output_budget) if preset and preset.output_budget
-                         else None, engine_kwargs=engine_kwargs, config=config)
+                         else None, engine_kwargs=engine_kwargs, config=config, on_cpu=on_cpu)
 
 
 def _platform_is_cpu() -> bool:

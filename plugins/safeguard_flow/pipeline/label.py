@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from safeguard_flow.pipeline.run_rules import LABEL_DONE, LabelJobFailed, mark_failed, resume_if_failed
+from safeguard_flow.pipeline.run_rules import (LABEL_DONE, LabelJobFailed, failure_reason, mark_failed,
+                                               resume_if_failed, sigterm_raises)
 from safeguard_flow.warehouse import runs, staging
 from safeguard_flow.warehouse.errors import RunStateError
 from safeguard_flow.warehouse.runs import RunStatus
@@ -86,8 +87,11 @@ def _label_in_worker(sql_engine: Engine, settings: Settings, run_id: str, log_fi
             # Only what was set: the model preset fills the unset model fields in the worker too.
             proc.stdin.write(settings.model_dump_json(exclude_unset=True).encode())
             proc.stdin.close()
-            code = _follow(sql_engine, settings, run_id, proc, progress, on_progress)
-        except BaseException:
+            with sigterm_raises():  # a SIGTERM here (a stopped task) fails the run like any other exception
+                code = _follow(sql_engine, settings, run_id, proc, progress, on_progress)
+        except BaseException as exc:
+            # The reason first: the stopped worker would record only that it was stopped.
+            mark_failed(sql_engine, settings, run_id, failure_reason("label", exc), exc)
             _stop(proc)
             raise
         finally:
@@ -103,12 +107,30 @@ def _label_in_worker(sql_engine: Engine, settings: Settings, run_id: str, log_fi
     return LabelOutcome(run_id, summary, str(log_file) if log_file else None)
 
 
+class LabelDeadlinePassed(LabelJobFailed):
+    """The label step ran past deadlines.label_s: its worker was stopped and the run failed with why."""
+
+
 def _follow(sql_engine, settings, run_id: str, proc: subprocess.Popen, progress: bool, on_progress) -> int:
     bar = None
     seen = -1
+    deadline_s = settings.deadlines.label_s
+    started = time.monotonic()
+    beat = started
     try:
         while True:
             code = proc.poll()
+            now_t = time.monotonic()
+            if code is None and now_t - started > deadline_s:
+                raise LabelDeadlinePassed(
+                    f"run {run_id}: label: the deadline deadlines.label_s={deadline_s:g}s passed "
+                    f"({now_t - started:.0f}s); the label worker was stopped, finished chunks are kept")
+            if code is None and now_t - beat >= settings.deadlines.heartbeat_s:
+                beat = now_t
+                try:  # the worker is alive: so is the run (its own job beats too, this covers its start-up)
+                    runs.heartbeat(sql_engine, settings, run_id)
+                except Exception as exc:  # a busy SQLite file; beat again next time
+                    log.debug("heartbeat: %s", exc)
             try:
                 now = staging.progress(sql_engine, settings, run_id)
             except Exception:  # a busy SQLite file; look again at the next poll

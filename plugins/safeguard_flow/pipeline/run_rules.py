@@ -16,7 +16,7 @@ import hashlib
 import logging
 import re
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from safeguard_flow.warehouse import runs
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
@@ -93,11 +93,16 @@ def needs_work(run: Run) -> bool:
 
 
 def mark_failed(sql_engine: Engine, settings: Settings, run_id: str, reason: str,
-                exc: BaseException | None = None) -> bool:
+                exc: BaseException | None = None, attempt: int | None = None) -> bool:
     """Mark the run failed with `reason` (a no-op for a run that already failed, was quarantined or
     published). The warehouse itself may be what broke: then the first error is kept (the marking
-    error becomes a note on `exc`, or a warning) and False is returned."""
+    error becomes a note on `exc`, or a warning) and False is returned. With `attempt` (a label
+    attempt's fencing token), a run a newer attempt owns is left to it."""
     try:
+        if attempt is not None and runs.get_run(sql_engine, settings, run_id).label_attempt != attempt:
+            log.warning("run %s: label attempt %s failed (%s), but a newer attempt owns the run", run_id, attempt,
+                        reason)
+            return False
         marked = runs.fail_run(sql_engine, settings, run_id, reason)
     except Exception as mark:
         if exc is not None:
@@ -115,24 +120,110 @@ def failure_reason(step: str, exc: BaseException) -> str:
 
 
 @contextmanager
-def failing(sql_engine: Engine, settings: Settings, run_id: str, step: str) -> Iterator[None]:
+def failing(sql_engine: Engine, settings: Settings, run_id: str, step: str,
+            attempt: Callable[[], int | None] | None = None) -> Iterator[None]:
     """Mark the run failed with the reason if the block raises (an interrupt too: a run must never stay
     in a working state nobody works on), then re-raise. A state error (the step was asked of a run in
-    the wrong state) leaves the run as it is."""
+    the wrong state) leaves the run as it is; so does the failure of a label attempt (`attempt()`, its
+    fencing token once it has one) that a newer attempt superseded."""
     try:
         yield
     except RunStateError:
         raise
     except BaseException as exc:
-        mark_failed(sql_engine, settings, run_id, failure_reason(step, exc), exc)
+        mark_failed(sql_engine, settings, run_id, failure_reason(step, exc), exc,
+                    attempt=attempt() if attempt is not None else None)
         raise
 
 
 def resume_if_failed(sql_engine: Engine, settings: Settings, run: Run) -> Run:
-    """A failed run resumes at the step that failed (finished work is kept); any other run is returned as it is."""
+    """A failed run resumes at the step that failed (finished work is kept); any other run is returned as
+    it is. A run left in a working step with no heartbeat for deadlines.stale_after_s is failed with the
+    reason first (its worker died without saying so), then resumed."""
+    run = fail_if_stale(sql_engine, settings, run)
     if run.status is not RunStatus.FAILED:
         return run
     resumed = runs.resume_run(sql_engine, settings, run.id)
     log.warning("run %s had failed (%s): resuming it at %s; finished work is kept", run.id, run.error,
                 resumed.status.value)
     return resumed
+
+
+# --- deadlines, heartbeats, SIGTERM ---------------------------------------------------------------------
+
+# The statuses a process works in (the others wait for the next step): left there with no heartbeat, the run is stale.
+ACTIVE = {RunStatus.EXTRACTING: "extract", RunStatus.LABELLING: "label"}
+
+
+def stale_reason(settings: Settings, run: Run, now: dt.datetime | None = None) -> str | None:
+    """Why the run is stale (in a working step, no heartbeat for deadlines.stale_after_s), or None."""
+    step = ACTIVE.get(run.status)
+    if step is None:
+        return None
+    last = max(t for t in (run.heartbeat_at, run.updated_at) if t is not None)
+    age = ((now or dt.datetime.now(dt.timezone.utc)) - last).total_seconds()
+    limit = settings.deadlines.stale_after_s
+    if age <= limit:
+        return None
+    attempt = f" (label attempt {run.label_attempt})" if step == "label" else ""
+    return (f"{step}: no heartbeat for {age:.0f}s (deadlines.stale_after_s={limit:g}){attempt}; the step's worker "
+            f"stopped without saying so. Finished work is kept")
+
+
+def fail_if_stale(sql_engine: Engine, settings: Settings, run: Run) -> Run:
+    """Fail a stale run with the reason (see stale_reason) and return it as it is now."""
+    reason = stale_reason(settings, run)
+    if reason is None:
+        return run
+    mark_failed(sql_engine, settings, run.id, reason)
+    return runs.get_run(sql_engine, settings, run.id)
+
+
+@contextmanager
+def heartbeating(sql_engine: Engine, settings: Settings, run_id: str, attempt: int | None = None) -> Iterator[None]:
+    """Write the run's heartbeat every deadlines.heartbeat_s while the block runs (a daemon thread)."""
+    import threading
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(settings.deadlines.heartbeat_s):
+            try:
+                if not runs.heartbeat(sql_engine, settings, run_id, attempt):
+                    log.warning("run %s: label attempt %s no longer owns the run", run_id, attempt)
+            except Exception as exc:  # a busy database: the next beat tries again
+                log.warning("run %s: heartbeat failed: %s", run_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:40]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class Terminated(BaseException):
+    """This process got SIGTERM (a stopped job, a killed task): unwinds like an interrupt, so `failing`
+    marks the run failed with the reason."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside the block, SIGTERM raises Terminated in the main thread (elsewhere: nothing changes). By
+    default SIGTERM ends Python without unwinding, which left a stopped job's run `labelling`."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"stopped by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -131,6 +131,9 @@ class Run:
     validated_at: dt.datetime | None = None
     published_at: dt.datetime | None = None
     purged_at: dt.datetime | None = None  # migration 0007: retention deleted its text copies
+    label_attempt: int = 0  # migration 0008: the fencing token of the newest label attempt
+    refused_writes: int = 0  # chunk writes refused (another attempt's, or after the run left labelling)
+    heartbeat_at: dt.datetime | None = None  # when the step working on the run last said it was alive
 
     @classmethod
     def from_row(cls, row: sa.Row) -> Run:
@@ -357,6 +360,33 @@ def resume_run(engine: Engine, settings: Settings, run_id: str) -> Run:
         point = run.resume_point()
         note = f"resumed at {point.value} after a failure: {run.error or 'no reason recorded'}"
         return _transition(conn, settings, run_id, point, {"error": None, "warnings": [*run.warnings, note[:2000]]})
+
+
+def start_label_attempt(engine: Engine, settings: Settings, run_id: str, /, **fields_: Any) -> Run:
+    """Move the run to labelling as a new label attempt: its `label_attempt` (the fencing token every
+    chunk write of this attempt carries) is bumped in the same transaction, so of two jobs started on
+    one run only the newer one's writes are accepted."""
+    _check_fields(settings, fields_)
+    with write_tx(engine) as conn:
+        run = _select(conn, settings, run_id, for_update=True)
+        return _transition(conn, settings, run_id, S.LABELLING,
+                           {**fields_, "label_attempt": run.label_attempt + 1, "heartbeat_at": utcnow()})
+
+
+def heartbeat(engine: Engine, settings: Settings, run_id: str, attempt: int | None = None) -> bool:
+    """Say the step working on the run is alive (the run's `heartbeat_at`). With `attempt`, only while
+    that label attempt is the run's newest and the run is labelling: False once it was superseded."""
+    t = tables(settings).runs
+    q = t.update().where(t.c.id == run_id)
+    if attempt is not None:
+        q = q.where(t.c.label_attempt == attempt, t.c.status == S.LABELLING.value)
+    with write_tx(engine) as conn:
+        return conn.execute(q.values(heartbeat_at=utcnow())).rowcount == 1
+
+
+def count_refused_write(conn: Connection, settings: Settings, run_id: str) -> None:
+    t = tables(settings).runs
+    conn.execute(t.update().where(t.c.id == run_id).values(refused_writes=t.c.refused_writes + 1))
 
 
 def add_warning(conn: Connection, settings: Settings, run_id: str, message: str) -> None:

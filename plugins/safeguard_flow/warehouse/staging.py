@@ -17,7 +17,7 @@ from safeguard_flow.settings import Settings
 from safeguard_flow.domain.verdicts import Verdict
 from safeguard_flow.warehouse.db import bulk_insert, retrying, utcnow, write_tx
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
-from safeguard_flow.warehouse.runs import Run, RunStatus, get_run, transition
+from safeguard_flow.warehouse.runs import Run, RunStatus, count_refused_write, get_run, transition
 from safeguard_flow.warehouse.schema import tables
 
 _SHOW = 5  # keys quoted in an error
@@ -66,15 +66,51 @@ def read_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int) -
         return items
 
 
-def write_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int, verdicts: Sequence[Verdict]) -> None:
-    """Stage the chunk's verdicts and mark it done, in one transaction (rewriting replaces the chunk)."""
-    retrying(lambda: _write_chunk(engine, settings, run_id, chunk_no, verdicts), what=f"write chunk {chunk_no}")
+class StaleWrite(RunStateError):
+    """A chunk write refused by the run's fence: another label attempt owns the run, or it left labelling."""
 
 
-def _write_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int, verdicts: Sequence[Verdict]) -> None:
+def write_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int, verdicts: Sequence[Verdict],
+                attempt: int | None = None) -> None:
+    """Stage the chunk's verdicts and mark it done, in one transaction (rewriting replaces the chunk).
+
+    attempt: the label attempt's fencing token (runs.start_label_attempt). The write is refused
+    (StaleWrite, counted in the run's `refused_writes`) unless the run is labelling under that very
+    attempt; without a token (a caller labelling by hand) only while the run is extracted or labelling.
+    So a stale job never rewrites chunks after validation, or after a reset of the run."""
+    refused = retrying(lambda: _write_chunk(engine, settings, run_id, chunk_no, verdicts, attempt),
+                       what=f"write chunk {chunk_no}")
+    if refused:
+        raise StaleWrite(f"write_chunk(run {run_id!r}, chunk {chunk_no}) refused: {refused}")
+
+
+def _fence(conn, settings: Settings, run_id: str, attempt: int | None) -> tuple[Run, str | None]:
+    """The run (its row share-locked on PostgreSQL until the write commits) and why the write is refused, if it is."""
+    r = tables(settings).runs
+    q = sa.select(r).where(r.c.id == run_id)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(read=True)  # a status change waits for the writes in flight
+    row = conn.execute(q).one_or_none()
+    run = _extracted_run(conn, settings, run_id) if row is None else Run.from_row(row)
+    if attempt is None:
+        if run.status not in (RunStatus.EXTRACTED, RunStatus.LABELLING):
+            return run, f"the run is {run.status.value}, not extracted or labelling"
+    elif run.status is not RunStatus.LABELLING:
+        return run, f"the run is {run.status.value}: label attempt {attempt} ended"
+    elif run.label_attempt != attempt:
+        return run, f"label attempt {attempt} is stale: attempt {run.label_attempt} owns the run"
+    return run, None
+
+
+def _write_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int, verdicts: Sequence[Verdict],
+                 attempt: int | None = None) -> str | None:
     t = tables(settings)
     now = utcnow()
     with write_tx(engine) as conn:
+        run, refused = _fence(conn, settings, run_id, attempt)
+        if refused is not None:
+            count_refused_write(conn, settings, run_id)
+            return refused
         run = _extracted_run(conn, settings, run_id)
         chunk = _chunk(conn, settings, run_id, chunk_no)
         w = t.work_items
@@ -117,6 +153,7 @@ def _write_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int,
             positives=sum(1 for v in verdicts if not v.is_error and v.label is not None and v.label >= 1),
             prompt_tokens=sum(p for p, _ in tokens.values()), completion_tokens=sum(q for _, q in tokens.values()),
             finished_at=now))
+    return None
 
 
 def _check_complete(run_id: str, chunk_no: int, items, refs, verdicts: Sequence[Verdict]) -> None:

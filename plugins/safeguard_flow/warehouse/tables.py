@@ -143,6 +143,10 @@ def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
         sa.Column("validated_at", UTCDateTime),
         sa.Column("published_at", UTCDateTime),
         sa.Column("purged_at", UTCDateTime),  # migration 0007: retention deleted its text copies and staging
+        # migration 0008: the label attempt's fencing token, writes refused by it, the working step's heartbeat
+        sa.Column("label_attempt", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("refused_writes", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("heartbeat_at", UTCDateTime),
         sa.Index(f"{p}ix_runs_created_at", "created_at"),
     )
     work_items = sa.Table(

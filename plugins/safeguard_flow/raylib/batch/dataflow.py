@@ -59,6 +59,7 @@ def label_chunks(
     chunks: Sequence[int],
     *,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    attempt: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Label the given chunks on `ray.num_replicas` replicas; yields one result row per chunk as it finishes."""
     import ray.data
@@ -77,7 +78,7 @@ def label_chunks(
         # max_restarts/max_task_retries still go through `ray_remote_args` (deprecated in Ray 2.60
         # with no named replacement yet); Ray Data's own default would restart a replica forever.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
-        ds = _map(ds, settings, run_id, policies, replicas)
+        ds = _map(ds, settings, run_id, policies, replicas, attempt)
     for row in ds.iter_rows():
         row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
         if on_row is not None:
@@ -85,12 +86,13 @@ def label_chunks(
         yield row
 
 
-def _map(ds, settings: Settings, run_id: str, policies: Sequence[Policy], replicas: int):
+def _map(ds, settings: Settings, run_id: str, policies: Sequence[Policy], replicas: int, attempt: int | None = None):
     import ray.data
 
     return ds.map_batches(
         ChunkLabeller,
-        fn_constructor_kwargs={"settings": settings, "run_id": run_id, "policies": list(policies)},
+        # attempt: the label attempt's fencing token, carried by every chunk write (runs.start_label_attempt)
+        fn_constructor_kwargs={"settings": settings, "run_id": run_id, "policies": list(policies), "attempt": attempt},
         batch_size=1,  # one chunk per call: a chunk is the unit that is staged atomically
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=replicas, max_tasks_in_flight_per_actor=2),

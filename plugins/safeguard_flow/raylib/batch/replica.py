@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 from safeguard_flow.labelling.loop import LabelStats
 from safeguard_flow.domain.policies import Policy
-from safeguard_flow.labelling.chunk import EngineUnhealthy, label_chunk
+from safeguard_flow.engines.base import EngineError
+from safeguard_flow.labelling.chunk import EngineSlot, label_isolating
 from safeguard_flow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ PROGRESS_EVERY_S = 10.0
 class ChunkLabeller:
     """Constructed once per replica by Ray Data (so the engine loads once); called per batch of chunks."""
 
-    def __init__(self, settings: Settings, run_id: str, policies: Sequence[Policy]):
+    def __init__(self, settings: Settings, run_id: str, policies: Sequence[Policy], attempt: int | None = None):
         from safeguard_flow.engines import build_engine
         from safeguard_flow.raylib.shipping.job_secrets import export_env
         from safeguard_flow.warehouse import db
@@ -40,11 +41,14 @@ class ChunkLabeller:
         export_env(settings)  # secret variables (HF_TOKEN) never travel in the job's runtime_env
         self.settings = settings
         self.run_id = run_id
+        self.attempt = attempt  # the label attempt's fencing token, carried by every chunk write
         self.policies = list(policies)
         self.db = db.make_engine(settings)
         settings = _replica_engine_settings(settings)
         start = time.perf_counter()
-        self.engine = build_engine(settings)
+        # An input that kills the engine gets it restarted here, in the replica (label_isolating).
+        self.slot = EngineSlot(lambda: build_engine(settings))
+        self.engine = self.slot.engine
         self.engine_load_s = time.perf_counter() - start
         self._first_call = True
         log.info("replica pid %s: engine %s ready in %.1fs", os.getpid(), self.engine.model_name, self.engine_load_s)
@@ -73,18 +77,27 @@ class ChunkLabeller:
         with _Progress(f"run {self.run_id} chunk {chunk_no}", len(items)) as progress:
             for lo in range(0, len(items), step):
                 try:
-                    verdicts += label_chunk(self.engine, items[lo:lo + step], self.policies,
-                                            max_content_chars=self.settings.model.max_content_chars, stats=stats)
-                except EngineUnhealthy:
-                    # A broken engine cannot be repaired in-process: end the replica so Ray restarts it
-                    # (ray.max_restarts) and retries this chunk on a fresh engine. Close the engine first,
-                    # so its EngineCore / tensor-parallel workers free the GPU the restarted actor needs.
+                    verdicts += label_isolating(self.slot, items[lo:lo + step], self.policies,
+                                                max_content_chars=self.settings.model.max_content_chars, stats=stats)
+                except EngineError:
+                    # The engine keeps dying (or cannot start again): end the replica so Ray restarts it
+                    # (ray.max_restarts) and retries this chunk. Close the engine first, so its EngineCore /
+                    # tensor-parallel workers free the GPU the restarted actor needs.
                     log.exception("replica pid %s: engine unhealthy on chunk %s; exiting for a restart",
                                   os.getpid(), chunk_no)
+                    self.engine = self.slot.engine
                     self.shutdown_engine()
                     os._exit(1)
+                finally:
+                    self.engine = self.slot.engine
                 progress.done = min(len(items), lo + step)
-        staging.write_chunk(self.db, self.settings, self.run_id, chunk_no, verdicts)
+        try:
+            staging.write_chunk(self.db, self.settings, self.run_id, chunk_no, verdicts, attempt=self.attempt)
+        except staging.StaleWrite as exc:
+            # A newer label attempt owns the run (or it moved on): this chunk is not ours to write.
+            log.warning("replica pid %s: %s", os.getpid(), exc)
+            row["skipped"] = True
+            return row
         row.update(items=len(items), verdicts=len(verdicts), errors=stats.errors, requests=stats.requests,
                    prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
                    seconds=time.perf_counter() - start, finished=time.time())
@@ -93,6 +106,8 @@ class ChunkLabeller:
     def shutdown_engine(self, timeout_s: float = 30.0) -> None:
         """Close the engine and make sure no process it started outlives this replica."""
         engine, self.engine = getattr(self, "engine", None), None
+        if getattr(self, "slot", None) is not None:
+            self.slot.engine = None
         children = _engine_processes()
         if engine is not None:
             try:

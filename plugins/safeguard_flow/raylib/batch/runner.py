@@ -26,7 +26,7 @@ class LabelJobError(RuntimeError):
 def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
     """Label the run's pending chunks; the run ends labelled. If this raises (or is interrupted) the
     run is marked failed with the reason; running it again resumes (a failed run included)."""
-    from safeguard_flow.pipeline.run_rules import LABEL_DONE, failing, resume_if_failed
+    from safeguard_flow.pipeline.run_rules import LABEL_DONE, failing, heartbeating, resume_if_failed, sigterm_raises
     from safeguard_flow.warehouse import db, policy_store, runs, staging
     from safeguard_flow.warehouse.runs import RunStatus
 
@@ -43,17 +43,23 @@ def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
         policies = policy_store.get_policies(sql_engine, settings, run.policy_refs)
         chunks = staging.pending_chunks(sql_engine, settings, run_id)
         summary.chunks_pending = len(chunks)
-        with failing(sql_engine, settings, run_id, "label job"):  # an interrupt too: never left 'labelling'
+        # An interrupt or SIGTERM (a stopped job) too: never left 'labelling'.
+        attempt: int | None = None
+        with sigterm_raises(), failing(sql_engine, settings, run_id, "label job", attempt=lambda: attempt):
             if chunks:
                 log.info("run %s: %d pending chunks, %d policies (%s), %d replicas", run_id, len(chunks), len(policies),
                          ", ".join(f"{p.name} v{p.version}" for p in policies),
                          min(settings.ray.num_replicas, len(chunks)))
                 # A resumed run keeps the start of its first label job.
                 start_fields = {} if run.label_started_at else {"label_started_at": db.utcnow()}
-                runs.transition(sql_engine, settings, run_id, RunStatus.LABELLING, model=settings.model.name,
-                                engine=f"{settings.engine.kind} on ray", **start_fields)
-                with ray_session(settings), progress_bar(len(chunks), run_id) as bar:
-                    for row in label_chunks(settings, run_id, policies, chunks):
+                # A new fencing token: chunk writes of any older attempt at this run are refused from now on.
+                attempt = runs.start_label_attempt(sql_engine, settings, run_id, model=settings.model.name,
+                                                   engine=f"{settings.engine.kind} on ray",
+                                                   **start_fields).label_attempt
+                log.info("run %s: label attempt %d", run_id, attempt)
+                with heartbeating(sql_engine, settings, run_id, attempt), ray_session(settings), \
+                        progress_bar(len(chunks), run_id) as bar:
+                    for row in label_chunks(settings, run_id, policies, chunks, attempt=attempt):
                         summary.add_row(row)
                         bar.set_postfix(items=summary.items, errors=summary.errors, refresh=False)
                         bar.update(1)
@@ -61,6 +67,11 @@ def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
             else:
                 log.info("run %s: no pending chunks, nothing to label", run_id)
 
+            if attempt is not None:
+                now = runs.get_run(sql_engine, settings, run_id)
+                if now.label_attempt != attempt or now.status is not RunStatus.LABELLING:
+                    raise staging.StaleWrite(f"run {run_id}: label attempt {attempt} was superseded (the run is "
+                                             f"{now.status.value}, attempt {now.label_attempt}); its writes were refused")
             left = staging.pending_chunks(sql_engine, settings, run_id)
             summary.chunks_left = len(left)
             summary.wall_s = time.perf_counter() - started

@@ -332,6 +332,21 @@ class EvalSettings(_Section):
     output_dir: str = ""  # reports of the relabel flow (evals, diffs); empty: <home>/reports
 
 
+class CascadeSettings(_Section):
+    """The cascade (engines/cascade.py): a small classifier per policy version that decides the clear
+    items before the model; `safeguard-flow cascade train` makes one."""
+
+    enabled: bool = True  # use a policy version's trained cascade in label jobs (none trained: no effect)
+    min_agreement: float = Field(default=0.98, gt=0.5, le=1)  # lower bound of agreement with the teacher on decided items
+    bound_confidence: float = Field(default=0.95, gt=0.5, lt=1)  # one-sided level of that lower bound
+    audit_rate: float = Field(default=0.05, ge=0, le=1)  # decided items still sent to the model, to measure agreement
+    min_audit: int = Field(default=20, ge=1)  # audited items before audit agreement may switch the cascade off
+    folds: int = Field(default=5, ge=2, le=20)  # cross-fitting folds that choose the thresholds
+    batch_size: int = Field(default=64, ge=1)  # texts per encoder batch
+    max_chars: int = Field(default=2000, ge=1)  # the encoder reads 256 tokens; longer text is cut first
+    seed: int = 0
+
+
 class RetentionSettings(_Section):
     """How long what a run leaves behind is kept (`safeguard-flow retention`, the nightly DAG's retention
     task; `publish` clears a run's text copies itself when text_days is 0). Days; None keeps forever.
@@ -371,6 +386,7 @@ class Settings(BaseSettings):
     evals: EvalSettings = Field(default_factory=EvalSettings)
     deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    cascade: CascadeSettings = Field(default_factory=CascadeSettings)
 
     @property
     def home_path(self) -> Path:

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := airflow,ray,postgres,mysql,duckdb,cpu,dev
+EXTRAS := airflow,ray,postgres,mysql,duckdb,cpu,cascade,dev
 
 # Local defaults: a local Ray without auth. (vLLM's CPU cores and KV cache size are the typed settings
 # model.cpu_threads_bind and model.kv_cache_gib, never raw VLLM_CPU_* variables here.)

@@ -142,6 +142,25 @@ def warehouse_url(request, tmp_path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+EVERY_WAREHOUSE = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
+                   pytest.param("mariadb", marks=pytest.mark.mariadb), "duckdb"]
+
+
+def warehouse_url_for(request, tmp_path: Path, dialect: str) -> str:
+    """A fresh warehouse URL on `dialect`: real PostgreSQL/MariaDB servers (session fixtures), files for
+    SQLite and DuckDB. Modules that must pass on every dialect override `warehouse_url` with it:
+
+        @pytest.fixture(params=EVERY_WAREHOUSE)
+        def warehouse_url(request, tmp_path):
+            return warehouse_url_for(request, tmp_path, request.param)
+    """
+    if dialect == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    if dialect == "duckdb":
+        return f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    return request.getfixturevalue({"postgresql": "pg_url", "mariadb": "mariadb_url"}[dialect])
+
+
 @pytest.fixture(scope="session")
 def model_settings():
     """Settings pointing at the small local model (prepared once, cached across runs), with a 1 GiB KV

@@ -1,9 +1,10 @@
-"""The core pipeline's rules on real warehouses (SQLite, PostgreSQL), with real GX for the gate:
+"""The core pipeline's rules on real warehouses (SQLite, PostgreSQL, MariaDB, DuckDB), with real GX for the gate:
 reruns of a published interval, empty intervals, quarantined runs started afresh, failed runs
 resumed, and steps asked of a run in the wrong state. (The label step's worker process, killed for
 real, is tested in tests/airflow/test_pipeline_cli.py.)"""
 
 import pytest
+from tests.conftest import EVERY_WAREHOUSE, warehouse_url_for
 from tests.warehouse.warehouse_helpers import DAY, T0, at
 
 from safeguard_flow import pipeline
@@ -12,6 +13,12 @@ from safeguard_flow.settings import QualitySettings
 from safeguard_flow.warehouse import runs, staging
 from safeguard_flow.warehouse.errors import RunStateError
 from safeguard_flow.warehouse.runs import RunStatus as S
+
+
+@pytest.fixture(params=EVERY_WAREHOUSE)
+def warehouse_url(request, tmp_path):
+    """These rules hold on every warehouse dialect: SQLite, PostgreSQL, MariaDB, DuckDB."""
+    return warehouse_url_for(request, tmp_path, request.param)
 
 
 def _posts(wh, n=6):

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from tests.conftest import EVERY_WAREHOUSE, warehouse_url_for
 import sqlalchemy as sa
 from tests.warehouse.warehouse_helpers import at
 
@@ -15,6 +16,13 @@ from safeguard_flow.warehouse import runs, schema, staging
 from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
 
 METHODS = ["native", "generic"]
+
+
+@pytest.fixture(params=EVERY_WAREHOUSE)
+def warehouse_url(request, tmp_path):
+    """Each dialect's own upsert (ON CONFLICT, ON DUPLICATE KEY UPDATE) and the generic path, on SQLite,
+    PostgreSQL, MariaDB and DuckDB."""
+    return warehouse_url_for(request, tmp_path, request.param)
 
 
 def method_kw(method):
@@ -125,7 +133,7 @@ def test_publish_refuses_every_run_the_gate_did_not_validate(wh):
 
 
 def test_publish_method_must_fit_the_database(wh):
-    other = "sqlite" if wh.engine.dialect.name == "postgresql" else "postgresql"
+    other = "postgresql" if wh.engine.dialect.name == "sqlite" else "sqlite"
     with pytest.raises(WarehouseError, match=f"method '{other}' cannot be used"):
         wh.publish("whatever", method=other)
 

@@ -1,4 +1,5 @@
-"""Engines and transactions for the warehouse: SQLite (embedded default) and PostgreSQL (or others).
+"""Engines and transactions for the warehouse: SQLite (embedded default), PostgreSQL, MySQL/MariaDB, DuckDB
+(Snowflake through snowflake-sqlalchemy).
 
 SQLite needs two things for several writers (Ray workers writing chunks, concurrent publishes):
 WAL mode, so readers never block the writer, and write transactions that take the write lock at
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import base as sqlite_types
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 
 from safeguard_flow.settings import Settings, SettingsError
 
@@ -40,8 +42,27 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
         engine = sa.create_engine(url, **kwargs)
         _sqlite_events(engine)
         return engine
+    if url.get_backend_name() == "duckdb":
+        if not url.database or url.database == ":memory:":
+            raise SettingsError("setting warehouse.url: the DuckDB warehouse must be a file (duckdb:///path/to/warehouse.duckdb)")
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, **kwargs)
+        _duckdb_dialect(engine)
+        return engine
     kwargs.setdefault("pool_pre_ping", True)
     return sa.create_engine(url, **kwargs)
+
+
+def _duckdb_dialect(engine: Engine) -> None:
+    """DuckDB's concurrency is optimistic (a conflicting writer fails and is retried, see _transient):
+    it has no row locks, so SELECT ... FOR UPDATE is compiled without the clause."""
+    base = engine.dialect.statement_compiler
+
+    class DuckDBCompiler(base):
+        def for_update_clause(self, select, **kw) -> str:
+            return ""
+
+    engine.dialect.statement_compiler = DuckDBCompiler
 
 
 def _sqlite_events(engine: Engine) -> None:
@@ -96,7 +117,12 @@ def _transient(exc: sa.exc.DBAPIError) -> bool:
     code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
     if code in {"40001", "40P01"}:  # serialization_failure, deadlock_detected
         return True
-    return "database is locked" in str(exc.orig).lower()
+    text = str(exc.orig).lower()
+    if "database is locked" in text:  # SQLite busy
+        return True
+    # DuckDB's optimistic concurrency: a write conflict, or a key another transaction committed first,
+    # fails this transaction ("Conflict on ...", at COMMIT "Failed to commit: ... constraint violation").
+    return type(exc.orig).__name__ == "TransactionException" and ("conflict" in text or "failed to commit" in text)
 
 
 def bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
@@ -158,9 +184,18 @@ def sqlite_utc_text(value: dt.datetime) -> str:
     return as_utc(value).isoformat(sep=" ", timespec="microseconds")
 
 
+@compiles(sa.DateTime, "mysql")
+@compiles(sa.DateTime, "mariadb")
+def _mysql_datetime(type_, compiler, **kw) -> str:
+    """MySQL's DATETIME keeps whole seconds unless asked: a zone-aware timestamp (every warehouse column,
+    the migrations' too) is DATETIME(6) holding UTC, so run order by time survives as on the other dialects."""
+    return "DATETIME(6)" if type_.timezone else "DATETIME"
+
+
 class UTCDateTime(sa.types.TypeDecorator):
     """Timestamps in UTC with the zone explicit on every dialect: ``timestamp with time zone`` on
-    PostgreSQL, ISO text ending in ``+00:00`` on SQLite; reads come back aware (UTC)."""
+    PostgreSQL and DuckDB, ISO text ending in ``+00:00`` on SQLite, ``DATETIME(6)`` holding UTC on
+    MySQL/MariaDB; reads come back aware (UTC)."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
@@ -176,7 +211,11 @@ class UTCDateTime(sa.types.TypeDecorator):
         if isinstance(value, str):
             value = dt.datetime.fromisoformat(value)
         value = as_utc(value)
-        return sqlite_utc_text(value) if dialect.name == "sqlite" else value
+        if dialect.name == "sqlite":
+            return sqlite_utc_text(value)
+        if dialect.name in ("mysql", "mariadb"):  # DATETIME holds no zone: naive UTC (as as_utc reads it back)
+            return value.replace(tzinfo=None)
+        return value
 
     def process_result_value(self, value, dialect):
         if isinstance(value, str):  # SQLite text: with the zone (ours) or without (older rows, other writers)

@@ -44,7 +44,9 @@ from safeguard_flow.warehouse.runs import Run, RunStatus, get_run, transition
 from safeguard_flow.warehouse.schema import tables
 
 KEY = ("source", "content_id", "policy", "policy_version")
-METHODS = ("postgresql", "sqlite", "generic")
+# One upsert per dialect (UPSERTS, below the functions); any other dialect takes the generic path.
+METHODS = ("postgresql", "sqlite", "mysql", "duckdb", "snowflake", "generic")
+_DIALECT_METHOD = {"mariadb": "mysql"}  # SQLAlchemy's name for MariaDB through a mariadb+ URL
 _ROWCOUNT = {"preserve_rowcount": True}  # INSERT ... SELECT rowcount is not kept by default
 
 
@@ -58,10 +60,12 @@ def publish_run(engine: Engine, settings: Settings, run_id: str, allow_partial: 
     `versions`: merge only these (policy, version)s of the run (the ones the gate passed; None: all),
     and count only them in the run's record.
     """
-    method = method or (engine.dialect.name if engine.dialect.name in ("postgresql", "sqlite") else "generic")
-    if method not in METHODS or (method != "generic" and method != engine.dialect.name):
+    native = _DIALECT_METHOD.get(engine.dialect.name, engine.dialect.name)
+    native = native if native in METHODS else "generic"
+    method = method or native
+    if method not in METHODS or method not in (native, "generic"):
         raise WarehouseError(f"publish method {method!r} cannot be used on {engine.dialect.name}; "
-                             f"use {engine.dialect.name if engine.dialect.name in METHODS else 'generic'} or generic")
+                             f"use {native}" + (" or generic" if native != "generic" else ""))
     # A unique violation means a concurrent publisher inserted one of our new keys first: retry.
     retry_on = (sa.exc.IntegrityError,)
     return retrying(lambda: _publish(engine, settings, run_id, allow_partial, method, _after_upsert, versions),
@@ -81,12 +85,7 @@ def _publish(engine: Engine, settings: Settings, run_id: str, allow_partial: boo
         if rows.versions is not None:  # part of the run: its own counts (tokens stay the whole run's)
             summary.update(_version_counts(conn, s, rows))
         now = utcnow()
-        if method == "postgresql":
-            inserted, updated = _upsert_postgresql(conn, t.verdicts, s, rows, now)
-        elif method == "sqlite":
-            inserted, updated = _upsert_sqlite(conn, t.verdicts, s, rows, now)
-        else:
-            inserted, updated = _upsert_generic(conn, t.verdicts, s, rows, now)
+        inserted, updated = UPSERTS[method](conn, t.verdicts, s, rows, now)
         if after_upsert is not None:
             after_upsert(conn)  # tests: drop the connection here, mid-transaction
         counts = dict(verdicts=summary["staged"], errors=summary["errors"], positives=summary["positives"],
@@ -235,6 +234,45 @@ def _upsert_sqlite(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now)
     return int(new), int(affected) - int(new)
 
 
+def _pending_counts(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, lock: bool) -> tuple[int, int]:
+    """(new keys, keys the upsert will update), counted before it in the same transaction. `lock`: take
+    row locks on what is read (MySQL), so no concurrent publisher changes them before the upsert."""
+    old = v.alias("old")
+    joined = s.outerjoin(old, sa.and_(*(old.c[k] == s.c[k] for k in KEY)))
+    q = sa.select(
+        sa.func.coalesce(sa.func.sum(sa.case((old.c.source.is_(None), 1), else_=0)), 0),
+        sa.func.coalesce(sa.func.sum(sa.case((sa.and_(old.c.source.is_not(None), old.c.run_id != s.c.run_id,
+                                                      old.c.extracted_at <= s.c.extracted_at), 1), else_=0)), 0),
+    ).select_from(joined).where(_run_rows(s, run_id))
+    new, updated = conn.execute(q.with_for_update() if lock else q).one()
+    return int(new), int(updated)
+
+
+def _upsert_mysql(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now) -> tuple[int, int]:
+    """INSERT ... SELECT ... ON DUPLICATE KEY UPDATE (MySQL, MariaDB). MySQL evaluates the assignments
+    left to right, each seeing the ones before: the guard's own columns (extracted_at, run_id) go last,
+    so every column is decided on the stored row's values. Counts come from a locking read first."""
+    from sqlalchemy.dialects.mysql import insert
+
+    new, updated = _pending_counts(conn, v, s, run_id, lock=True)
+    stmt = insert(v).from_select(_columns(v), _source_select(v, s, run_id, now))
+    guard = _update_guard(v, stmt.inserted)
+    last = ("extracted_at", "run_id")
+    order = [c for c in _columns(v) if c not in KEY and c not in last] + list(last)
+    conn.execute(stmt.on_duplicate_key_update([(c, sa.case((guard, stmt.inserted[c]), else_=v.c[c])) for c in order]))
+    return new, updated
+
+
+def _upsert_duckdb(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now) -> tuple[int, int]:
+    """DuckDB: ON CONFLICT DO UPDATE (PostgreSQL's syntax). Its concurrency is optimistic: a concurrent
+    writer of the same rows fails the transaction (retried), so counts taken first stay exact."""
+    new, updated = _pending_counts(conn, v, s, run_id, lock=False)
+    if not updated and _all_new(conn, v, s, run_id):
+        return _insert_new(conn, v, s, run_id, now), 0
+    conn.execute(_upsert_native("postgresql", v, s, run_id, now))
+    return new, updated
+
+
 def _upsert_generic(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now) -> tuple[int, int]:
     match = [s.c[k] == v.c[k] for k in KEY]
     staged = s.alias("staged")
@@ -253,3 +291,9 @@ def _upsert_generic(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now
     new_rows = _source_select(v, s, run_id, now).where(~sa.exists().where(*match))
     inserted = conn.execute(v.insert().from_select(_columns(v), new_rows), execution_options=_ROWCOUNT).rowcount
     return int(inserted), int(updated)
+
+
+UPSERTS: dict[str, Callable[[Connection, sa.Table, sa.Table, str, Any], tuple[int, int]]] = {
+    "postgresql": _upsert_postgresql, "sqlite": _upsert_sqlite, "mysql": _upsert_mysql, "duckdb": _upsert_duckdb,
+    "snowflake": _upsert_generic, "generic": _upsert_generic,
+}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 
 from safeguard_flow.settings import Settings
 from safeguard_flow.warehouse.db import make_engine
@@ -48,9 +49,79 @@ def view_names(settings: Settings) -> dict[str, str]:
     return {v: settings.warehouse.table_prefix + v for v in VIEW_NAMES}
 
 
+def _alembic_dialects() -> None:
+    """Alembic ships DDL helpers for the core dialects only: DuckDB speaks PostgreSQL's DDL (duckdb-engine
+    derives from the PostgreSQL dialect), Snowflake's is close enough to the default for what the
+    revisions do (create/drop tables, indexes, views; add columns)."""
+    from alembic.ddl.impl import DefaultImpl, _impls
+    from alembic.ddl.postgresql import PostgresqlImpl
+
+    if "duckdb" not in _impls:
+        type("DuckDBImpl", (_DuckDBImpl, PostgresqlImpl), {"__dialect__": "duckdb", "transactional_ddl": True})
+    if "snowflake" not in _impls:
+        type("SnowflakeImpl", (DefaultImpl,), {"__dialect__": "snowflake", "transactional_ddl": False})
+
+
+def _duckdb_seq(table: sa.Table, col: sa.Column) -> sa.Sequence:
+    return sa.Sequence(f"{table.name}_{col.name}_seq", schema=table.schema)
+
+
+class _DuckDBImpl:
+    """DuckDB has no SERIAL: an autoincrement integer key takes its values from a sequence of its own
+    (``<table>_<column>_seq``, see _duckdb_column), created before the table and dropped after it."""
+
+    def create_table(self, table: sa.Table, **kw):
+        if table.autoincrement_column is not None:
+            self._exec(sa.schema.CreateSequence(_duckdb_seq(table, table.autoincrement_column), if_not_exists=True))
+        return super().create_table(table, **kw)
+
+    def _without_indexes(self, table_name: str, schema: str | None, alter):
+        """DuckDB cannot alter a table an index depends on: drop its indexes, alter, create them again."""
+        rows = self.connection.execute(sa.text(
+            "SELECT index_name, sql FROM duckdb_indexes() WHERE table_name = :t AND schema_name = "
+            "coalesce(:s, current_schema())"), {"t": table_name, "s": schema}).all()
+        for name, _sql in rows:
+            quote = self.dialect.identifier_preparer
+            self._exec(sa.text(f"DROP INDEX {quote.quote_schema(schema) + '.' if schema else ''}{quote.quote(name)}"))
+        out = alter()
+        for _name, create in rows:
+            self._exec(sa.text(create))
+        return out
+
+    def add_column(self, table_name: str, column: sa.Column, schema: str | None = None, **kw):
+        return self._without_indexes(table_name, schema,
+                                     lambda: super(_DuckDBImpl, self).add_column(table_name, column, schema=schema, **kw))
+
+    def drop_column(self, table_name: str, column: sa.Column, schema: str | None = None, **kw):
+        return self._without_indexes(table_name, schema,
+                                     lambda: super(_DuckDBImpl, self).drop_column(table_name, column, schema=schema, **kw))
+
+    def alter_column(self, table_name: str, column_name: str, schema: str | None = None, **kw):
+        return self._without_indexes(table_name, schema,
+                                     lambda: super(_DuckDBImpl, self).alter_column(table_name, column_name, schema=schema, **kw))
+
+    def drop_table(self, table: sa.Table, **kw):
+        out = super().drop_table(table, **kw)
+        if table.autoincrement_column is not None:
+            self._exec(sa.schema.DropSequence(_duckdb_seq(table, table.autoincrement_column), if_exists=True))
+        return out
+
+
+@compiles(sa.schema.CreateColumn, "duckdb")
+def _duckdb_column(element, compiler, **kw) -> str:
+    col = element.element
+    table = col.table
+    if table is None or col is not table.autoincrement_column:
+        return compiler.visit_create_column(element, **kw)
+    seq = compiler.preparer.format_sequence(_duckdb_seq(table, col))
+    return f"{compiler.preparer.format_column(col)} {compiler.type_compiler.process(col.type)} " \
+           f"DEFAULT nextval('{seq}') NOT NULL"
+
+
 def _alembic_config(settings: Settings, connection: Connection):
     from alembic.config import Config
 
+    _alembic_dialects()
     cfg = Config()
     cfg.set_main_option("script_location", str(sql_dir() / "migrations"))
     cfg.attributes["settings"] = settings
@@ -81,6 +152,7 @@ def current(settings: Settings, engine: Engine | None = None) -> str | None:
     """The warehouse's revision, or None when it was never migrated."""
     from alembic.runtime.migration import MigrationContext
 
+    _alembic_dialects()
     with _engine(settings, engine) as eng, eng.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={
             "version_table": version_table(settings),

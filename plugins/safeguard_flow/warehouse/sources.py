@@ -157,7 +157,7 @@ def check_sources(bind: Engine | Connection, settings: Settings, names: list[str
 def _reflect(conn: Connection, src: SourceSettings, index: int) -> SourceTable:
     where = f"sources[{index}]"
     try:
-        table = sa.Table(src.table, sa.MetaData(), schema=src.db_schema, autoload_with=conn)
+        table = reflect_table(conn, src.table, src.db_schema)
     except sa.exc.NoSuchTableError:
         insp = sa.inspect(conn)
         try:
@@ -185,6 +185,21 @@ def _reflect(conn: Connection, src: SourceSettings, index: int) -> SourceTable:
     filters = tuple(_filter(column(f"filters[{i}].column", f.column), f.op, f.value, f"{where}.filters[{i}]", src.name)
                     for i, f in enumerate(src.filters))
     return SourceTable(src, index, table, id_col, text_col, updated_col, filters, conn.dialect.name)
+
+
+def reflect_table(conn: Connection, name: str, schema: str | None) -> sa.Table:
+    """The table's columns as the database reports them. DuckDB: from information_schema (duckdb-engine's
+    PostgreSQL-catalog reflection queries pg_collation, which DuckDB does not have)."""
+    if conn.dialect.name != "duckdb":
+        return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
+    rows = conn.execute(sa.text(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = :t "
+        "AND table_schema = coalesce(:s, current_schema()) ORDER BY ordinal_position"), {"t": name, "s": schema}).all()
+    if not rows:
+        raise sa.exc.NoSuchTableError(name)
+    types = conn.dialect.ischema_names
+    cols = [sa.Column(col, types.get(dtype.split("(")[0].strip().lower(), sa.types.NullType)()) for col, dtype in rows]
+    return sa.Table(name, sa.MetaData(), *cols, schema=schema)
 
 
 def _filter(col: sa.Column, op: str, value: Any, where: str, source: str) -> sa.ColumnElement:

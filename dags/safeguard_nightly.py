@@ -8,8 +8,12 @@ ignores the DAG's max_active_runs, hence the flag; label tasks also share the sa
 
     airflow backfill create --dag-id safeguard_nightly --from-date 2025-01-01 --to-date 2025-01-07 --max-active-runs 1
 
-A run that fails the quality gate is quarantined and nothing is published: see the validate task's
-log (and <home>/reports/<run_id>/validation.json); clear the DAG run to retry it after a fix.
+The quality gate judges each policy version on its own: versions that fail are quarantined (the
+validate task logs a warning per version, with why) and the others published; when none passes the
+run is quarantined and nothing is published: see the validate task's log (and
+<home>/reports/<run_id>/validation.json); clear the DAG run to retry after a fix (a partly quarantined
+run then relabels only its quarantined versions). After publishing, the publish task runs the
+retention pass (settings retention.*).
 """
 
 from __future__ import annotations

@@ -148,4 +148,13 @@ def test_0004_keeps_data_both_ways(warehouse_url, settings_factory):
     (row,) = rates()
     assert str(row["day"])[:10] == "2024-03-01" and "labelling_day_verdicts" not in row
     assert schema.upgrade(settings, "0004") == "0004"
+
+    # 0012 stores each verdict's content day (here the run's interval day) and the labelling day
+    # moves to its own view.
+    schema.upgrade(settings)
+    with engine.connect() as conn:
+        assert str(conn.exec_driver_sql("SELECT content_day FROM sg_verdicts").scalar_one())[:10] == "2024-03-01"
+        labelling = [dict(r._mapping) for r in conn.exec_driver_sql("SELECT * FROM sg_daily_labelling")]
+    assert {str(r["day"])[:10]: r["verdicts"] for r in rates()} == {"2024-03-01": 1}
+    assert {str(r["day"])[:10]: r["verdicts"] for r in labelling} == {"2024-03-05": 1}
     engine.dispose()

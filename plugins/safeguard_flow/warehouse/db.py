@@ -54,8 +54,13 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
 
 
 def _duckdb_dialect(engine: Engine) -> None:
-    """DuckDB's concurrency is optimistic (a conflicting writer fails and is retried, see _transient):
+    """Sessions in UTC. DuckDB's concurrency is optimistic (a conflicting writer fails and is retried, see _transient):
     it has no row locks, so SELECT ... FOR UPDATE is compiled without the clause."""
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:
+        # Timestamps with time zone convert to dates and text in the session's zone: UTC, as elsewhere.
+        dbapi_conn.execute("SET TimeZone = 'UTC'")
+
     base = engine.dialect.statement_compiler
 
     class DuckDBCompiler(base):

@@ -11,11 +11,12 @@ Where they go, by dialect:
 - SQLite: nothing (no comments in its catalogue); other dialects: nothing here.
 
 Only columns a view really has are commented (read from the database), so this revision applies to
-the views as revisions 0002-0010 left them. Downgrade removes the comments (``IS NULL``).
+the views as revisions 0002-0010 and 0012 left them (0012 runs before this one: it recreates views,
+which would drop their comments). Downgrade removes the comments (``IS NULL``).
 Self-contained: nothing is imported from safeguard_flow.
 
 Revision ID: 0011
-Revises: 0010
+Revises: 0012
 Create Date: 2026-12-03
 """
 
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 revision = "0011"
-down_revision = "0010"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
@@ -65,7 +66,7 @@ COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "daily_policy_rates": (
         "Verdicts per policy version and UTC day: counts, positives, errors and rates. day is " + _DAY + ". "
-        "The labelling_day_* columns count the verdicts labelled on that day instead.",
+        "How much was labelled on which day is in daily_labelling.",
         {
             "policy": "policy name",
             "policy_version": "policy version",
@@ -79,6 +80,20 @@ COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
             "labelling_day_verdicts": "verdicts labelled on this UTC day, whatever their content's day",
             "labelling_day_positives": "of those, verdicts with label >= 1",
             "labelling_day_positive_rate": "labelling_day_positives / those labelled without error on this day",
+        },
+    ),
+    "daily_labelling": (
+        "Verdicts per policy version and the UTC day they were labelled, whatever their content's day: how "
+        "much labelling happened when (a relabel of old content counts on the night it ran).",
+        {
+            "policy": "policy name",
+            "policy_version": "policy version",
+            "day": "the UTC day the verdicts were labelled",
+            "verdicts": "verdicts labelled on this day (error rows included)",
+            "labelled": "of those, verdicts with a label (parse_status = ok)",
+            "positives": "of those, verdicts with label >= 1",
+            "errors": "of those, verdicts without a label (parse_status not ok)",
+            "positive_rate": "positives / labelled (error rows excluded); NULL when nothing was labelled",
         },
     ),
     "verdict_flips": (

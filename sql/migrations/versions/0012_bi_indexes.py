@@ -12,10 +12,11 @@
   they are, an older version's only when no newer one up to the active exists (a primary-key lookup),
   so a filter on policy and labelled_at reaches the new index on (policy, labelled_at).
 
-Self-contained: its DDL and view SQL are written here (views as of this revision).
+Self-contained: its DDL and view SQL are written here (views as of this revision). It runs between
+0010 and 0011 (0011 comments the views; a view recreated after it would lose its comments).
 
 Revision ID: 0012
-Revises: 0011
+Revises: 0010
 Create Date: 2026-12-03
 """
 
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 revision = "0012"
-down_revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := airflow,ray,postgres,mysql,duckdb,cpu,cascade,dev
+EXTRAS := airflow,ray,postgres,mysql,duckdb,cpu,cascade,bi,dev
 
 # Local defaults: a local Ray without auth. (vLLM's CPU cores and KV cache size are the typed settings
 # model.cpu_threads_bind and model.kv_cache_gib, never raw VLLM_CPU_* variables here.)
@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: demo test install model browser mariadb bench bench-quick clean eval-full
+.PHONY: demo test install model browser mariadb bi superset bench bench-quick clean eval-full
 
 # `make eval-full`: the eight moderation policies on OpenAI's 2022 moderation set (1,200 rows), read
 # from where it lies (never copied into the repo). EVAL_LIMIT=N scores the first N rows only.
@@ -38,6 +38,16 @@ model: $(STAMP)
 
 demo: model
 	$(BIN)/python dev/demo.py
+
+# The BI views in a browser: Datasette over the embedded SQLite warehouse (make demo fills it), with
+# canned queries for today's positive rate per policy and what flipped (dev/datasette/metadata.yaml).
+bi: $(STAMP)
+	$(BIN)/python dev/datasette_bi.py
+
+# Apache Superset in its own venv (~/.cache/safeguard-flow/superset-venv-<version>, built once; the BI
+# test builds it too), then a throwaway local server: `make superset` prints its URL and password.
+superset: $(STAMP)
+	$(BIN)/python dev/superset.py serve
 
 # The UI test drives Debian's Chromium headless; install it when missing (needs root, as on CI).
 browser:

@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from safeguard_flow.cli import config, db, evals, label, model, policies, ray, retention, review, run
+from safeguard_flow.cli import cascade, config, db, evals, label, model, policies, ray, retention, review, run
 
 # In the order the README presents them (`--help` lists them so).
-GROUPS = (policies, label, evals, run, review, retention, config, model, db, ray)
+GROUPS = (policies, label, evals, cascade, run, review, retention, config, model, db, ray)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,7 @@ class Verdict:
     completion_tokens: int = 0
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    decided_by: str = "model"  # 'model' | 'cascade' (labelling/cascade_route.py)
 
     @property
     def is_error(self) -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 from safeguard_flow.engines.cascade import Cascade, CascadeError, Encoder, members_from_sklearn
 from safeguard_flow.settings import Settings
 
-C_GRID = (0.25, 1.0, 4.0, 16.0)
+C_GRID = (0.5, 2.0, 8.0)
 CALIBRATION_FOLDS = 3
 MIN_PER_CLASS = 8  # fewer examples of a label than this: no model can be fitted (nor checked)
 

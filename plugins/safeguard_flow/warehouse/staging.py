@@ -129,7 +129,7 @@ def _write_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int,
                 category=v.category, rationale=v.rationale, confidence=v.confidence, rule_ids=v.rule_ids,
                 parse_status=v.parse_status, raw_output=v.raw_output if v.is_error else None, error=v.error,
                 model=v.model or "", prompt_tokens=v.prompt_tokens, completion_tokens=v.completion_tokens,
-                extra=v.extra or None, labelled_at=now, extracted_at=run.extract_started_at,
+                extra=v.extra or None, decided_by=v.decided_by, labelled_at=now, extracted_at=run.extract_started_at,
                 content_updated_at=updated_at[(v.source, v.content_id)]))
             tokens[(v.content_hash, v.policy)] = (v.prompt_tokens, v.completion_tokens)
             if settings.warehouse.store_analysis and (v.analysis or v.raw_output):

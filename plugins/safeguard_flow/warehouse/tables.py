@@ -15,7 +15,7 @@ from safeguard_flow.warehouse.db import UTCDateTime
 
 TABLE_NAMES = ("policies", "policy_versions", "runs", "work_items", "run_chunks", "verdict_staging", "verdicts",
                "verdict_analysis", "policy_changes", "evals", "eval_scores", "eval_predictions", "policy_promotions",
-               "review_queue", "review_decisions", "review_estimates", "run_gates")
+               "review_queue", "review_decisions", "review_estimates", "run_gates", "cascades", "cascade_chunks")
 VIEW_NAMES = ("current_verdicts", "daily_policy_rates", "verdict_flips", "run_errors", "policy_version_diff")
 
 # Work items carry a bucket taken from their content hash; a run's chunks are bucket ranges, so every
@@ -48,6 +48,8 @@ class WarehouseTables:
     review_decisions: sa.Table
     review_estimates: sa.Table
     run_gates: sa.Table  # migration 0007: the quality gate per (run, policy version)
+    cascades: sa.Table  # migration 0010: trained cascades (engines/cascade.py)
+    cascade_chunks: sa.Table  # migration 0010: what the cascade did per run, chunk and policy version
 
 
 def _verdict_columns() -> list[sa.Column]:
@@ -276,7 +278,8 @@ def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
     review_queue, review_decisions, review_estimates = _review_tables(md, p)
     return WarehouseTables(md, policies, policy_versions, runs, work_items, run_chunks, verdict_staging, verdicts,
                            verdict_analysis, policy_changes, evals, eval_scores, eval_predictions, policy_promotions,
-                           review_queue, review_decisions, review_estimates, _run_gates_table(md, p))
+                           review_queue, review_decisions, review_estimates, _run_gates_table(md, p),
+                           *_cascade_tables(md, p))
 
 
 def _review_tables(md: sa.MetaData, p: str) -> tuple[sa.Table, sa.Table, sa.Table]:
@@ -362,3 +365,46 @@ def _run_gates_table(md: sa.MetaData, p: str) -> sa.Table:
         sa.Column("validated_at", UTCDateTime, nullable=False),
         sa.Index(f"{p}ix_run_gates_outcome", "outcome", "validated_at"),
     )
+
+def _cascade_tables(md: sa.MetaData, p: str) -> tuple[sa.Table, sa.Table]:
+    """Cascades (migration 0010): each trained cascade, and what it did per run chunk and policy version."""
+    cascades = sa.Table(
+        f"{p}cascades", md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("policy", sa.String(64), nullable=False),
+        sa.Column("policy_version", sa.Integer, nullable=False),  # a cascade serves this version only
+        sa.Column("encoder", sa.String(64), nullable=False),
+        sa.Column("source", sa.String(500), nullable=False),  # verdicts | the labelled file
+        sa.Column("training_size", sa.Integer, nullable=False),
+        sa.Column("training_sha256", sa.String(64), nullable=False),
+        sa.Column("low", sa.Float, nullable=False),  # probability <= low decides 0
+        sa.Column("high", sa.Float, nullable=False),  # probability >= high decides 1
+        sa.Column("min_agreement", sa.Float, nullable=False),
+        sa.Column("share_decided", sa.Float),  # held-out (cross-fitted) figures
+        sa.Column("agreement", sa.Float),
+        sa.Column("agreement_low", sa.Float),
+        sa.Column("heldout", sa.JSON, nullable=False),
+        sa.Column("model", sa.JSON, nullable=False),  # the classifier's numbers (no pickle)
+        sa.Column("actor", sa.String(200), nullable=False, server_default=""),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Index(f"{p}ix_cascades_policy", "policy", "policy_version", "id"),
+    )
+    chunks = sa.Table(
+        f"{p}cascade_chunks", md,
+        sa.Column("run_id", sa.String(200), primary_key=True),
+        sa.Column("chunk_no", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("policy", sa.String(64), primary_key=True),
+        sa.Column("policy_version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("cascade_id", sa.Integer),
+        sa.Column("items", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("decided", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("audited", sa.Integer, nullable=False, server_default="0"),  # decided and still sent to the model
+        sa.Column("audit_agree", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("calls_avoided", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("cascade_s", sa.Float, nullable=False, server_default="0"),
+        sa.Column("model_s", sa.Float, nullable=False, server_default="0"),
+        sa.Column("off", sa.Boolean, nullable=False, server_default=sa.false()),  # audit agreement switched it off
+        sa.Column("note", sa.Text),
+        sa.Column("recorded_at", UTCDateTime, nullable=False),
+    )
+    return cascades, chunks

@@ -16,6 +16,7 @@ import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 from safeguard_flow.domain.policies import Policy
+from safeguard_flow.raylib.batch import cascade_stage
 from safeguard_flow.raylib.batch.replica import ChunkLabeller
 from safeguard_flow.settings import Settings
 
@@ -78,6 +79,8 @@ def label_chunks(
         # max_restarts/max_task_retries still go through `ray_remote_args` (deprecated in Ray 2.60
         # with no named replacement yet); Ray Data's own default would restart a replica forever.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
+        if cascade_stage.run_has_cascades(settings, policies):  # the cascade decides the clear items first
+            ds = cascade_stage.add_stage(ds, settings, run_id, policies)
         ds = _map(ds, settings, run_id, policies, replicas, attempt)
     for row in ds.iter_rows():
         row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}

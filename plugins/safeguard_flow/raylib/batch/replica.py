@@ -54,10 +54,13 @@ class ChunkLabeller:
         log.info("replica pid %s: engine %s ready in %.1fs", os.getpid(), self.engine.model_name, self.engine_load_s)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        rows = [self.label(int(chunk_no)) for chunk_no in batch["chunk_no"]]
+        plans = batch.get("cascade_plan")  # present when the cascade stage runs before the replicas
+        rows = [self.label(int(chunk_no), None if plans is None else plans[i])
+                for i, chunk_no in enumerate(batch["chunk_no"])]
         return {col: [row[col] for row in rows] for col in RESULT_COLUMNS}
 
-    def label(self, chunk_no: int) -> dict[str, Any]:
+    def label(self, chunk_no: int, cascade_plan: str | None = None) -> dict[str, Any]:
+        from safeguard_flow.raylib.batch import cascade_stage
         from safeguard_flow.warehouse import staging
 
         row = dict.fromkeys(RESULT_COLUMNS, 0)
@@ -72,13 +75,16 @@ class ChunkLabeller:
         items = staging.read_chunk(self.db, self.settings, self.run_id, chunk_no)
         stats = LabelStats()
         verdicts = []
+        cascade_figures: dict = {}
         # Slices of about two engine batches: the engine stays full, and progress can be counted.
         step = max(8, 2 * self.settings.model.max_num_seqs // max(1, len(self.policies)))
         with _Progress(f"run {self.run_id} chunk {chunk_no}", len(items)) as progress:
             for lo in range(0, len(items), step):
                 try:
-                    verdicts += label_isolating(self.slot, items[lo:lo + step], self.policies,
-                                                max_content_chars=self.settings.model.max_content_chars, stats=stats)
+                    verdicts += cascade_stage.label_planned(
+                        lambda its, pols: label_isolating(self.slot, its, pols, stats=stats,
+                                                          max_content_chars=self.settings.model.max_content_chars),
+                        items[lo:lo + step], self.policies, cascade_plan, cascade_figures)
                 except EngineError:
                     # The engine keeps dying (or cannot start again): end the replica so Ray restarts it
                     # (ray.max_restarts) and retries this chunk. Close the engine first, so its EngineCore /
@@ -98,6 +104,7 @@ class ChunkLabeller:
             log.warning("replica pid %s: %s", os.getpid(), exc)
             row["skipped"] = True
             return row
+        cascade_stage.record(self.db, self.settings, self.run_id, chunk_no, cascade_figures)
         row.update(items=len(items), verdicts=len(verdicts), errors=stats.errors, requests=stats.requests,
                    prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
                    seconds=time.perf_counter() - start, finished=time.time())

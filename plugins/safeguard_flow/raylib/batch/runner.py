@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
+from safeguard_flow.raylib.batch import cascade_stage
 from safeguard_flow.raylib.batch.dataflow import label_chunks, progress_bar
 from safeguard_flow.raylib.cluster.session import ray_session
 from safeguard_flow.raylib.shipping.settings_env import resolve_paths
@@ -77,6 +78,7 @@ def run_label_job(settings: Settings, run_id: str) -> LabelJobSummary:
             summary.wall_s = time.perf_counter() - started
             if left:
                 raise LabelJobError(f"run {run_id}: {len(left)} chunks still pending after the job: {left[:20]}")
+            summary.cascade = cascade_stage.finish(sql_engine, settings, run_id)
             staging.finish_labelling(sql_engine, settings, run_id)
         return summary
     finally:

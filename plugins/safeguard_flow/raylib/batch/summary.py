@@ -30,6 +30,7 @@ class LabelJobSummary:
     chunks_left: int = 0  # still pending at the end (0 for a complete run)
     first_start: float = 0.0  # epoch seconds
     last_finish: float = 0.0
+    cascade: dict[str, Any] = field(default_factory=dict)  # per policy version: decided, calls avoided, audit (cascade_stage.finish)
 
     def add_row(self, row: dict[str, Any]) -> None:
         if row["skipped"]:

@@ -7,7 +7,9 @@ older versions stay, so the BI view `verdict_flips` shows what the new version c
 
 A shadow version (published with --shadow or `shadow: true`) labels the same way while BI keeps the
 promoted version; `review` writes its diff report and runs the gate, and promotes it only when
-policy_gate.auto_promote is on (else: `safeguard-flow policies promote POLICY VERSION`).
+policy_gate.auto_promote is on. Otherwise `approve_promotion` (Airflow's ApprovalOperator: the task's
+Required Actions page, or PATCH .../hitlDetails) asks a person, with the figures and a link to the diff
+page: Approve promotes, Reject (or no answer in 3 days) leaves it in shadow, logged with who answered.
 
 Trigger by hand with params, for example {"policy": "spam", "scope": "since", "since": "2025-01-01",
 "limit": 1000} (version defaults to the active one).
@@ -41,7 +43,8 @@ def safeguard_relabel():
     checked = tasks.validate.expand(run=runs)
     published = tasks.publish.expand(run=runs)
     labelled >> checked >> published
-    published >> tasks.review_versions(tasks.evaluate_versions())
+    reviewed = tasks.review_versions(tasks.evaluate_versions())
+    published >> reviewed >> tasks.approve_promotion()
 
 
 safeguard_relabel()

@@ -40,12 +40,17 @@ def test_no_cycles_and_serializable(dagbag, dag_id):
 @pytest.mark.parametrize("dag_id", ["safeguard_nightly", "safeguard_relabel"])
 def test_pipeline_shape(dagbag, dag_id):
     dag = dagbag.dags[dag_id]
-    extra = {"evaluate", "review"} if dag_id == "safeguard_relabel" else set()
+    extra = {"evaluate", "review", "approve_promotion"} if dag_id == "safeguard_relabel" else set()
     assert set(dag.task_dict) == {"extract", "label", "validate", "publish"} | extra
     ups = {t: set(dag.task_dict[t].upstream_task_ids) for t in dag.task_dict}
     if extra:  # the policy-change flow: eval beside the relabel, then the diff report and the gate
         assert ups["evaluate"] == set() and ups["review"] == {"evaluate", "publish"}
         assert dag.task_dict["review"].trigger_rule == "none_failed"  # also when nothing needed relabelling
+        # then a person approves a shadow version's promotion (Airflow's own HITL approval task)
+        from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+        assert ups["approve_promotion"] == {"review"}
+        assert isinstance(dag.task_dict["approve_promotion"], ApprovalOperator)
     assert ups["extract"] == set()
     assert ups["label"] == {"extract"}
     assert ups["validate"] == {"extract", "label"}

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterator
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from safeguard_flow.airflow.assets import (
     changed_policies_from_events,
@@ -187,6 +188,62 @@ def review_versions(evaluated: list[dict[str, Any]], safeguard_conn_id: str = DE
         for r in out:
             log.info("policy %s v%s: %s", r["policy"], r["version"], r)
         return out
+
+
+# --- promotion with a person in the loop (policy_quality.promotion_gate) ------------------------------
+
+APPROVAL_TIMEOUT = timedelta(days=3)  # unanswered: rejected (the version stays in shadow), so the next relabel can run
+
+
+class PromotionApproval(ApprovalOperator):
+    """Airflow's own approval task for the shadow versions the review task left awaiting promotion
+    (policy_gate.auto_promote off): the subject, the figures and the diff page link are read when the
+    task runs; Approve promotes, Reject leaves them in shadow; either is logged in the promotion log
+    with the person who answered as actor. Skipped when nothing awaits (or auto_promote is on)."""
+
+    def __init__(self, *, review_task_id: str = "review", safeguard_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any):
+        kwargs.setdefault("response_timeout", APPROVAL_TIMEOUT)
+        kwargs.setdefault("defaults", ApprovalOperator.REJECT)
+        super().__init__(subject="Promote the reviewed policy versions?", **kwargs)
+        self.review_task_id = review_task_id
+        self.safeguard_conn_id = safeguard_conn_id
+
+    def _request(self, context: Any) -> Any:
+        from airflow.configuration import conf
+        from safeguard_flow.policy_quality.promotion_gate import approval_request
+
+        summaries = context["ti"].xcom_pull(task_ids=self.review_task_id) or []
+        with _warehouse(self.safeguard_conn_id) as (engine, settings):
+            if settings.policy_gate.auto_promote:
+                return None
+            return approval_request(engine, settings, summaries, conf.get("api", "base_url", fallback=""))
+
+    def execute(self, context: Any) -> Any:
+        request = self._request(context)
+        if request is None:
+            raise AirflowSkipException("no shadow version awaits a promotion decision")
+        self.subject, self.body = request.subject, request.body
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        from safeguard_flow.policy_quality.promotion_gate import awaiting_approval, decide_promotions
+
+        answer = super().execute_complete(context=context, event=event)
+        user = answer.get("responded_by_user") or {}
+        approver = user.get("name") or user.get("id") or "airflow:timeout"
+        approved = list(answer["chosen_options"]) == [self.APPROVE]
+        dag_run = context["dag_run"]
+        candidates = awaiting_approval(context["ti"].xcom_pull(task_ids=self.review_task_id) or [])
+        with _warehouse(self.safeguard_conn_id) as (engine, settings):
+            decided = decide_promotions(engine, settings, candidates, approved=approved, approver=approver,
+                                        where=f"Airflow {dag_run.dag_id}/{dag_run.run_id}")
+        for d in decided:
+            log.info("policy %s v%s: %s by %s", d["policy"], d["version"], d["outcome"], approver)
+        return {**answer, "decisions": decided}
+
+
+def approve_promotion(**kwargs: Any) -> PromotionApproval:
+    return PromotionApproval(task_id="approve_promotion", **kwargs)
 
 
 # --- label ------------------------------------------------------------------------------------------

@@ -111,3 +111,94 @@ def promote(engine: Engine, settings: Settings, policy: str, version: int, actor
     if outcome == REFUSED:
         raise PromotionRefused(gate)
     return outcome, gate
+
+
+# --- promotion with a person in the loop (the relabel DAG's approval task) -----------------------------
+
+
+@dataclass
+class ApprovalRequest:
+    """What the approver reads: a subject line and a Markdown body (the diff and eval figures, the gate's
+    problems, a link to the diff page), and the versions their answer decides."""
+
+    subject: str
+    body: str
+    candidates: list[dict[str, Any]]
+
+
+def awaiting_approval(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The shadow versions a relabel run reviewed and did not promote itself (policy_change.review_version)."""
+    return [s for s in summaries or [] if s.get("shadow") and s.get("compared_with") is not None
+            and str(s.get("outcome", "")).startswith("awaiting")]
+
+
+def approval_request(engine: Engine, settings: Settings, summaries: list[dict[str, Any]],
+                     base_url: str = "") -> ApprovalRequest | None:
+    """The question for the approver, with the promotion gate's figures as they are now; None when no
+    version awaits a decision."""
+    candidates = awaiting_approval(summaries)
+    if not candidates:
+        return None
+    parts, names, refused = [], [], False
+    for s in candidates:
+        policy, version, current = s["policy"], int(s["version"]), s["compared_with"]
+        gate = check_promotion_gate(engine, settings, policy, version)
+        refused |= not gate.passed
+        f = gate.figures
+        old, new = min(current, version), max(current, version)
+        link = f"{base_url.rstrip('/')}/safeguard/diff/{policy}/{old}/{new}"
+        names.append(f"{policy} v{version}")
+        lines = [f"### {policy}: v{current} -> v{version}",
+                 f"- Diff page: [{policy} v{old} vs v{new}]({link})",
+                 f"- Promotion gate: **{'passed' if gate.passed else 'refused'}**"]
+        lines += [f"  - {p}" for p in gate.problems]
+        flips = f.get("flips")
+        if f.get("both_labelled"):
+            lines.append(f"- Flips: {flips} of {f['both_labelled']} items both versions labelled "
+                         f"({_pct(f.get('flip_rate'))}; to violating {f.get('to_positive')}, to safe {f.get('to_safe')}), "
+                         f"limit {_pct(f.get('max_flip_rate'))}")
+        else:
+            lines.append("- Flips: no item labelled by both versions yet")
+        if "f1_new" in f:
+            lines.append(f"- Eval F1 on {f.get('dataset')}: v{current} {f['f1_old']:.3f} -> v{version} {f['f1_new']:.3f} "
+                         f"(drop {f['f1_drop']:+.3f}, limit {f.get('max_f1_drop')}); evals {f.get('eval_old')}, {f.get('eval_new')}")
+        elif f.get("eval"):
+            lines.append(f"- Eval: {f['eval']}")
+        if s.get("report"):
+            lines.append(f"- Diff report file: `{s['report']}`")
+        parts.append("\n".join(lines))
+    body = ("Approve to make these shadow versions current (labelling and BI use them from then on); "
+            "reject to leave them in shadow. Either answer is recorded in the promotion log with your name."
+            + ("\n\nApproving promotes a version whose gate refused it: that is logged as a forced promotion."
+               if refused else "") + "\n\n" + "\n\n".join(parts))
+    return ApprovalRequest(subject=f"Promote {', '.join(names)}?", body=body, candidates=candidates)
+
+
+def decide_promotions(engine: Engine, settings: Settings, candidates: list[dict[str, Any]], *, approved: bool,
+                      approver: str, where: str) -> list[dict[str, Any]]:
+    """The approver's answer, applied and logged with the approver as actor: approved versions become
+    current (a forced promotion, with the answer as its reason, where the gate refuses); rejected ones
+    stay in shadow, logged as refused. `where` says where the answer was given (for the reason)."""
+    out = []
+    for s in candidates:
+        policy, version = s["policy"], int(s["version"])
+        verb = "approved" if approved else "rejected"
+        reason = f"{verb} by {approver} ({where})"
+        try:
+            if approved:
+                gate = check_promotion_gate(engine, settings, policy, version)
+                outcome, gate = promote(engine, settings, policy, version, approver, force=not gate.passed, reason=reason)
+            else:
+                gate = check_promotion_gate(engine, settings, policy, version)
+                record_promotion(engine, settings, policy, gate.from_version, version, outcome=REFUSED, actor=approver,
+                                 figures=gate.figures, problems=[*gate.problems, reason], reason=reason)
+                outcome = REFUSED
+        except WarehouseError as exc:  # e.g. promoted by hand meanwhile: nothing left to decide
+            out.append({"policy": policy, "version": version, "outcome": "unchanged", "note": str(exc)})
+            continue
+        out.append({"policy": policy, "version": version, "outcome": outcome, "actor": approver})
+    return out
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.1%}"

@@ -36,8 +36,11 @@ def test_json_rationale_required():
 
 def test_richer_fields():
     out = parse_output('{"violation":1,"policy_category":"x","confidence":0.7,"rule_ids":["R1",2]}', J)
-    assert out.confidence == 0.7 and out.rule_ids == ["R1", "2"]
-    assert parse_output('{"violation":1,"confidence":7}', J).parse_status == MALFORMED
+    assert out.stated_confidence == 0.7 and out.rule_ids == ["R1", "2"]
+    # The model's words about its confidence are not the verdict's confidence, and never cost the label.
+    assert not hasattr(out, "confidence")
+    bad = parse_output('{"violation":1,"confidence":7}', J)
+    assert (bad.parse_status, bad.label, bad.stated_confidence) == ("ok", 1, None)
 
 
 @pytest.mark.parametrize("text", ['{"violation": 2}', '{"violation": "maybe"}', "[1]", '{"label": 1}', "{not json"])

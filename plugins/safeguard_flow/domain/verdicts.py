@@ -36,6 +36,8 @@ class Verdict:
     content_hash: str = ""
     category: str | None = None
     rationale: str | None = None
+    # The probability of the chosen label the engine measured (its label tokens' logprobs), in (0, 1];
+    # None for errors and engines without logprobs. A model's own stated confidence is extra["stated_confidence"].
     confidence: float | None = None
     rule_ids: list[str] | None = None
     raw_output: str = ""
@@ -63,7 +65,7 @@ class ParsedOutput:
     parse_status: str
     category: str | None = None
     rationale: str | None = None
-    confidence: float | None = None
+    stated_confidence: float | None = None  # what the model wrote about itself: never the verdict's confidence
     rule_ids: list[str] | None = None
     error: str | None = None
 
@@ -119,14 +121,15 @@ def _parse_json(text: str, require_rationale: bool) -> ParsedOutput:
     rationale = obj.get("rationale")
     if require_rationale and not (isinstance(rationale, str) and rationale.strip()):
         raise ValueError("JSON answer has no 'rationale'")
+    # A confidence the model states about itself is kept apart (extra["stated_confidence"]); one that is
+    # not a number in [0, 1] is dropped, not held against the label (the raw output keeps it).
     confidence = obj.get("confidence")
-    if confidence is not None:
-        try:
-            confidence = float(confidence)
-        except (TypeError, ValueError):
-            raise ValueError(f"confidence {confidence!r} is not a number") from None
-        if not 0.0 <= confidence <= 1.0:
-            raise ValueError(f"confidence {confidence} is outside [0, 1]")
+    try:
+        confidence = float(confidence) if confidence is not None and not isinstance(confidence, bool) else None
+    except (TypeError, ValueError):
+        confidence = None
+    if confidence is not None and not 0.0 <= confidence <= 1.0:
+        confidence = None
     rule_ids = obj.get("rule_ids")
     if rule_ids is not None:
         if not isinstance(rule_ids, list):
@@ -139,7 +142,7 @@ def _parse_json(text: str, require_rationale: bool) -> ParsedOutput:
         OK,
         category=category or None,
         rationale=rationale if isinstance(rationale, str) else None,
-        confidence=confidence,
+        stated_confidence=confidence,
         rule_ids=rule_ids,
     )
 

@@ -28,6 +28,9 @@ class Completion:
     completion_tokens: int = 0
     error: str | None = None
     cached_prompt_tokens: int = 0
+    # {label: probability} measured from the logprobs of the label's tokens (domain/label_probability.py);
+    # None when the engine gave no logprobs or the answer holds no label.
+    label_probs: dict[int, float] | None = None
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from safeguard_flow.domain import prompts
 from safeguard_flow.domain.content import ContentItem, clip
 from safeguard_flow.engines.base import Completion, Engine, LabelRequest
 from safeguard_flow.domain.policies import Policy
-from safeguard_flow.domain.verdicts import ENGINE_ERROR, INPUT_ERROR, Verdict, error_verdict, parse_output
+from safeguard_flow.domain.verdicts import ENGINE_ERROR, INPUT_ERROR, OK, Verdict, error_verdict, parse_output
 
 # Tokens of the chat/harmony scaffolding around policy and content: measured 13 (Qwen chat template)
 # and 63 (harmony: system message with reasoning effort and channels), with room to spare.
@@ -178,21 +178,31 @@ def _verdict(item: ContentItem, policy: Policy, completion: Completion | None, c
                              prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
                              analysis=completion.analysis, **common)
     parsed = parse_output(completion.text, policy.output_format, policy.labels, completion.finish_reason)
+    extra: dict = {"clipped": True} if clipped else {}
+    if parsed.stated_confidence is not None:
+        extra["stated_confidence"] = parsed.stated_confidence
     return Verdict(
         label=parsed.label,
         parse_status=parsed.parse_status,
         category=parsed.category,
         rationale=parsed.rationale,
-        confidence=parsed.confidence,
+        confidence=_measured_confidence(completion, parsed.label) if parsed.parse_status == OK else None,
         rule_ids=parsed.rule_ids,
         error=parsed.error,
         raw_output=completion.text or "",
         analysis=completion.analysis,
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
-        extra={"clipped": True} if clipped else {},
+        extra=extra,
         **common,
     )
+
+
+def _measured_confidence(completion: Completion, label: int | None) -> float | None:
+    """The engine's probability of the label the answer holds (None when it measured none, or measured
+    another label than the parser read)."""
+    p = (completion.label_probs or {}).get(label) if label is not None else None
+    return p if p is not None and 0.0 < p <= 1.0 else None
 
 
 def _windowed_verdict(item: ContentItem, policy: Policy, completions: list[Completion | None], clipped: bool,
@@ -207,7 +217,7 @@ def _windowed_verdict(item: ContentItem, policy: Policy, completions: list[Compl
     ok = [v for v in parts if not v.is_error]
     worst = max(ok, key=lambda v: v.label or 0, default=None)
     if worst is not None and (worst.label or 0) >= 1 or len(ok) == len(parts):
-        return Verdict(**{**worst.__dict__, **tokens, "extra": extra})
+        return Verdict(**{**worst.__dict__, **tokens, "extra": {**worst.extra, **extra}})
     failed = next(i for i, v in enumerate(parts) if v.is_error)
     bad = parts[failed]
     return error_verdict(status=bad.parse_status, error=f"window {failed + 1} of {len(parts)}: {bad.error}",

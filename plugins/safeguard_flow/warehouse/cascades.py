@@ -116,34 +116,76 @@ def calls_avoided_per_day(engine: Engine, settings: Settings, days: int = 30) ->
 
 
 def training_rows(engine: Engine, settings: Settings, policy: str, version: int):
-    """(content_hash, text, label 0/1, origin) for a policy version: its model verdicts (ok, decided by
-    the model, never by a cascade, with their text still in the run's work list), then reviewers'
-    decisions (newest last), so a human decision wins over the model for the same text."""
+    """TrainingRow(content_hash, text, label 0/1, origin) for a policy version: its model verdicts (ok,
+    decided by the model, never by a cascade), then reviewers' decisions (newest last), so a human
+    decision wins over the model for the same text. Texts come from the runs' work lists while they
+    keep them, the review queue, else the source tables (only where the text still has the verdict's hash:
+    publish clears the runs' copies by default, retention.text_days)."""
     from safeguard_flow.policy_quality.cascade_train import TrainingRow
 
     t = tables(settings)
-    v, w = t.verdicts, t.work_items
-    model_q = (sa.select(v.c.content_hash, v.c.label, w.c.text)
-               .join(w, sa.and_(w.c.run_id == v.c.run_id, w.c.source == v.c.source, w.c.content_id == v.c.content_id))
-               .where(v.c.policy == policy, v.c.policy_version == int(version), v.c.parse_status == "ok",
-                      v.c.decided_by == "model", w.c.text.is_not(None)))
-    rows: list[TrainingRow] = []
-    texts: dict[str, str] = {}
+    v = t.verdicts
     with engine.connect() as conn:
-        for content_hash, label, text in conn.execute(model_q):
-            texts[content_hash] = text
-            rows.append(TrainingRow(content_hash, text, 1 if (label or 0) >= 1 else 0, "model"))
+        verdicts = conn.execute(sa.select(v.c.source, v.c.content_id, v.c.content_hash, v.c.label).where(
+            v.c.policy == policy, v.c.policy_version == int(version), v.c.parse_status == "ok",
+            v.c.decided_by == "model")).all()
+        humans = []
         if _has_review(conn, settings):
-            d, q = t.review_decisions, t.review_queue
-            human_q = (sa.select(d.c.content_hash, d.c.decision, q.c.text)
-                       .select_from(d.outerjoin(q, q.c.id == d.c.queue_id))
-                       .where(d.c.policy == policy, d.c.policy_version == int(version), d.c.decision.is_not(None))
-                       .order_by(d.c.id))
-            for content_hash, decision, text in conn.execute(human_q):
-                text = text or texts.get(content_hash)
-                if text is not None:
-                    rows.append(TrainingRow(content_hash, text, 1 if decision >= 1 else 0, "human"))
+            d = t.review_decisions
+            humans = conn.execute(sa.select(d.c.source, d.c.content_id, d.c.content_hash, d.c.decision).where(
+                d.c.policy == policy, d.c.policy_version == int(version), d.c.decision.is_not(None))
+                .order_by(d.c.id)).all()
+        hashes = {r.content_hash for r in verdicts} | {r.content_hash for r in humans}
+        texts = _texts_kept(conn, settings, hashes)
+    missing = [r for r in [*verdicts, *humans] if r.content_hash not in texts]
+    if missing:
+        texts.update(_texts_from_sources(engine, settings, missing))
+    rows = [TrainingRow(r.content_hash, texts[r.content_hash], 1 if (r.label or 0) >= 1 else 0, "model")
+            for r in verdicts if r.content_hash in texts]
+    rows += [TrainingRow(r.content_hash, texts[r.content_hash], 1 if r.decision >= 1 else 0, "human")
+             for r in humans if r.content_hash in texts]
     return rows
+
+
+def _texts_kept(conn, settings: Settings, hashes: set[str]) -> dict[str, str]:
+    t = tables(settings)
+    out: dict[str, str] = {}
+    wanted = sorted(hashes)
+    sources = [(t.work_items.c.content_hash, t.work_items.c.text)]
+    if _has_review(conn, settings):
+        sources.append((t.review_queue.c.content_hash, t.review_queue.c.text))
+    for hash_col, text_col in sources:
+        for i in range(0, len(wanted), 500):
+            part = [h for h in wanted[i:i + 500] if h not in out]
+            if part:
+                for h, text in conn.execute(sa.select(hash_col, text_col).where(hash_col.in_(part), text_col.is_not(None))):
+                    out.setdefault(h, text)
+    return out
+
+
+def _texts_from_sources(engine: Engine, settings: Settings, rows) -> dict[str, str]:
+    """Texts read back from the configured source tables by id, kept where they still hash as labelled."""
+    from safeguard_flow.domain.content import ContentItem
+    from safeguard_flow.warehouse.sources import open_sources
+
+    by_source: dict[str, set[str]] = {}
+    for r in rows:
+        by_source.setdefault(r.source, set()).add(r.content_id)
+    names = [s.name for s in settings.sources if s.name in by_source] if settings.sources else []
+    out: dict[str, str] = {}
+    if not names:
+        return out
+    with open_sources(engine, settings, names) as srcs:
+        for src in srcs:
+            ids = sorted(by_source[src.name])
+            with (src.engine or engine).connect() as conn:
+                for i in range(0, len(ids), 500):
+                    q = sa.select(src.id_col, src.text_col).where(sa.cast(src.id_col, sa.String).in_(ids[i:i + 500]))
+                    for cid, text in conn.execute(q):
+                        item = ContentItem.from_raw(cid, text)
+                        if item.problem is None:
+                            out.setdefault(item.content_hash, item.text)
+    return out
 
 
 def _has_review(conn, settings: Settings) -> bool:

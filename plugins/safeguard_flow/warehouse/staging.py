@@ -7,6 +7,7 @@ invariant: one verdict per (work item, run policy), no more, no fewer.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Sequence
 
 import sqlalchemy as sa
@@ -130,7 +131,8 @@ def _write_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int,
                 parse_status=v.parse_status, raw_output=v.raw_output if v.is_error else None, error=v.error,
                 model=v.model or "", prompt_tokens=v.prompt_tokens, completion_tokens=v.completion_tokens,
                 extra=v.extra or None, decided_by=v.decided_by, labelled_at=now, extracted_at=run.extract_started_at,
-                content_updated_at=updated_at[(v.source, v.content_id)]))
+                content_updated_at=updated_at[(v.source, v.content_id)],
+                content_day=content_day(updated_at[(v.source, v.content_id)], run.interval_start, now)))
             tokens[(v.content_hash, v.policy)] = (v.prompt_tokens, v.completion_tokens)
             if settings.warehouse.store_analysis and (v.analysis or v.raw_output):
                 analysis.append(dict(key, content_hash=v.content_hash, analysis=v.analysis, raw_output=v.raw_output,
@@ -154,6 +156,14 @@ def _write_chunk(engine: Engine, settings: Settings, run_id: str, chunk_no: int,
             prompt_tokens=sum(p for p, _ in tokens.values()), completion_tokens=sum(q for _, q in tokens.values()),
             finished_at=now))
     return None
+
+
+def content_day(content_updated_at: dt.datetime | None, interval_start: dt.datetime | None,
+                labelled_at: dt.datetime) -> dt.date:
+    """The UTC day sg_daily_policy_rates charts a verdict on: its content's, else its run's interval's,
+    else its labelling's."""
+    at = content_updated_at or interval_start or labelled_at
+    return (at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc).date()
 
 
 def _check_complete(run_id: str, chunk_no: int, items, refs, verdicts: Sequence[Verdict]) -> None:

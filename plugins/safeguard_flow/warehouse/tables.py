@@ -16,7 +16,8 @@ from safeguard_flow.warehouse.db import UTCDateTime
 TABLE_NAMES = ("policies", "policy_versions", "runs", "work_items", "run_chunks", "verdict_staging", "verdicts",
                "verdict_analysis", "policy_changes", "evals", "eval_scores", "eval_predictions", "policy_promotions",
                "review_queue", "review_decisions", "review_estimates", "run_gates", "cascades", "cascade_chunks")
-VIEW_NAMES = ("current_verdicts", "daily_policy_rates", "verdict_flips", "run_errors", "policy_version_diff")
+VIEW_NAMES = ("current_verdicts", "daily_policy_rates", "daily_labelling", "verdict_flips", "run_errors",
+              "policy_version_diff")
 
 # Work items carry a bucket taken from their content hash; a run's chunks are bucket ranges, so every
 # copy of one text lands in the same chunk (and is labelled once there by labelling.label_items).
@@ -73,6 +74,9 @@ def _verdict_columns() -> list[sa.Column]:
         sa.Column("content_updated_at", UTCDateTime),  # the source row's own updated_at (migration 0004)
         # 'model' or 'cascade' (migration 0006); the BI view shows 'human' where a review decision wins.
         sa.Column("decided_by", sa.String(16), nullable=False, server_default="model"),
+        # The UTC day sg_daily_policy_rates charts the verdict on (content_updated_at, else the run's
+        # interval start, else labelled_at), stored when staged so the view needs no join (0012).
+        sa.Column("content_day", sa.Date),
     ]
 
 
@@ -200,6 +204,9 @@ def build_tables(prefix: str, schema: str | None) -> WarehouseTables:
         sa.Column("run_id", sa.String(200), nullable=False),
         sa.Column("published_at", UTCDateTime, nullable=False),
         sa.Index(f"{p}ix_verdicts_policy_labelled", "policy", "policy_version", "labelled_at"),
+        # BI at scale (0012): daily rates read only the index; "one policy, last N days" by labelled_at.
+        sa.Index(f"{p}ix_verdicts_policy_day", "policy", "content_day", "policy_version", "parse_status", "label"),
+        sa.Index(f"{p}ix_verdicts_policy_time", "policy", "labelled_at"),
         sa.Index(f"{p}ix_verdicts_run", "run_id"),
     )
     verdict_analysis = sa.Table(  # audit only, written when settings.warehouse.store_analysis is on
@@ -365,6 +372,7 @@ def _run_gates_table(md: sa.MetaData, p: str) -> sa.Table:
         sa.Column("validated_at", UTCDateTime, nullable=False),
         sa.Index(f"{p}ix_run_gates_outcome", "outcome", "validated_at"),
     )
+
 
 def _cascade_tables(md: sa.MetaData, p: str) -> tuple[sa.Table, sa.Table]:
     """Cascades (migration 0010): each trained cascade, and what it did per run chunk and policy version."""

@@ -61,7 +61,7 @@ def follow(proc: subprocess.Popen, engine, settings, run_id: str) -> None:
     from safeguard_flow.warehouse import runs, staging
     from safeguard_flow.warehouse.errors import RunNotFound
 
-    seen, bar = None, None
+    seen, bar, last_done = None, None, 0
     while True:
         done = proc.poll() is not None
         try:
@@ -78,10 +78,18 @@ def follow(proc: subprocess.Popen, engine, settings, run_id: str) -> None:
             print(f"  run {run.status.value}" + (f": {run.items} item(s) in {run.chunks} chunk(s)"
                                                 if run.status.value == "extracted" else ""), flush=True)
         if run is not None and run.status.value == "labelling":
+            # Items done of total, items/s and time left (tqdm's rate and ETA); chunks finish whole, so
+            # the count moves a chunk at a time. Off a terminal, one line per finished chunk instead.
             progress = staging.progress(engine, settings, run_id)
+            done_items = progress["verdicts"] // max(1, len(run.policy_refs))
             if bar is None:
-                bar = tqdm(total=progress["chunks"], unit="chunk", desc="  labelling", disable=None, leave=False)
-            bar.update(progress["done"] - bar.n)
+                bar = tqdm(total=progress["items"], unit="item", desc="  labelling", disable=None, leave=False)
+                last_done = 0
+            if bar.disable and progress["done"] > last_done:
+                print(f"  labelled {done_items} of {progress['items']} item(s) "
+                      f"({progress['done']} of {progress['chunks']} chunk(s))", flush=True)
+                last_done = progress["done"]
+            bar.update(done_items - bar.n)
         if done:
             if bar is not None:
                 bar.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -22,6 +23,20 @@ from airflow.sdk.exceptions import AirflowException
 from safeguard_flow.airflow.ray_hook import RayHook, log_tail
 from safeguard_flow.airflow.ray_trigger import RayJobTrigger
 from safeguard_flow.settings import Settings, get_settings
+
+
+def step_timeout(step: str) -> timedelta:
+    """A task's execution_timeout: deadlines.<step>_s (extract, label, validate, publish). Read when a
+    DAG file is parsed, so from the environment and SAFEGUARD_CONFIG only (never the warehouse
+    connection, never a failure: defaults if the settings do not load). When it passes, Airflow raises
+    in the task and the step's failure path fails the run with the reason."""
+    from safeguard_flow.settings import DeadlineSettings, SettingsError, load_settings
+
+    try:
+        deadlines = load_settings().deadlines
+    except (SettingsError, OSError, ValueError):
+        deadlines = DeadlineSettings()
+    return timedelta(seconds=deadlines.for_step(step))
 
 
 def default_deferrable() -> bool:
@@ -193,6 +208,7 @@ class RayLabelJobOperator(RayJobOperator):
         **kwargs: Any,
     ):
         kwargs.setdefault("entrypoint", "")
+        kwargs.setdefault("execution_timeout", step_timeout("label"))
         super().__init__(**kwargs)
         self.run_id = run_id
         self.warehouse_conn_id = warehouse_conn_id

@@ -3,8 +3,9 @@
 Each task is thin: it gets the warehouse from :class:`SafeguardWarehouseHook` and calls the core
 pipeline (safeguard_flow.pipeline), which holds the rules: run ids, reruns, quarantined and failed
 runs, empty intervals. What passes between tasks in XCom is the warehouse run id; each task reads
-the run (a ``runs.Run``) from the warehouse. Nothing here reads settings when a DAG file is parsed:
-the label mode and the verdict asset's URI come from the task's settings when it runs.
+the run (a ``runs.Run``) from the warehouse. Nothing here reads the warehouse connection when a DAG
+file is parsed: the label mode and the verdict asset's URI come from the task's settings when it runs.
+Only each step's execution_timeout (deadlines.*) is read then, from the environment and SAFEGUARD_CONFIG.
 
 Warehouse run ids are derived from the DAG run, so a rerun of the same interval (a retry, a cleared
 run, a backfill over it) continues the same warehouse run: same rows, never duplicates.
@@ -29,6 +30,7 @@ from safeguard_flow.airflow.assets import (
     verdicts_alias,
     verdicts_asset,
 )
+from safeguard_flow.airflow.ray_operator import step_timeout  # deadlines.* (read at parse: environment only)
 from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def _warehouse(conn_id: str) -> Iterator[tuple[Any, Any]]:
 # --- extract ----------------------------------------------------------------------------------------
 
 
-@task.short_circuit(task_id="extract")
+@task.short_circuit(task_id="extract", execution_timeout=step_timeout("extract"))
 def extract_interval(safeguard_conn_id: str = DEFAULT_CONN_ID) -> str | None:
     """Create the interval's run against the active version of every policy and write its work list.
 
@@ -116,7 +118,7 @@ def relabel_scope(params: dict[str, Any]) -> tuple[datetime | None, int | None]:
     return None, params.get("limit")
 
 
-@task(task_id="extract")
+@task(task_id="extract", execution_timeout=step_timeout("extract"))
 def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[str]:
     """One run per policy version to relabel; each run's work list is the content in scope without
     a verdict for that version. Verdicts of older versions are kept (the flips view compares them).
@@ -257,6 +259,7 @@ def label(run, *, mapped: bool = False, **operator_kwargs: Any) -> Any:
     from safeguard_flow.airflow.pools import LABEL_POOL
 
     operator_kwargs.setdefault("pool", LABEL_POOL)
+    operator_kwargs.setdefault("execution_timeout", step_timeout("label"))  # .partial() skips the operator's __init__
     if mapped:
         return LabelOperator.partial(task_id="label", **operator_kwargs).expand(run_id=run)
     return LabelOperator(task_id="label", run_id=run, **operator_kwargs)
@@ -265,7 +268,7 @@ def label(run, *, mapped: bool = False, **operator_kwargs: Any) -> Any:
 # --- validate ---------------------------------------------------------------------------------------
 
 
-@task(task_id="validate", retries=0)
+@task(task_id="validate", retries=0, execution_timeout=step_timeout("validate"))
 def validate(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
     """The Great Expectations gate. Failing quarantines the run and fails the task (no retries)."""
     from safeguard_flow import pipeline
@@ -287,7 +290,7 @@ def validate(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, An
 # --- publish ----------------------------------------------------------------------------------------
 
 
-@task(task_id="publish", outlets=[verdicts_alias()])
+@task(task_id="publish", outlets=[verdicts_alias()], execution_timeout=step_timeout("publish"))
 def publish(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
     """Merge the staged verdicts in one transaction (idempotent); an event on the verdict table asset,
     named from the settings publish wrote with (through the alias: nothing is resolved at parse time)."""

@@ -96,6 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         except QualityGateFailed as exc:
             print(f"{exc.report.summary}\nquarantined: nothing published; report: {exc.report.path}", file=sys.stderr)
+            _errors_over_bound(sql_engine, settings, run.id, shadow_too=True)  # the counts
             return 1
         print(f"published: {counts.get('inserted', 0)} new, {counts.get('updated', 0)} updated, "
               f"{counts.get('unchanged', 0)} unchanged")
@@ -107,7 +108,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             from safeguard_flow.warehouse import runs
 
             print(format_run(runs.get_run(sql_engine, settings, run.id)))
-        return 0
+        return _errors_over_bound(sql_engine, settings, run.id)
+
+
+def _errors_over_bound(sql_engine, settings, run_id: str, shadow_too: bool = False) -> int:
+    """3, with the counts on stderr, when an active policy version's errors exceed the gate's bound
+    (quality.max_error_rate): the run published what passed, but the command must not say all is well.
+    A shadow version's errors are a warning (it never blocks the active ones), counted only if shadow_too."""
+    from safeguard_flow.warehouse import run_gates
+
+    bound = settings.quality.max_error_rate
+    over = [g for g in run_gates.gates(sql_engine, settings, run_id)
+            if (shadow_too or not g.shadow) and g.verdicts and g.errors / g.verdicts > bound]
+    for g in over:
+        print(f"error: {g.key}: {g.errors:,} of {g.verdicts:,} verdicts are errors ({g.errors / g.verdicts:.1%}), "
+              f"over quality.max_error_rate={bound:g}", file=sys.stderr)
+    return 3 if over else 0
 
 
 def _run_settings(args: argparse.Namespace):

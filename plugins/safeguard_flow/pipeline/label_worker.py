@@ -24,9 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     from safeguard_flow.raylib.batch.runner import run_label_job
     from safeguard_flow.settings import Settings
 
+    from safeguard_flow.pipeline.run_rules import Terminated
+
     settings = Settings.model_validate_json(sys.stdin.read())
     try:
-        summary = run_label_job(settings, args.run_id)  # marks the run failed if it raises
+        summary = run_label_job(settings, args.run_id)  # marks the run failed if it raises (SIGTERM too)
+    except Terminated as exc:
+        print(f"label job: {exc}; the run is marked failed, finished chunks are kept", file=sys.stderr)
+        return 128 + 15
     except Exception as exc:
         logging.getLogger("safeguard_flow.pipeline.label_worker").exception("label job for run %s failed", args.run_id)
         print(f"label job: {type(exc).__name__}: {exc}", file=sys.stderr)

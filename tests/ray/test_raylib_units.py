@@ -65,6 +65,53 @@ def test_an_engine_that_fails_even_a_canary_is_reported_unhealthy(small_policies
         label_chunk(BatchRaisingEngine(broken=True), _items(["a", "b", "c"]), small_policies, max_content_chars=1000)
 
 
+class DyingEngine(BatchRaisingEngine):
+    """Dies (EngineDied, and stays dead) when a batch holds `KILLER`, as vLLM's engine core does."""
+
+    def __init__(self):
+        super().__init__(poison="\0never")
+        self.dead = False
+
+    def complete(self, requests):
+        from safeguard_flow.engines.base import EngineDied
+
+        if self.dead or any("KILLER" in r.content for r in requests):
+            self.dead = True
+            raise EngineDied("EngineDeadError: RuntimeError: CPU Generator does not use offset")
+        return super().complete(requests)
+
+
+def test_an_input_that_kills_the_engine_is_found_in_halves_on_fresh_engines(small_policies):
+    from safeguard_flow.labelling.chunk import label_isolating
+
+    built: list[DyingEngine] = []
+    slot = EngineSlot(lambda: built.append(DyingEngine()) or built[-1])
+    items = _items([f"post {i}" for i in range(5)] + ["KILLER post"] + [f"buy {i}" for i in range(2)])
+    stats = LabelStats()
+    verdicts = label_isolating(slot, items, small_policies, max_content_chars=1000, stats=stats)
+    assert [(v.content_id, v.policy) for v in verdicts] == [(i.content_id, p.name) for i in items for p in small_policies]
+    bad = {v.content_id for v in verdicts if v.is_error}
+    assert bad == {"id5"}  # the killer alone, under each policy
+    assert all("the engine died labelling this item" in v.error and "does not use offset" in v.error
+               for v in verdicts if v.is_error)
+    # deaths: all 8, items 4-7, items 4-5, the killer with both policies, then under each alone: a fresh engine each
+    assert slot.restarts == len(built) - 1 == 6 and slot.in_a_row == 0
+    assert stats.verdicts == len(verdicts) and stats.errors == len(small_policies)
+
+
+def test_an_engine_that_dies_on_everything_is_given_up(small_policies):
+    from safeguard_flow.labelling.chunk import label_isolating
+
+    class AlwaysDead(DyingEngine):
+        def complete(self, requests):
+            self.dead = True
+            return super().complete(requests)
+
+    slot = EngineSlot(AlwaysDead, max_restarts=3)
+    with pytest.raises(EngineUnhealthy, match="died 4 times in a row"):
+        label_isolating(slot, _items(["a", "b", "c", "d"]), small_policies, max_content_chars=1000)
+
+
 def test_settings_travel_to_a_job_as_one_document_without_secrets(settings_factory):
     from safeguard_flow.raylib.shipping.settings_env import resolve_paths, settings_document, settings_from_document
     from safeguard_flow.settings import SettingsError

@@ -86,14 +86,16 @@ def _label_one_item(engine: Engine, item: ContentItem, policies: Sequence[Policy
 
 
 class EngineSlot:
-    """The engine a labeller uses now, and a fresh one when it dies (built by `build`, at most
-    `max_restarts` times; then EngineUnhealthy: something other than one input is wrong)."""
+    """The engine a labeller uses now, and a fresh one when it dies (built by `build`). More than
+    `max_restarts` deaths in a row with nothing labelled between them raise EngineUnhealthy: then
+    something other than one input is wrong (isolating one killer among n items takes log2(n) + 1)."""
 
     def __init__(self, build: Callable[[], Engine], *, max_restarts: int = 16, engine: Engine | None = None):
         self.build = build
         self.max_restarts = max_restarts
         self.engine = engine if engine is not None else build()
-        self.restarts = 0
+        self.restarts = 0  # in all, for the report
+        self.in_a_row = 0  # since the engine last labelled something
         self.reasons: list[str] = []
 
     @property
@@ -102,10 +104,12 @@ class EngineSlot:
 
     def restart(self, reason: str) -> Engine:
         self.reasons.append(reason)
-        if self.restarts >= self.max_restarts:
-            raise EngineUnhealthy(f"the engine died {self.restarts + 1} times (last: {reason}); not restarting it again")
+        if self.in_a_row >= self.max_restarts:
+            raise EngineUnhealthy(f"the engine died {self.in_a_row + 1} times in a row (last: {reason}); "
+                                  "not restarting it again")
         self.close()
         self.restarts += 1
+        self.in_a_row += 1
         log.warning("engine died (%s); starting a fresh one (restart %d)", reason, self.restarts)
         self.engine = self.build()
         return self.engine
@@ -126,7 +130,9 @@ def label_isolating(slot: EngineSlot, items: Sequence[ContentItem], policies: Se
     alone (then each of its policies alone); that (item, policy) gets an error verdict with the
     engine's reason, everything else is labelled. Ordered by item then policy, like label_chunk."""
     try:
-        return label_chunk(slot.engine, items, policies, max_content_chars=max_content_chars, stats=stats)
+        verdicts = label_chunk(slot.engine, items, policies, max_content_chars=max_content_chars, stats=stats)
+        slot.in_a_row = 0
+        return verdicts
     except (EngineDied, EngineUnhealthy) as exc:
         reason = _short(exc, 500)
         slot.restart(reason)

@@ -99,9 +99,10 @@ class MariaDBServer:
     def url(self, database: str = "") -> str:
         return f"mysql+pymysql://{USER}@127.0.0.1:{self.port}/{database}?charset=utf8mb4"
 
-    def create_database(self, name: str | None = None) -> str:
+    def create_database(self, name: str | None = None, collation: str = "utf8mb4_bin") -> str:
+        """A new database; binary collation by default, as a warehouse needs (schema.upgrade says why)."""
         name = name or f"db_{uuid.uuid4().hex[:12]}"
-        self.sql_as_root(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        self.sql_as_root(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}")
         return self.url(name)
 
     def drop_database(self, url: str) -> None:

@@ -95,6 +95,9 @@ class SourceSettings(_Section):
     """One warehouse table holding content to label."""
 
     name: str = "default"
+    # The database holding the table (SQLAlchemy URL); empty: the warehouse's (warehouse.url). Content
+    # and verdicts may live apart: read from MySQL, write verdicts to PostgreSQL or Snowflake.
+    url: str = ""
     table: str
     id_column: str = "id"
     text_column: str = "text"

@@ -41,7 +41,7 @@ from safeguard_flow.warehouse.errors import RunStateError, WarehouseError
 from safeguard_flow.warehouse.tables import BUCKETS, bucket_of
 from safeguard_flow.warehouse.runs import RunStatus, get_run, transition
 from safeguard_flow.warehouse.schema import tables
-from safeguard_flow.warehouse.sources import SourceTable, check_sources
+from safeguard_flow.warehouse.sources import SourceTable, open_sources
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,6 @@ def extract_relabel(engine: Engine, settings: Settings, run_id: str, policy_name
 def _extract(engine: Engine, settings: Settings, run_id: str, source_names: list[str] | None,
              refs: list[tuple[str, int]] | None, start: dt.datetime | None, end: dt.datetime | None,
              limit: int | None) -> int:
-    t = tables(settings)
     run = get_run(engine, settings, run_id)
     if run.extracted:
         return int(run.items or 0)  # a retried task: the work list is already complete
@@ -98,7 +97,14 @@ def _extract(engine: Engine, settings: Settings, run_id: str, source_names: list
     elif not set(refs) <= set(run.policy_refs):
         raise WarehouseError(f"run {run_id!r} labels {run.policy_refs}, not {refs}: create the relabel run "
                              f"with that policy version")
-    srcs = check_sources(engine, settings, source_names)
+    with open_sources(engine, settings, source_names) as srcs:
+        return _extract_sources(engine, settings, run_id, srcs, refs, start, end, limit)
+
+
+def _extract_sources(engine: Engine, settings: Settings, run_id: str, srcs: list[SourceTable],
+                     refs: list[tuple[str, int]], start: dt.datetime | None, end: dt.datetime | None,
+                     limit: int | None) -> int:
+    t = tables(settings)
     started = utcnow()
     with write_tx(engine) as conn:  # a crashed earlier attempt may have left a partial list
         for table in (t.work_items, t.run_chunks, t.verdict_staging):
@@ -136,7 +142,7 @@ def _report_untimed(engine: Engine, src: SourceTable, now: dt.datetime, report: 
     """Count the rows no interval ever selects (updated_at NULL, unparseable, in the future) and say so."""
     if src.updated_col is None:
         return
-    with engine.connect() as conn:
+    with (src.engine or engine).connect() as conn:
         null, bad, future = (int(x) for x in conn.execute(src.updated_at_report(now)).one())
     report.update(null_updated_at=null, unparseable_updated_at=bad, future_updated_at=future)
     if null or bad or future:
@@ -154,7 +160,7 @@ def _extract_source(engine: Engine, settings: Settings, run_id: str, src: Source
     before = (stats.rows_read, stats.items, stats.skipped_unchanged, stats.bad_ids, stats.duplicate_ids,
               stats.dropped_duplicate_rows, stats.undecodable)
     query = _scope(src, start, end, stats, now)
-    with engine.connect() as read_conn:
+    with (src.engine or engine).connect() as read_conn:  # the source's own database, or the warehouse
         rows = read_conn.execution_options(yield_per=BATCH).execute(query)
         bar = tqdm(desc=f"extract {src.name}", unit="rows", disable=None, leave=False)
         batch: list[tuple[ContentItem, bool, dt.datetime | None]] = []  # (item, never skip, its updated_at)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.compiler import compiles
 
 from safeguard_flow.settings import Settings
 from safeguard_flow.warehouse.db import make_engine
+from safeguard_flow.warehouse.errors import WarehouseError
 from safeguard_flow.warehouse.tables import TABLE_NAMES, VIEW_NAMES, WarehouseTables, build_tables
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -134,16 +135,32 @@ def upgrade(settings: Settings, revision: str = "head", engine: Engine | None = 
     from alembic import command
 
     with _engine(settings, engine) as eng, eng.begin() as conn:
+        check_dialect(conn)
         if settings.warehouse.db_schema and conn.dialect.name != "sqlite":
             conn.execute(sa.schema.CreateSchema(settings.warehouse.db_schema, if_not_exists=True))
         command.upgrade(_alembic_config(settings, conn), revision)
     return current(settings, engine)
 
 
+def check_dialect(conn: Connection) -> None:
+    """What a dialect needs before it holds a warehouse, said plainly (WarehouseError) instead of a traceback later."""
+    if conn.dialect.name in ("mysql", "mariadb"):
+        collation = conn.exec_driver_sql("SELECT @@collation_database").scalar_one()
+        if not str(collation).endswith("_bin"):
+            raise WarehouseError(
+                f"setting warehouse.url: the MySQL database's collation {collation} compares text ignoring case "
+                "(or accents), so content ids 'A' and 'a' would be one verdict key. Create the warehouse database "
+                "with CHARACTER SET utf8mb4 COLLATE utf8mb4_bin (source tables may keep any collation).")
+
+
 def downgrade(settings: Settings, revision: str, engine: Engine | None = None) -> str | None:
     from alembic import command
 
     with _engine(settings, engine) as eng, eng.begin() as conn:
+        if conn.dialect.name == "duckdb":
+            raise WarehouseError("DuckDB cannot drop a column of a table that has indexes, which the revisions' "
+                                 "downgrades do: schema downgrade is not supported on a DuckDB warehouse "
+                                 "(keep a copy of the .duckdb file from before the upgrade instead)")
         command.downgrade(_alembic_config(settings, conn), revision)
     return current(settings, engine)
 

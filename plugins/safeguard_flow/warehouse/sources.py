@@ -7,9 +7,11 @@ from content or configuration is spliced into SQL text.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -31,6 +33,7 @@ class SourceTable:
     updated_col: sa.Column | None
     filters: tuple[sa.ColumnElement, ...]
     dialect: str = ""  # the database's dialect name: SQLite needs values read as bytes and times parsed
+    engine: Engine | None = None  # where the table is read (sources[].url); None: the warehouse's engine
 
     @property
     def name(self) -> str:
@@ -133,6 +136,46 @@ class SourceTable:
 
     def count_rows(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> sa.Select:
         return sa.select(sa.func.count()).select_from(self.table).where(*self.where(start, end))
+
+
+@contextmanager
+def open_sources(warehouse: Engine, settings: Settings, names: list[str] | None = None) -> Iterator[list[SourceTable]]:
+    """The configured sources (all, or those named), each reflected in its own database: `sources[].url`,
+    or the warehouse when empty. Engines made here are disposed on exit."""
+    made: dict[str, Engine] = {}
+    try:
+        out = []
+        for name in names if names is not None else [s.name for s in settings.sources]:
+            url = settings.source(name).url
+            if not url:
+                out.extend(check_sources(warehouse, settings, [name]))
+                continue
+            if url not in made:
+                made[url] = make_content_engine(url, settings.sources.index(settings.source(name)))
+            (src,) = check_sources(made[url], settings, [name])
+            out.append(dataclasses.replace(src, engine=made[url]))
+        names_seen = [s.name for s in out]
+        if len(set(names_seen)) != len(names_seen):
+            raise SourceError(f"setting sources: a source name is used twice ({', '.join(names_seen)})")
+        yield out
+    finally:
+        for engine in made.values():
+            engine.dispose()
+
+
+def make_content_engine(url: str, index: int) -> Engine:
+    """An engine on a source's own database (sources[index].url); a bad URL is an error naming the setting."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise SourceError(f"setting sources[{index}].url: not a database URL ({exc})") from None
+    if parsed.get_backend_name() == "sqlite" and (not parsed.database or parsed.database == ":memory:"):
+        raise SourceError(f"setting sources[{index}].url: a SQLite source must be a file (sqlite:///path)")
+    try:
+        return sa.create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise SourceError(f"setting sources[{index}].url: no driver for {parsed.drivername!r} ({exc}); install "
+                          "the matching extra (mysql, postgres, duckdb, snowflake)") from None
 
 
 def check_sources(bind: Engine | Connection, settings: Settings, names: list[str] | None = None) -> list[SourceTable]:

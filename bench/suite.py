@@ -87,6 +87,12 @@ def collect(quick: bool, out_dir: Path, log) -> tuple[dict, dict]:
     else:
         figures["grouped_vs_single_per_cpu_s"] = None
 
+    lev = bench("levers", ["levers_bench.py", "--items", "12" if quick else "32"])
+    if lev:
+        for key in ("grouped_vs_interleaved", "dedup_vs_no_dedup", "tokens_per_item_by_format",
+                    "items_per_s_by_format"):
+            figures[key] = lev["figures"][key]
+
     sizes = ["100000"] if quick else ["100000", "1000000"]
     wh = bench("warehouse", ["warehouse_bench.py", "--rows", *sizes, "--repeat", "1" if quick else "3"])
     for r in wh or []:

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
 from safeguard_flow.engines.cascade import Cascade
 from safeguard_flow.labelling.cascade_route import switched_off

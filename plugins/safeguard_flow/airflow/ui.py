@@ -32,7 +32,7 @@ from safeguard_flow.policy_quality.version_diff import compare_versions
 from safeguard_flow.redact import mask_url
 from safeguard_flow.settings import Settings
 from safeguard_flow.templating import render
-from safeguard_flow.warehouse import evals, runs, views
+from safeguard_flow.warehouse import cascades, evals, runs, views
 from safeguard_flow.warehouse.errors import RunNotFound, WarehouseError
 from safeguard_flow.warehouse.promotions import list_promotions
 
@@ -150,6 +150,7 @@ def render_page(d: Dashboard, days: int = 30) -> str:
         flips=views.flip_summary(d.engine, d.settings), samples=views.recent_flips(d.engine, d.settings, 15),
         evals=evals.list_evals(d.engine, d.settings, limit=10),
         promotions=list_promotions(d.engine, d.settings, limit=10),
+        cascade_days=cascades.calls_avoided_per_day(d.engine, d.settings, days),  # model calls the cascade avoided
     )
 
 

@@ -105,7 +105,7 @@ def calls_avoided_per_day(engine: Engine, settings: Settings, days: int = 30) ->
     """Model calls the cascade avoided per UTC day (by when the chunk was recorded), newest first."""
     t = tables(settings).cascade_chunks
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(t.c.recorded_at, t.c.calls_avoided, t.c.decided, t.c.items)).all()
+        rows = conn.execute(sa.select(t.c.recorded_at, t.c.calls_avoided, t.c.decided, t.c["items"])).all()
     per_day: dict[str, dict[str, int]] = {}
     for at, avoided, decided, items in rows:
         day = per_day.setdefault(at.date().isoformat(), {"calls_avoided": 0, "decided": 0, "pairs": 0})

@@ -41,3 +41,10 @@ def test_nightly_publishes_the_active_versions_and_quarantines_only_the_long_sha
     w = schema.tables(wh_settings).work_items
     with wh_engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).where(w.c.text.is_not(None))).scalar_one() == 0
+
+    # The run report in the Safeguard view says which version was quarantined and why.
+    from safeguard_flow.airflow.ui import Dashboard, render_run_report
+
+    page = render_run_report(Dashboard(wh_engine, wh_settings), run.id)
+    assert "Quality gate per policy version" in page and "quarantined</span>" in page
+    assert "error rate &lt;= 5.0% (quality.max_error_rate): 100.0%" in page

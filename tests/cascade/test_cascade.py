@@ -109,6 +109,16 @@ def test_low_audit_agreement_switches_the_cascade_off_for_the_rest_of_the_run(wh
     assert (f["decided"], f["audited"], f["audit_agree"], f["calls_avoided"]) == (160, 30, 24, 130)
     assert any("switched off" in w for w in runs.get_run(wh_engine, wh_settings, run_id).warnings)
 
+    # the quality gate quarantines the version: its cascade verdicts before the switch-off are suspect
+    from safeguard_flow.pipeline.cascade_check import apply_cascade_checks
+    from safeguard_flow.pipeline.expectations import ValidationReport, VersionGate
+
+    report = ValidationReport(run_id, True, "", {}, versions=[VersionGate("spam", spam.version, passed=True, checks=3)])
+    report = apply_cascade_checks(wh_engine, wh_settings, report)
+    (gate,) = report.versions
+    assert not gate.passed and not report.success and "cascade audit agreement" in gate.reason
+    assert "decided 160 of 200 pairs" in " ".join(c.observed for c in report.checks)
+
 
 SPAMMY = ["BUY cheap pills now!!! limited offer, click {n}", "Earn $5000 a week from home, visit my site {n}",
           "Hot singles in your area, free entry code {n}", "Crypto giveaway: send 1 BTC get 2 back {n}"]

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from safeguard_flow.pipeline.cascade_check import apply_cascade_checks
 from safeguard_flow.pipeline.expectations import QualityGateFailed, ValidationReport, validate_tallies
 from safeguard_flow.pipeline.run_rules import failing, resume_if_failed
 from safeguard_flow.warehouse import policy_store, run_gates, runs, staging
@@ -54,6 +55,7 @@ def validate_run(sql_engine: Engine, settings: Settings, run_id: str) -> Validat
         trailing = trailing_rates(sql_engine, settings, policies, exclude_run_id=run_id)
         report = validate_tallies(tallies, policies, settings.quality, run_id=run_id, expected_items=run.items,
                                   trailing=trailing, shadow=_shadow_refs(sql_engine, settings, run.policy_refs))
+        report = apply_cascade_checks(sql_engine, settings, report)  # audit agreement and share per version
         report.path = str(save_report(settings, report))
         validation = {**report.result, "summary": report.summary, "report_path": report.path}
         with write_tx(sql_engine) as conn:

@@ -65,6 +65,8 @@ test: model browser mariadb
 # what each means). bench-quick (under 10 minutes) is the one to run before and after a change.
 bench: model
 	$(BIN)/python bench/suite.py
+	# The cascade on the moderation set (read where it lies; skipped with a note when MODERATION_SET is absent).
+	$(BIN)/python bench/cascade_bench.py --dataset $(MODERATION_SET) --json artifacts/bench/cascade.json
 
 bench-quick: model
 	$(BIN)/python bench/suite.py --quick

@@ -67,7 +67,14 @@ class LabelJobSummary:
         return f"{SUMMARY_MARKER} {json.dumps(self.to_dict(), sort_keys=True)}"
 
     def format(self) -> str:
-        return "\n".join([
+        return "\n".join([*self._lines(), *(
+            f"  cascade {key}: decided {f['decided']} of {f['items']} pairs, {f['calls_avoided']} model calls avoided, "
+            f"audit {f['audit_agree']}/{f['audited']} agree, stage {f['cascade_s']:.1f}s vs model {f['model_s']:.1f}s"
+            + (" (switched off by its audit)" if f.get("chunks_off") else "")
+            for key, f in sorted(self.cascade.items()))])
+
+    def _lines(self) -> list[str]:
+        return [
             f"label job for run {self.run_id}:",
             f"  chunks  {self.chunks_labelled} labelled, {self.chunks_skipped} already staged, "
             f"{self.chunks_left} left (of {self.chunks_pending} pending at start)",
@@ -76,7 +83,7 @@ class LabelJobSummary:
             f"({self.tokens_per_item:.0f} per item)",
             f"  speed   {self.items_per_s:.2f} items/s over {self.label_s:.1f}s of labelling "
             f"({self.replicas} replicas, engine start-up {self.engine_load_s:.1f}s, wall {self.wall_s:.1f}s)",
-        ])
+        ]
 
 
 def parse_marker(log_text: str) -> dict[str, Any] | None:

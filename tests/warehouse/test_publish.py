@@ -1,7 +1,7 @@
 """Publish: one transaction, idempotent, newest content wins, concurrent publishes, dropped connections.
 
-The native upsert (PostgreSQL / SQLite ON CONFLICT) and the generic path for other dialects are
-both exercised on both databases.
+Each dialect's own upsert (ON CONFLICT on PostgreSQL, SQLite and DuckDB; ON DUPLICATE KEY UPDATE on
+MariaDB) runs on its database; the generic path for other dialects on SQLite and PostgreSQL.
 """
 
 import threading

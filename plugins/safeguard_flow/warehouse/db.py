@@ -122,6 +122,9 @@ def _transient(exc: sa.exc.DBAPIError) -> bool:
     code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
     if code in {"40001", "40P01"}:  # serialization_failure, deadlock_detected
         return True
+    args = getattr(exc.orig, "args", ())
+    if args and args[0] in (1213, 1205):  # MySQL/MariaDB: deadlock, lock wait timeout
+        return True
     text = str(exc.orig).lower()
     if "database is locked" in text:  # SQLite busy
         return True

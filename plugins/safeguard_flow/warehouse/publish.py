@@ -45,7 +45,7 @@ from safeguard_flow.warehouse.schema import tables
 
 KEY = ("source", "content_id", "policy", "policy_version")
 # One upsert per dialect (UPSERTS, below the functions); any other dialect takes the generic path.
-METHODS = ("postgresql", "sqlite", "mysql", "duckdb", "snowflake", "generic")
+METHODS = ("postgresql", "sqlite", "mysql", "duckdb", "generic")
 _DIALECT_METHOD = {"mariadb": "mysql"}  # SQLAlchemy's name for MariaDB through a mariadb+ URL
 _ROWCOUNT = {"preserve_rowcount": True}  # INSERT ... SELECT rowcount is not kept by default
 
@@ -295,5 +295,5 @@ def _upsert_generic(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now
 
 UPSERTS: dict[str, Callable[[Connection, sa.Table, sa.Table, str, Any], tuple[int, int]]] = {
     "postgresql": _upsert_postgresql, "sqlite": _upsert_sqlite, "mysql": _upsert_mysql, "duckdb": _upsert_duckdb,
-    "snowflake": _upsert_generic, "generic": _upsert_generic,
+    "generic": _upsert_generic,
 }

@@ -52,15 +52,12 @@ def view_names(settings: Settings) -> dict[str, str]:
 
 def _alembic_dialects() -> None:
     """Alembic ships DDL helpers for the core dialects only: DuckDB speaks PostgreSQL's DDL (duckdb-engine
-    derives from the PostgreSQL dialect), Snowflake's is close enough to the default for what the
-    revisions do (create/drop tables, indexes, views; add columns)."""
-    from alembic.ddl.impl import DefaultImpl, _impls
+    derives from the PostgreSQL dialect), with the differences in _DuckDBImpl."""
+    from alembic.ddl.impl import _impls
     from alembic.ddl.postgresql import PostgresqlImpl
 
     if "duckdb" not in _impls:
         type("DuckDBImpl", (_DuckDBImpl, PostgresqlImpl), {"__dialect__": "duckdb", "transactional_ddl": True})
-    if "snowflake" not in _impls:
-        type("SnowflakeImpl", (DefaultImpl,), {"__dialect__": "snowflake", "transactional_ddl": False})
 
 
 def _duckdb_seq(table: sa.Table, col: sa.Column) -> sa.Sequence:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 
 CSRF_HEADER = "X-Safeguard-CSRF"
 
@@ -112,8 +112,9 @@ def _host_of(url: str) -> str | None:
     return parts.netloc.lower() or None
 
 
-def check_csrf(request: Request) -> None:
-    """For state-changing routes: 403 unless the request cannot have been forged cross-site."""
+async def check_csrf(request: Request, _user=Depends(current_user)) -> None:
+    """Dependency of state-changing routes: 403 unless the request cannot have been forged cross-site.
+    The user is resolved first, so a request without credentials gets its 401 like on any route."""
     if _bearer(request):
         return
     if request.headers.get(CSRF_HEADER) != "1":

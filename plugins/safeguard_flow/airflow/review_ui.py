@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
@@ -59,16 +59,15 @@ def review_router(dashboard: Callable[[], Dashboard]) -> APIRouter:
             context["policy_text"] = found[0].text if found else None
         return HTMLResponse(render("review_item.html", **context))
 
-    @router.post("/api/{policy}/claim")
-    def claim(policy: str, request: Request, user=Depends(require_editor)) -> dict[str, Any]:
-        check_csrf(request)
+    # check_csrf runs as a route dependency: before the body is parsed, so a forged form gets its 403.
+    @router.post("/api/{policy}/claim", dependencies=[Depends(check_csrf)])
+    def claim(policy: str, user=Depends(require_editor)) -> dict[str, Any]:
         d = dashboard()
         item = queue.next_item(d.engine, d.settings, policy, user_name(user))
         return {"item": None if item is None else item.id}
 
-    @router.post("/api/items/{item_id}/decision")
-    def decide(item_id: int, body: DecisionBody, request: Request, user=Depends(require_editor)) -> dict[str, Any]:
-        check_csrf(request)
+    @router.post("/api/items/{item_id}/decision", dependencies=[Depends(check_csrf)])
+    def decide(item_id: int, body: DecisionBody, user=Depends(require_editor)) -> dict[str, Any]:
         d = dashboard()
         try:
             decision_id = queue.decide(d.engine, d.settings, item_id, user_name(user), body.decision, body.note)

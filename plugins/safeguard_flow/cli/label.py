@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="label only the first N items")
     p.add_argument("--chunk-size", type=int, default=64, help="items per engine batch")
     p.add_argument("--log-file", help="where the vLLM logs go (default: <home>/logs/run-<time>.log)")
+    p.add_argument("--cascade", action="store_true",
+                   help="let the policies' trained cascades (in the configured warehouse) decide the clear items first")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("evaluate", help="score verdicts (from `label`) against labelled examples")
@@ -51,6 +53,11 @@ def cmd_label(args: argparse.Namespace) -> int:
         items = items[: args.limit]
     stats = LabelStats()
     engine_errors = 0
+    router = None
+    if args.cascade:
+        from safeguard_flow.labelling.cascade_route import FileRouter
+
+        router = FileRouter(settings, policies)
     log_path = log_file(settings, args.log_file)
     print(f"full log: {log_path}")
     with output_to_log(log_path) as terminal:
@@ -62,8 +69,11 @@ def cmd_label(args: argparse.Namespace) -> int:
                                                             file=terminal) as bar:
                 for chunk in chunked(items, args.chunk_size):
                     start = time.perf_counter()
-                    verdicts = label_isolating(slot, chunk, policies,
-                                               max_content_chars=settings.model.max_content_chars, stats=stats)
+                    def label(its, pols):
+                        return label_isolating(slot, its, pols, max_content_chars=settings.model.max_content_chars,
+                                               stats=stats)
+
+                    verdicts = label(chunk, policies) if router is None else router.label(chunk, label)
                     stats.seconds += time.perf_counter() - start
                     engine_errors += sum(v.is_error and v.parse_status != INPUT_ERROR for v in verdicts)
                     writer.write(verdicts)
@@ -71,6 +81,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         finally:
             slot.close()
     print(summary(stats, model_name))
+    if router is not None:
+        print(router.summary())
     print(f"wrote {writer.count:,} verdicts for {len(items):,} items x {len(policies)} policies to {args.output}")
     if slot.restarts:
         print(f"the engine died {slot.restarts} time(s) and was restarted; the items that killed it have error verdicts")

@@ -130,3 +130,44 @@ def cascade_verdict(item: ContentItem, policy: Policy, label: int, probability: 
                    parse_status=OK, source=item.source, content_hash=item.content_hash, confidence=round(confidence, 6),
                    model=f"cascade:{ENCODER_KEY}", decided_by="cascade",
                    extra={"cascade": {"label": int(label), "probability": probability, "id": cascade_id}})
+
+
+class FileRouter:
+    """The cascade for `safeguard-flow label --cascade` (no run, no Ray): the policies' stored versions'
+    cascades from the configured warehouse, applied chunk by chunk in this process; figures summed."""
+
+    def __init__(self, settings, policies: Sequence[Policy]):
+        from safeguard_flow.warehouse import cascades, db, policy_store
+
+        sql_engine = db.make_engine(settings)
+        try:
+            self.policies = policy_store.with_stored_versions(sql_engine, settings, policies)
+            self.cascades = cascades.for_policies(sql_engine, settings, [(p.name, p.version or 0) for p in self.policies
+                                                                          if p.version])
+        finally:
+            sql_engine.dispose()
+        self.settings = settings
+        self.encoder = Encoder(settings) if self.cascades else None
+        self.figures: dict[str, dict[str, Any]] = {}
+
+    def label(self, items: Sequence[ContentItem], label: LabelFn) -> list[Verdict]:
+        if self.encoder is None:
+            return label(items, self.policies)
+        cfg = self.settings.cascade
+        plan = plan_chunk(items, self.policies, self.cascades, self.encoder, audit_rate=cfg.audit_rate, seed=cfg.seed,
+                          off={p: "audit agreement under cascade.min_agreement" for p, f in self.figures.items()
+                               if switched_off(f["audited"], f["audit_agree"], min_agreement=cfg.min_agreement,
+                                               min_audit=cfg.min_audit, confidence=cfg.bound_confidence)})
+        verdicts, rows = label_routed(items, self.policies, plan, label)
+        for r in rows:
+            acc = self.figures.setdefault(r["policy"], {k: 0 for k in ("items", "decided", "audited", "audit_agree",
+                                                                         "calls_avoided")})
+            for k in acc:
+                acc[k] += r[k]
+        return verdicts
+
+    def summary(self) -> str:
+        if not self.cascades:
+            return "cascade: none trained for these policy versions (safeguard-flow cascade train)"
+        return "\n".join(f"cascade {p}: decided {f['decided']} of {f['items']}, {f['calls_avoided']} model calls avoided, "
+                         f"audit {f['audit_agree']}/{f['audited']} agree" for p, f in sorted(self.figures.items()))

@@ -153,3 +153,17 @@ def test_eval_reads_the_jsonl_export(routed_sqlite, tmp_path, vllm_engine, lend_
     assert metrics["rows_scored"] == 6
     p = metrics["policies"]["spam"]
     assert p["tp"] + p["fp"] + p["fn"] + p["tn"] + p["errors"] + p["skipped"] == 6
+
+
+def test_review_route_estimates_and_queue_commands(routed, capsys):
+    engine, settings, config = routed
+    run_id = store.queue_items(engine, settings)[0]["run_id"]
+    capsys.readouterr()
+    assert cli.main(["--config", str(config), "review", "route", run_id]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run_id}: 20 verdict(s)" in out and "0 added to the queue" in out and "error 2" in out
+    assert cli.main(["--config", str(config), "review", "queue"]) == 0
+    assert "spam" in capsys.readouterr().out
+    assert cli.main(["--config", str(config), "review", "estimates", "--refresh"]) == 0
+    assert "audit decided/items" in capsys.readouterr().out
+    assert cli.main(["--config", str(config), "review", "route", "no-such-run"]) == 2

@@ -22,14 +22,18 @@ ORIGINS = ("ui", "labelstudio", "argilla")
 def route_run(sql_engine: Engine, settings: Settings, run_id: str) -> dict[str, Any]:
     """Route the run's published verdicts by settings.review (idempotent: an item is queued once);
     returns counts per reason and what was added, then refreshes the estimates of its versions."""
+    from safeguard_flow.warehouse import runs
+    from safeguard_flow.warehouse.errors import RunStateError
+
+    run = runs.get_run(sql_engine, settings, run_id)  # RunNotFound for an unknown id
+    if run.status is not runs.RunStatus.PUBLISHED:
+        raise RunStateError(f"run {run_id!r} is {run.status}: only published verdicts are routed to review")
     rules = settings.review
     by_reason: dict[str, int] = {}
     entries: list[dict[str, Any]] = []
     verdicts = seen = 0
-    human: dict[tuple[str, str], int] | None = None
+    human = store.newest_decisions(sql_engine, settings, {name for name, _ in run.policy_refs})
     for batch in store.run_verdicts(sql_engine, settings, run_id):
-        if human is None:  # the run's policies are known after its first rows
-            human = store.newest_decisions(sql_engine, settings, _run_policies(sql_engine, settings, run_id))
         for row in batch:
             verdicts += 1
             v = PublishedVerdict(row.source, row.content_id, row.policy, row.policy_version, row.content_hash,
@@ -56,12 +60,6 @@ def route_run(sql_engine: Engine, settings: Settings, run_id: str) -> dict[str, 
     for policy, version in sorted({(e["policy"], e["policy_version"]) for e in entries}):
         refresh_estimates(sql_engine, settings, policy, version)
     return {"run_id": run_id, "verdicts": verdicts, "routed": seen, "by_reason": by_reason, **counts}
-
-
-def _run_policies(sql_engine: Engine, settings: Settings, run_id: str) -> list[str]:
-    from safeguard_flow.warehouse import runs
-
-    return sorted({name for name, _ in runs.get_run(sql_engine, settings, run_id).policy_refs})
 
 
 def route_after_publish(sql_engine: Engine, settings: Settings, run_id: str) -> dict[str, Any] | None:

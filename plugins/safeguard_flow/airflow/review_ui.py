@@ -36,6 +36,12 @@ class DecisionBody(BaseModel):
     note: str | None = Field(default=None, max_length=4000)
 
 
+async def editor_write(user=Depends(require_editor), _csrf: None = Depends(check_csrf)):
+    """Who may write: an editor (401/403 first, like every route), then the CSRF check; dependencies,
+    so they run before the body is parsed and a forged form gets its 403, not a 422."""
+    return user
+
+
 def review_router(dashboard: Callable[[], Dashboard]) -> APIRouter:
     router = APIRouter()
 
@@ -59,15 +65,14 @@ def review_router(dashboard: Callable[[], Dashboard]) -> APIRouter:
             context["policy_text"] = found[0].text if found else None
         return HTMLResponse(render("review_item.html", **context))
 
-    # check_csrf runs as a route dependency: before the body is parsed, so a forged form gets its 403.
-    @router.post("/api/{policy}/claim", dependencies=[Depends(check_csrf)])
-    def claim(policy: str, user=Depends(require_editor)) -> dict[str, Any]:
+    @router.post("/api/{policy}/claim")
+    def claim(policy: str, user=Depends(editor_write)) -> dict[str, Any]:
         d = dashboard()
         item = queue.next_item(d.engine, d.settings, policy, user_name(user))
         return {"item": None if item is None else item.id}
 
-    @router.post("/api/items/{item_id}/decision", dependencies=[Depends(check_csrf)])
-    def decide(item_id: int, body: DecisionBody, user=Depends(require_editor)) -> dict[str, Any]:
+    @router.post("/api/items/{item_id}/decision")
+    def decide(item_id: int, body: DecisionBody, user=Depends(editor_write)) -> dict[str, Any]:
         d = dashboard()
         try:
             decision_id = queue.decide(d.engine, d.settings, item_id, user_name(user), body.decision, body.note)

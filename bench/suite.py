@@ -108,9 +108,12 @@ def collect(quick: bool, out_dir: Path, log) -> tuple[dict, dict]:
     figures[key] = bi and bi["seconds"]
 
     if (BENCH / "cascade_bench.py").is_file():
-        cas = bench("cascade", ["cascade_bench.py", *(["--quick"] if quick else [])])
-        figures["calls_avoided"] = cas and cas.get("calls_avoided")
-        figures["cascade_agreement"] = cas and cas.get("agreement")
+        dataset = os.environ.get("MODERATION_SET")
+        cas = bench("cascade", ["cascade_bench.py", *(["--dataset", dataset] if dataset else []),
+                                *(["--quick"] if quick else [])])
+        pooled = (cas or {}).get("pooled") or {}
+        figures["calls_avoided"] = pooled.get("share_decided")  # share of (item, policy) model calls avoided
+        figures["cascade_agreement"] = pooled.get("agreement")
     return figures, runs
 
 

@@ -100,10 +100,18 @@ class SupersetServer:
 
     def start(self, timeout: float = 180) -> SupersetServer:
         t0 = time.monotonic()
-        self._superset("db", "upgrade")
+        # `db upgrade` + `init` (roles and permissions) take about a minute and give the same SQLite
+        # file every time: the first start keeps a copy beside the venv, later starts copy it back.
+        template = self.venv / ".sg-metadata-template.db"
+        if template.exists():
+            shutil.copyfile(template, self.home / "superset.db")
+        else:
+            self._superset("db", "upgrade")
+            self._superset("init")
+            shutil.copyfile(self.home / "superset.db", self.home / "template.db")
+            os.replace(self.home / "template.db", template)  # whole or absent, never half-written
         self._superset("fab", "create-admin", "--username", ADMIN_USER, "--firstname", "Safeguard",
                        "--lastname", "Tests", "--email", "admin@example.invalid", "--password", self.password)
-        self._superset("init")
         self.timings["metadata_s"] = round(time.monotonic() - t0, 1)
         t1 = time.monotonic()
         log = open(self.home / "server.log", "wb")

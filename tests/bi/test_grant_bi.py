@@ -14,9 +14,6 @@ from safeguard_flow.cli import main as cli
 from safeguard_flow.warehouse import schema
 from safeguard_flow.warehouse.tables import TABLE_NAMES, VIEW_NAMES
 
-pytestmark = pytest.mark.postgres
-
-
 def _grant(settings, tmp_path, role: str, capsys) -> str:
     config = tmp_path / "grant.yaml"
     config.write_text(yaml.safe_dump({"home": settings.home, "warehouse": {"url": settings.warehouse.url}}))
@@ -46,6 +43,7 @@ def _counts(wh) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.postgres
 def test_grant_bi_postgres(pg_url, settings_factory, small_policies, tmp_path, capsys):
     settings = bi_settings(settings_factory, pg_url)
     wh = build(settings, small_policies)
@@ -69,11 +67,12 @@ def test_grant_bi_postgres(pg_url, settings_factory, small_policies, tmp_path, c
     wh.engine.dispose()
 
 
+@pytest.mark.postgres
 def test_view_and_column_comments_postgres(pg_url, settings_factory, small_policies):
-    """Every BI view and every one of its columns has a comment a BI tool shows (migration 0011, checked
-    at 0011: a later revision that recreates a view comments it again); downgrading removes them."""
+    """Every BI view and every one of its columns has a comment a BI tool shows (migration 0011, the
+    last to touch the views); downgrading it removes them."""
     settings = bi_settings(settings_factory, pg_url)
-    schema.upgrade(settings, "0011")
+    schema.upgrade(settings)
     engine = sa.create_engine(pg_url)
     try:
         insp = sa.inspect(engine)
@@ -84,7 +83,7 @@ def test_view_and_column_comments_postgres(pg_url, settings_factory, small_polic
             missing = [c["name"] for c in insp.get_columns(name) if not c.get("comment")]
             assert not missing, f"{name}: columns without a comment: {missing}"
         assert "sha256" in {c["name"]: c["comment"] for c in insp.get_columns("sg_current_verdicts")}["content_hash"]
-        schema.downgrade(settings, "0010")
+        schema.downgrade(settings, "0012")
         assert sa.inspect(engine).get_table_comment("sg_current_verdicts")["text"] is None
     finally:
         engine.dispose()
@@ -97,3 +96,26 @@ def test_grant_bi_refuses_sqlite(sqlite_url, settings_factory, tmp_path, capsys)
     config.write_text(yaml.safe_dump({"home": settings.home, "warehouse": {"url": sqlite_url}}))
     assert cli.main(["--config", str(config), "db", "grant-bi", "bi"]) == 2
     assert "SQLite has no roles" in capsys.readouterr().out
+
+
+@pytest.mark.mariadb
+def test_grant_bi_mariadb(mariadb_server, mariadb_url, settings_factory, small_policies, tmp_path, capsys):
+    """MySQL/MariaDB: the views are SQL SECURITY DEFINER (the migrating user), so an account granted
+    SELECT on them reads through them and nothing else; MySQL keeps no comments on views."""
+    settings = bi_settings(settings_factory, mariadb_url)
+    wh = build(settings, small_policies)
+    user = f"bi_{uuid.uuid4().hex[:8]}"
+    mariadb_server.sql_as_root(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY 'bi-secret'")
+    out = _grant(settings, tmp_path, f"{user}@127.0.0.1", capsys)
+    assert "sg_current_verdicts" in out
+    url = sa.make_url(mariadb_url).set(username=user, password="bi-secret").render_as_string(hide_password=False)
+    _reads_views_only(url, settings, _counts(wh))
+    _grant(settings, tmp_path, f"{user}@127.0.0.1", capsys)  # idempotent
+
+    # An account that does not exist, and one with a quote in it: refused in words.
+    config = tmp_path / "grant.yaml"
+    assert cli.main(["--config", str(config), "db", "grant-bi", "nobody_here@127.0.0.1"]) == 2
+    assert "create the account" in capsys.readouterr().out
+    assert cli.main(["--config", str(config), "db", "grant-bi", "x'@'%"]) == 2
+    assert "use `user`" in capsys.readouterr().out
+    wh.engine.dispose()

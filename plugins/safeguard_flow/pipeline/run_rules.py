@@ -116,6 +116,8 @@ def mark_failed(sql_engine: Engine, settings: Settings, run_id: str, reason: str
 
 
 def failure_reason(step: str, exc: BaseException) -> str:
+    if isinstance(exc, SystemExit) and exc.code == 15:  # SIGTERM where Ray's driver handler turned it into an exit
+        return f"{step}: stopped by SIGTERM (SystemExit 15)"
     return f"{step}: {type(exc).__name__}: {exc}" if str(exc) else f"{step}: {type(exc).__name__}"
 
 

@@ -68,7 +68,7 @@ class MariaDBServer:
             "--bind-address=127.0.0.1", f"--port={self.port}", "--skip-name-resolve", "--skip-log-bin",
             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci", "--default-time-zone=+00:00",
             "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--innodb-buffer-pool-size=128M",
-            "--max-connections=200", "--performance-schema=0", "--innodb-file-per-table=0", "--innodb-flush-method=nosync",
+            "--max-connections=200", "--performance-schema=0",
         ], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 60

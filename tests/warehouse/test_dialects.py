@@ -12,9 +12,7 @@ from safeguard_flow.warehouse import db, policy_store, schema
 from safeguard_flow.warehouse.errors import SourceError, WarehouseError
 from safeguard_flow.warehouse.sources import open_sources
 
-pytestmark = pytest.mark.mariadb
-
-
+@pytest.mark.mariadb
 def test_mariadb_fixture_gives_an_empty_utc_database(mariadb_url):
     engine = sa.create_engine(mariadb_url)
     with engine.connect() as conn:
@@ -23,6 +21,7 @@ def test_mariadb_fixture_gives_an_empty_utc_database(mariadb_url):
     engine.dispose()
 
 
+@pytest.mark.mariadb
 @pytest.mark.postgres
 def test_content_in_mariadb_verdicts_in_postgresql(mariadb_url, pg_url, settings_factory, small_policies):
     """One setting per side: sources[].url is where content is read, warehouse.url where verdicts go."""
@@ -52,6 +51,7 @@ def test_content_in_mariadb_verdicts_in_postgresql(mariadb_url, pg_url, settings
         wh.engine.dispose()
 
 
+@pytest.mark.mariadb
 def test_a_case_insensitive_mysql_warehouse_is_refused_with_the_fix(mariadb_server, settings_factory):
     url = mariadb_server.create_database(collation="utf8mb4_unicode_ci")
     try:

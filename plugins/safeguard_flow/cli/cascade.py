@@ -94,8 +94,9 @@ def show(args) -> int:
     settings = settings_from(args)
     with open_warehouse(settings, upgrade=True) as sql_engine:
         rows = cascades.listing(sql_engine, settings, args.policy)
+        recent = cascades.recent_runs(sql_engine, settings, args.policy)
     if args.json:
-        print(json.dumps(rows, default=str, indent=2))
+        print(json.dumps({"cascades": rows, "runs": recent}, default=str, indent=2))
         return 0
     if not rows:
         print(f"no cascade for {args.policy}: safeguard-flow cascade train --policy {args.policy}")
@@ -105,6 +106,13 @@ def show(args) -> int:
         agree = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
         print(f"{r['id']:>4} {r['policy_version']:>7} {r['training_size']:>10} {r['low']:>6.3f} {r['high']:>6.3f} "
               f"{(r['share_decided'] or 0):>8.1%} {agree:>6} {(r['agreement_low'] or 0):>6.3f}  {r['source']}")
+    if recent:
+        print("\nrecent runs: pairs, decided by the cascade, model calls avoided, audit agreement, stage vs model seconds")
+        for r in recent:
+            audit = f"{r['audit_agree']}/{r['audited']}" if r["audited"] else "none"
+            print(f"  {r['run_id']} v{r['policy_version']}: {r['items']} pairs, {r['decided']} decided, "
+                  f"{r['calls_avoided']} calls avoided, audit {audit}, {r['cascade_s']:.1f}s vs {r['model_s']:.1f}s"
+                  + (" (switched off by its audit)" if r["chunks_off"] else ""))
     return 0
 
 

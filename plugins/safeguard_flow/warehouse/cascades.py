@@ -192,3 +192,15 @@ def _has_review(conn, settings: Settings) -> bool:
     """The review decisions table exists (migration 0009 applied)."""
     t = tables(settings).review_decisions
     return sa.inspect(conn).has_table(t.name, schema=t.schema)
+
+
+def recent_runs(engine: Engine, settings: Settings, policy: str, limit: int = 10) -> list[dict[str, Any]]:
+    """The policy's cascade figures per run (newest first): decided, calls avoided, audit, seconds, off."""
+    t = tables(settings).cascade_chunks
+    q = (sa.select(t.c.run_id, t.c.policy_version, *(sa.func.sum(t.c[f]).label(f) for f in FIGURES),
+                   sa.func.sum(sa.case((t.c.off, 1), else_=0)).label("chunks_off"),
+                   sa.func.max(t.c.recorded_at).label("recorded_at"))
+         .where(t.c.policy == policy).group_by(t.c.run_id, t.c.policy_version)
+         .order_by(sa.func.max(t.c.recorded_at).desc()).limit(limit))
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(q)]

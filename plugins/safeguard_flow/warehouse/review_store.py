@@ -287,10 +287,16 @@ def decided_pairs(engine: Engine, settings: Settings, policy: str, version: int)
 
 
 def audit_sample(engine: Engine, settings: Settings, policy: str, version: int) -> list[dict[str, Any]]:
-    """The audit entries of a policy version: sampling_prob, model_label and the newest decision (or None)."""
-    rows = [r for r in queue_items(engine, settings, policy) if r["policy_version"] == version and r["audit"]]
-    return [{"sampling_prob": r["sampling_prob"], "model_label": r["model_label"], "decision": r["decision"]}
-            for r in rows]
+    """The audit entries of a policy version: sampling_prob, model_label and the newest decision on
+    their text (None: not decided yet). Reads the audit index, never the texts."""
+    q, d = tables(settings).review_queue, tables(settings).review_decisions
+    newest = (sa.select(d.c.decision).where(d.c.policy == q.c.policy, d.c.policy_version == q.c.policy_version,
+                                            d.c.content_hash == q.c.content_hash, d.c.decision.is_not(None))
+              .order_by(d.c.id.desc()).limit(1).correlate(q).scalar_subquery())
+    stmt = sa.select(q.c.sampling_prob, q.c.model_label, newest.label("decision")).where(
+        q.c.policy == policy, q.c.policy_version == version, q.c.audit.is_(True))
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt)]
 
 
 def write_estimates(engine: Engine, settings: Settings, row: dict[str, Any]) -> None:

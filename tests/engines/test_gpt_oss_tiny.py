@@ -147,7 +147,10 @@ def test_labels_through_vllms_gpt_oss_with_an_analysis(tiny_engine, all_policies
         assert v.parse_status == OK and v.label in (0, 1), (v.policy, v.raw_output, v.error, v.analysis)
         assert v.analysis and v.analysis.strip(), (v.policy, v.raw_output)
         assert v.completion_tokens > 3 and v.prompt_tokens > 100
+        # Measured from the label token after <|channel|>final<|message|>, past the analysis's tokens.
+        assert v.confidence is not None and 0.0 < v.confidence <= 1.0, (v.policy, v.raw_output)
     assert {v.raw_output for v in verdicts if v.policy == "spam" and v.parse_status == OK} <= {"0", "1"}
+    assert all(v.confidence is None for v in verdicts if v.parse_status != OK)
 
 
 @pytest.mark.slow

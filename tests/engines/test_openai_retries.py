@@ -56,6 +56,11 @@ def server():
             pass
 
         def do_POST(self):
+            if self.path.endswith("/tokenize"):  # not vLLM: no tokenizer route (label logprobs from the top-k)
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             script = state["script"]
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             script.bodies.append(body)

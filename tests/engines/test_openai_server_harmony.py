@@ -124,3 +124,5 @@ def test_labels_gpt_oss_tiny_through_the_server(tiny_server):
             continue
         assert v.parse_status == OK and v.label in (0, 1), (v.policy, v.raw_output, v.error, log_path)
         assert v.analysis and v.analysis.strip(), (v.policy, v.raw_output)  # the server's `reasoning`
+        # The server's logprobs cover every output token; the label's is found after the final header.
+        assert v.confidence is not None and 0.0 < v.confidence <= 1.0, (v.policy, v.raw_output)

@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 from safeguard_flow.models import presets as model_presets
 from safeguard_flow.domain import prompts
+from safeguard_flow.domain.label_probability import TokenStep, label_probabilities
+from safeguard_flow.domain.policies import OutputFormat
 from safeguard_flow.engines.base import Completion, EngineError, LabelRequest
 from safeguard_flow.domain.policies import Policy
 from safeguard_flow.redact import mask_url
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 _RETRIED_STATUS = {408, 409, 429}  # and every 5xx: the SDK retries these before we see them
 _FATAL_STATUS = {401, 403, 404}  # wrong key, wrong URL or unknown model: every request would fail
 _OVERLOAD_STATUS = {429, 503}  # with Retry-After: back-pressure, resent until engine.timeout_s
+TOP_LOGPROBS = 20  # label token ids unknown (no /tokenize): the top-k (vLLM's default max_logprobs)
 
 
 class _Fatal(Exception):
@@ -68,6 +71,8 @@ class OpenAIEngine:
             max_retries=e.max_retries,
         )
         self._closed = threading.Event()
+        self._label_ids: dict[tuple[int, ...], list[int] | None] = {}
+        self._label_ids_lock = threading.Lock()
 
     # --- Engine protocol --------------------------------------------------------------------------
 
@@ -88,6 +93,35 @@ class OpenAIEngine:
                         f.cancel()
                     raise EngineError(str(exc)) from None
         return results
+
+    def label_token_ids(self, policy: Policy) -> list[int] | None:
+        """The ids of the tokens spelling the policy's labels, from the server's /tokenize (vLLM), so the
+        server returns their logprobs at every position (`logprob_token_ids`); None elsewhere (top-k)."""
+        with self._label_ids_lock:
+            if policy.labels not in self._label_ids:
+                self._label_ids[policy.labels] = self._digit_token_ids(policy.labels)
+            return self._label_ids[policy.labels]
+
+    def _digit_token_ids(self, labels: tuple[int, ...]) -> list[int] | None:
+        import httpx
+
+        url = self.base_url.removesuffix("/v1") + "/tokenize"
+        ids: list[int] = []
+        try:
+            for label in labels:
+                resp = httpx.post(url, json={"model": self.model_name, "prompt": str(label), "add_special_tokens": False,
+                                             "return_token_strs": True},
+                                  headers={"Authorization": f"Bearer {self.settings.engine.api_key}"},
+                                  timeout=self.settings.engine.timeout_s)
+                body = resp.json() if resp.status_code == 200 else {}
+                tokens, strs = body.get("tokens"), body.get("token_strs")
+                if not (isinstance(tokens, list) and isinstance(strs, list) and "".join(strs) == str(label)
+                        and all(isinstance(t, str) and t.isdigit() for t in strs)):
+                    return None
+                ids += [t for t in tokens if t not in ids]
+        except (httpx.HTTPError, ValueError):
+            return None
+        return ids
 
     def count_tokens(self, text: str) -> int:
         """The server's tokenizer (vLLM's POST /tokenize, beside /v1); servers without it get a
@@ -149,27 +183,36 @@ class OpenAIEngine:
             "top_p": v["top_p"],
             "max_tokens": max_tokens or self.resolved.max_tokens_for(policy.reasoning_effort.value),
             "seed": 0,
+            # The label tokens' logprobs measure the chosen label's probability (see label_probability.py).
+            "logprobs": True,
         }
+        extra_body: dict[str, Any] = {}
+        if (label_ids := self.label_token_ids(policy)) is not None:
+            extra_body["logprob_token_ids"] = label_ids  # vLLM's: exactly these ids at every position
+        else:
+            body["top_logprobs"] = TOP_LOGPROBS
         if self.harmony:
             body["reasoning_effort"] = policy.reasoning_effort.value
         if self.settings.model.structured_outputs:
             choice = prompts.choices(policy)
             if choice is not None:
                 # vLLM's extension; the standard response_format has no "one of these strings".
-                body["extra_body"] = {"structured_outputs": {"choice": choice}}
+                extra_body["structured_outputs"] = {"choice": choice}
             elif self.harmony and (grammar := _compact_json_grammar(policy)) is not None:
                 # vLLM's server puts this into the final channel of its harmony structural tag; a JSON
                 # schema there would allow free whitespace (see prompts.compact_json_grammar).
-                body["extra_body"] = {"structured_outputs": {"grammar": grammar}}
+                extra_body["structured_outputs"] = {"grammar": grammar}
             else:
                 body["response_format"] = {
                     "type": "json_schema",
                     "json_schema": {"name": "verdict", "schema": prompts.json_schema(policy), "strict": True},
                 }
+        if extra_body:
+            body["extra_body"] = extra_body
         return body
 
     def _one(self, req: LabelRequest) -> Completion:
-        first = self._send(self.request_body(req.policy, req.content))
+        first = self._send(self.request_body(req.policy, req.content), req.policy)
         if not (self.harmony and first.error is None and first.finish_reason == "length"):
             return first
         # A reasoning model ran out of budget (usually mid-analysis): once more with a larger one.
@@ -178,13 +221,13 @@ class OpenAIEngine:
         bigger = min(budget * self.resolved.retry_factor, room) if first.prompt_tokens else budget * 2
         if bigger <= budget:
             return first
-        retried = self._send(self.request_body(req.policy, req.content, max_tokens=bigger))
+        retried = self._send(self.request_body(req.policy, req.content, max_tokens=bigger), req.policy)
         if retried.error is None:
             retried.completion_tokens += first.completion_tokens
             return retried
         return first
 
-    def _send(self, body: dict[str, Any]) -> Completion:
+    def _send(self, body: dict[str, Any], policy: Policy | None = None) -> Completion:
         """One answer. A refusal that says when to come back (429/503 with Retry-After: a Serve replica
         or proxy under back-pressure) is resent after that wait, with jitter, for up to
         engine.timeout_s from the first send: overload delays a verdict, it does not cost one. Other
@@ -197,7 +240,8 @@ class OpenAIEngine:
             if self._closed.is_set():
                 return Completion(error="engine closed before the request was sent")
             try:
-                return _to_completion(self._client.chat.completions.create(**body))
+                return _to_completion(self._client.chat.completions.create(**body), policy, self.harmony,
+                                      exhaustive="logprob_token_ids" in body.get("extra_body", {}))
             except openai.APIStatusError as exc:
                 wait = _retry_after(exc) if exc.status_code in _OVERLOAD_STATUS else None
                 if wait is not None and time.monotonic() + wait < deadline:
@@ -245,7 +289,8 @@ def _compact_json_grammar(policy: Policy) -> str | None:
         return None
 
 
-def _to_completion(resp: Any) -> Completion:
+def _to_completion(resp: Any, policy: Policy | None = None, harmony: bool = False,
+                   exhaustive: bool = False) -> Completion:
     try:
         choice = resp.choices[0]
         message = choice.message
@@ -261,7 +306,24 @@ def _to_completion(resp: Any) -> Completion:
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         cached_prompt_tokens=int(getattr(details, "cached_tokens", 0) or 0),
+        label_probs=_label_probs(getattr(choice, "logprobs", None), policy, harmony, exhaustive),
     )
+
+
+def _label_probs(logprobs: Any, policy: Policy | None, harmony: bool, exhaustive: bool) -> dict[int, float] | None:
+    """From chat-completions logprobs: for harmony they cover every output token, the analysis and the
+    channel headers included, so the label is found after the last final-channel header."""
+    content = getattr(logprobs, "content", None)
+    if policy is None or not content:
+        return None
+    steps = []
+    for tok in content:
+        candidates = {t.token: t.logprob for t in (tok.top_logprobs or [])}
+        if tok.logprob is not None:
+            candidates[tok.token] = tok.logprob
+        steps.append(TokenStep(tok.token, candidates))
+    return label_probabilities(steps, policy.labels, json_answer=policy.output_format is not OutputFormat.BINARY,
+                               harmony=harmony, exhaustive=exhaustive)
 
 
 def _error_detail(exc: Any) -> str:

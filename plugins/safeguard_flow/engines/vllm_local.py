@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from safeguard_flow.models import presets as model_presets
 from safeguard_flow.domain import prompts
+from safeguard_flow.domain.label_probability import TokenStep, label_probabilities
+from safeguard_flow.domain.policies import OutputFormat
 from safeguard_flow.engines.base import Completion, EngineDied, EngineError, LabelRequest
 from safeguard_flow.engines.vllm_args import cpu_thread_env, engine_args
 from safeguard_flow.domain.policies import Policy
@@ -22,12 +24,15 @@ from safeguard_flow.settings import Settings
 
 log = logging.getLogger(__name__)
 
+TOP_LOGPROBS = 20  # when a policy's labels are not digit tokens: the top-k (vLLM's default max_logprobs)
+
 
 @dataclass
 class _Prepared:
     """A request made ready for vLLM, or the reason it cannot be sent."""
 
     index: int
+    policy: Policy | None = None
     prompt: Any = None  # a TokensPrompt (harmony or chat template, rendered by prompts.py)
     params: Any = None  # vllm.SamplingParams
     prompt_tokens: int = 0
@@ -84,7 +89,7 @@ class VLLMEngine:
         # prefix as soon as they are scheduled, so later requests of a group reuse them.
         if ready:
             for prep, out in zip(ready, self._run_with_fallback(ready)):
-                results[prep.index] = out if isinstance(out, Completion) else self._to_completion(out)
+                results[prep.index] = out if isinstance(out, Completion) else self._to_completion(out, prep.policy)
         if self.harmony and ready:
             self._retry_cut_off(requests, ready, results)
         return [r if r is not None else Completion(error="engine returned no output") for r in results]
@@ -103,13 +108,14 @@ class VLLMEngine:
             budget = prep.params.max_tokens
             bigger = min(budget * self.resolved.retry_factor, self._max_model_len - prep.prompt_tokens)
             if bigger > budget:
-                again.append(_Prepared(prep.index, prep.prompt, self.sampling_params(
-                    requests[prep.index].policy, bigger), prep.prompt_tokens))
+                policy = requests[prep.index].policy
+                again.append(_Prepared(prep.index, policy, prep.prompt, self.sampling_params(policy, bigger),
+                                       prep.prompt_tokens))
         if not again:
             return
         log.info("%d request(s) hit their output budget; retrying once with a larger one", len(again))
         for prep, out in zip(again, self._run_with_fallback(again)):
-            retried = out if isinstance(out, Completion) else self._to_completion(out)
+            retried = out if isinstance(out, Completion) else self._to_completion(out, prep.policy)
             first = results[prep.index]
             assert first is not None
             retried.completion_tokens += first.completion_tokens  # both attempts were generated
@@ -141,7 +147,16 @@ class VLLMEngine:
 
     def sampling_params(self, policy: Policy, max_tokens: int | None = None):
         return sampling_params(self.settings, policy, harmony=self.harmony, resolved=self.resolved,
-                               max_tokens=max_tokens)
+                               max_tokens=max_tokens, label_token_ids=self.label_token_ids(policy))
+
+    def label_token_ids(self, policy: Policy) -> list[int] | None:
+        """The token ids that spell the policy's labels (logprobs are asked for exactly these), or None
+        when a label does not tokenise to digit tokens (then the top-k logprobs are read instead)."""
+        cache = self.__dict__.setdefault("_label_ids", {})
+        if policy.labels not in cache:
+            tokenizer = getattr(self, "tokenizer", None)
+            cache[policy.labels] = digit_token_ids(tokenizer, policy.labels) if tokenizer is not None else None
+        return cache[policy.labels]
 
     def _prepare(self, index: int, req: LabelRequest) -> _Prepared:
         """Render and measure the prompt; a prompt that cannot fit becomes an error, not a batch failure."""
@@ -162,8 +177,8 @@ class VLLMEngine:
                 f"(lower model.max_content_chars or raise model.max_model_len)"))
         # Near the limit, ask for fewer tokens rather than fail: a short answer may still fit.
         max_tokens = min(self.resolved.max_tokens_for(req.policy.reasoning_effort.value), room)
-        return _Prepared(index, TokensPrompt(prompt_token_ids=ids), self.sampling_params(req.policy, max_tokens),
-                         n_tokens)
+        return _Prepared(index, req.policy, TokensPrompt(prompt_token_ids=ids),
+                         self.sampling_params(req.policy, max_tokens), n_tokens)
 
     def _run(self, batch: list[_Prepared]) -> list[Any]:
         # Token ids on both paths: the prompt was tokenised by us, content as text (see prompts.py).
@@ -213,7 +228,7 @@ class VLLMEngine:
             log.error("the vLLM engine died: %s", reason)
             raise EngineDied(reason[:2000]) from exc
 
-    def _to_completion(self, out: Any) -> Completion:
+    def _to_completion(self, out: Any, policy: Policy | None = None) -> Completion:
         if not out.outputs:
             return Completion(error="vLLM returned no output for the request")
         gen = out.outputs[0]
@@ -232,7 +247,22 @@ class VLLMEngine:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cached_prompt_tokens=cached,
+            label_probs=self._label_probs(gen, policy),
         )
+
+    def _label_probs(self, gen: Any, policy: Policy | None) -> dict[int, float] | None:
+        """Every generated token (analysis and harmony headers included) with its label-token logprobs."""
+        if policy is None or not gen.logprobs or len(gen.logprobs) != len(gen.token_ids):
+            return None
+        steps = []
+        for token_id, candidates in zip(gen.token_ids, gen.logprobs):
+            own = candidates.get(token_id)
+            text = own.decoded_token if own is not None and own.decoded_token is not None else \
+                self.tokenizer.decode([token_id])
+            steps.append(TokenStep(text, {lp.decoded_token: lp.logprob for lp in candidates.values()
+                                          if lp.decoded_token is not None}))
+        return label_probabilities(steps, policy.labels, json_answer=policy.output_format is not OutputFormat.BINARY,
+                                   harmony=self.harmony, exhaustive=self.label_token_ids(policy) is not None)
 
 
 def _chain(exc: BaseException | None):
@@ -243,9 +273,27 @@ def _chain(exc: BaseException | None):
         exc = exc.__cause__ or exc.__context__
 
 
+def digit_token_ids(tokenizer: Any, labels: tuple[int, ...]) -> list[int] | None:
+    """The ids of the tokens that spell each label on its own (digits never merge with punctuation in
+    the byte-level tokenizers we run), or None when one does not come out as digit tokens."""
+    ids: list[int] = []
+    for label in labels:
+        tokens = tokenizer.encode(str(label), add_special_tokens=False)
+        texts = [tokenizer.decode([t]) for t in tokens]
+        if "".join(texts) != str(label) or not all(t.isdigit() for t in texts):
+            return None
+        ids += [t for t in tokens if t not in ids]
+    return ids
+
+
 def sampling_params(settings: Settings, policy: Policy, *, harmony: bool, max_tokens: int | None = None,
-                    resolved: model_presets.ResolvedModel | None = None):
+                    resolved: model_presets.ResolvedModel | None = None, label_token_ids: list[int] | None = None):
     """Per-request sampling params: the preset's (or settings') sampling, the answer constrained.
+
+    Logprobs of the label tokens at every position (the top-k when their ids are unknown) measure the
+    chosen label's probability. They are vLLM's raw logprobs: before temperature and logits processors
+    (logit_bias), after the structured-output mask, which at the label's position allows exactly the
+    labels, so the distribution there is the one over labels.
 
     Harmony: a structural tag constrains only the final channel (an optional free analysis message
     first), generation stops at harmony's stop tokens, and special tokens are kept so the completion
@@ -273,6 +321,8 @@ def sampling_params(settings: Settings, policy: Policy, *, harmony: bool, max_to
         max_tokens=max_tokens or resolved.max_tokens_for(policy.reasoning_effort.value),
         structured_outputs=structured,
         seed=0 if _per_request_seed(settings, resolved) else None,
+        logprob_token_ids=label_token_ids or None,
+        logprobs=None if label_token_ids else TOP_LOGPROBS,
         **extra,
     )
 

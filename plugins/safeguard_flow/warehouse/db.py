@@ -50,7 +50,24 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
         _duckdb_dialect(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, **kwargs)
+    if url.get_backend_name() == "snowflake":
+        # snowflake-sqlalchemy's dialect lacks the attributes sa.JSON reads (see _snowflake_json): JSON as text.
+        engine.dialect._json_serializer, engine.dialect._json_deserializer = json.dumps, json.loads
+        _snowflake_dialect(engine)
+    return engine
+
+
+def _snowflake_dialect(engine: Engine) -> None:
+    """Snowflake has no locking reads on standard tables (its DML locks the table itself, so writers take
+    turns): SELECT ... FOR UPDATE is compiled without the clause, as on DuckDB."""
+    base = engine.dialect.statement_compiler
+
+    class SnowflakeCompiler(base):
+        def for_update_clause(self, select, **kw) -> str:
+            return ""
+
+    engine.dialect.statement_compiler = SnowflakeCompiler
 
 
 def _duckdb_dialect(engine: Engine) -> None:
@@ -198,6 +215,14 @@ def _mysql_datetime(type_, compiler, **kw) -> str:
     """MySQL's DATETIME keeps whole seconds unless asked: a zone-aware timestamp (every warehouse column,
     the migrations' too) is DATETIME(6) holding UTC, so run order by time survives as on the other dialects."""
     return "DATETIME(6)" if type_.timezone else "DATETIME"
+
+
+@compiles(sa.JSON, "snowflake")
+def _snowflake_json(type_, compiler, **kw) -> str:
+    """snowflake-sqlalchemy cannot render SQLAlchemy's JSON type. JSON columns are JSON text in a VARCHAR there:
+    sa.JSON already serialises binds and parses results as text, whereas a VARIANT takes no bound value in
+    INSERT ... VALUES (it needs PARSE_JSON in a SELECT) and reads back as text anyway. BI: PARSE_JSON(column)."""
+    return "VARCHAR"
 
 
 class UTCDateTime(sa.types.TypeDecorator):

@@ -45,7 +45,7 @@ from safeguard_flow.warehouse.schema import tables
 
 KEY = ("source", "content_id", "policy", "policy_version")
 # One upsert per dialect (UPSERTS, below the functions); any other dialect takes the generic path.
-METHODS = ("postgresql", "sqlite", "mysql", "duckdb", "generic")
+METHODS = ("postgresql", "sqlite", "mysql", "duckdb", "snowflake", "generic")
 _DIALECT_METHOD = {"mariadb": "mysql"}  # SQLAlchemy's name for MariaDB through a mariadb+ URL
 _ROWCOUNT = {"preserve_rowcount": True}  # INSERT ... SELECT rowcount is not kept by default
 
@@ -293,7 +293,21 @@ def _upsert_generic(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now
     return int(inserted), int(updated)
 
 
+def _upsert_snowflake(conn: Connection, v: sa.Table, s: sa.Table, run_id: str, now) -> tuple[int, int]:
+    """MERGE (snowflake-sqlalchemy's MergeInto). Snowflake declares but never enforces primary keys, so the
+    one statement matching on the key is what keeps one verdict per key; it reports its own counts."""
+    from snowflake.sqlalchemy import MergeInto
+
+    new = _source_select(v, s, run_id, now).order_by(None).subquery("staged")
+    merge = MergeInto(v, new, sa.and_(*(v.c[k] == new.c[k] for k in KEY)))
+    merge.when_matched_then_update().where(_update_guard(v, new.c)).values(
+        **{c: new.c[c] for c in _columns(v) if c not in KEY})
+    merge.when_not_matched_then_insert().values(**{c: new.c[c] for c in _columns(v)})
+    counts = conn.execute(merge).mappings().one()  # "number of rows inserted", "number of rows updated"
+    return int(counts["number of rows inserted"]), int(counts["number of rows updated"])
+
+
 UPSERTS: dict[str, Callable[[Connection, sa.Table, sa.Table, str, Any], tuple[int, int]]] = {
     "postgresql": _upsert_postgresql, "sqlite": _upsert_sqlite, "mysql": _upsert_mysql, "duckdb": _upsert_duckdb,
-    "generic": _upsert_generic,
+    "snowflake": _upsert_snowflake, "generic": _upsert_generic,
 }

@@ -233,6 +233,14 @@ def _reflect(conn: Connection, src: SourceSettings, index: int) -> SourceTable:
 def reflect_table(conn: Connection, name: str, schema: str | None) -> sa.Table:
     """The table's columns as the database reports them. DuckDB: from information_schema (duckdb-engine's
     PostgreSQL-catalog reflection queries pg_collation, which DuckDB does not have)."""
+    if conn.dialect.name == "snowflake":
+        # Columns only: full reflection also runs SHOW IMPORTED KEYS for the whole schema (slow on Snowflake,
+        # and fakesnow's rows do not parse); the extract needs no keys.
+        if not sa.inspect(conn).has_table(name, schema=schema):
+            raise sa.exc.NoSuchTableError(name)
+        cols = sa.inspect(conn).get_columns(name, schema=schema)
+        return sa.Table(name, sa.MetaData(), *(sa.Column(c["name"], _snowflake_type(c["type"])) for c in cols),
+                        schema=schema)
     if conn.dialect.name != "duckdb":
         return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
     rows = conn.execute(sa.text(
@@ -243,6 +251,14 @@ def reflect_table(conn: Connection, name: str, schema: str | None) -> sa.Table:
     types = conn.dialect.ischema_names
     cols = [sa.Column(col, types.get(dtype.split("(")[0].strip().lower(), sa.types.NullType)()) for col, dtype in rows]
     return sa.Table(name, sa.MetaData(), *cols, schema=schema)
+
+
+def _snowflake_type(col_type: sa.types.TypeEngine) -> sa.types.TypeEngine:
+    """snowflake-sqlalchemy reflects TIMESTAMP_NTZ/_TZ/_LTZ as types of its own, not DateTime: read them as DateTime."""
+    name = getattr(col_type, "__visit_name__", "")
+    if name in ("TIMESTAMP_NTZ", "TIMESTAMP_TZ", "TIMESTAMP_LTZ"):
+        return sa.DateTime(timezone=name != "TIMESTAMP_NTZ")
+    return col_type
 
 
 def _filter(col: sa.Column, op: str, value: Any, where: str, source: str) -> sa.ColumnElement:

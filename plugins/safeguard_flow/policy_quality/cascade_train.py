@@ -48,7 +48,7 @@ def lower_bound(agree: int, n: int, confidence: float) -> float:
 
 
 def _side(order: np.ndarray, probs: np.ndarray, hits: np.ndarray, min_agreement: float,
-          confidence: float) -> tuple[int, float]:
+          confidence: float, side: int) -> tuple[int, float]:
     """How many items, taken in `order`, may be decided (the longest prefix whose lower bound clears
     min_agreement, cut only between distinct probabilities), and the probability at the cut."""
     from scipy.stats import beta
@@ -62,7 +62,9 @@ def _side(order: np.ndarray, probs: np.ndarray, hits: np.ndarray, min_agreement:
         bound = np.where(agree > 0, beta.ppf(1.0 - confidence, np.maximum(agree, 1), n - agree + 1), 0.0)
     # a cut between two equal probabilities is not a threshold: ties decide together
     cuttable = np.append(p_sorted[1:] != p_sorted[:-1], True)
-    ok = np.flatnonzero((bound >= min_agreement) & cuttable)
+    # a side never reaches past 0.5: the cascade never decides against its own classifier's lean
+    lean = p_sorted < 0.5 if side == 0 else p_sorted > 0.5
+    ok = np.flatnonzero((bound >= min_agreement) & cuttable & lean)
     if len(ok) == 0:
         return 0, float("nan")
     best = int(ok[-1]) + 1
@@ -76,13 +78,10 @@ def choose_thresholds(probs: Sequence[float], labels: Sequence[int], min_agreeme
     means that side decides nothing."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
-    n_low, low = _side(np.argsort(p, kind="stable"), p, (y == 0).astype(np.int64), min_agreement, confidence)
-    n_high, high = _side(np.argsort(-p, kind="stable"), p, (y == 1).astype(np.int64), min_agreement, confidence)
+    n_low, low = _side(np.argsort(p, kind="stable"), p, (y == 0).astype(np.int64), min_agreement, confidence, 0)
+    n_high, high = _side(np.argsort(-p, kind="stable"), p, (y == 1).astype(np.int64), min_agreement, confidence, 1)
     low = low if n_low else -1.0
     high = high if n_high else 2.0
-    if low >= high:  # both sides reached into each other: keep them apart at the middle
-        mid = float(np.median(p))
-        low, high = min(low, mid - 1e-9), max(high, mid + 1e-9)
     return low, high, decision_figures(p, y, low, high, confidence)
 
 

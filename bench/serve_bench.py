@@ -1,7 +1,7 @@
 """The online path on loopback: the Ray Serve app (1 replica, the small local model) under load.
 
 Prints, against a fresh local Ray head:
-  - req/s, p50 and p99 latency and errors at concurrency 4 / 16 / 64 (chat completions as the
+  - req/s, p50 and p99 latency and errors at concurrency 4 / 16 / 64 (requests as the
     project's OpenAIEngine sends them: sample posts x policies, constrained answers; a refused request
     is resent after its Retry-After, as the OpenAIEngine does, and counted as retried);
   - labelling through Serve (OpenAIEngine, label_items) vs the in-process vLLM engine on the same
@@ -70,7 +70,8 @@ async def burst(url: str, bodies: list[dict], concurrency: int, timeout_s: float
                 async with sem:
                     start = start or time.perf_counter()  # from the first send, not the wait for a slot
                     try:
-                        resp = await client.post("/chat/completions", json=body)
+                        # The route OpenAIEngine uses: token-id prompts for chat-template models.
+                        resp = await client.post("/completions" if "prompt" in body else "/chat/completions", json=body)
                         kind = str(resp.status_code)
                         usage = resp.json().get("usage") or {} if resp.status_code == 200 else {}
                         extra = {"retry_after": resp.headers.get("retry-after"),

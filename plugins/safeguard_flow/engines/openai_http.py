@@ -8,6 +8,10 @@ bad schema) becomes that request's error; a server that cannot be reached at all
 our credentials or model, fails the whole call with EngineError so a batch job stops instead of
 writing a run full of error verdicts.
 
+Content is text on this path too (http_token_prompts.py): for chat-template models the prompt is
+rendered here, the content encoded as text, and sent as token ids to /v1/completions (vLLM's chat
+route would read control tokens typed in a post as turns); the answer is read like a chat answer.
+
 Harmony (gpt-oss) models: the server renders harmony itself (the system message becomes the
 developer instructions, `reasoning_effort` the system message) and turns the choice / JSON schema
 into a structural tag on the final channel; the answer is `content`, the chain of thought comes back
@@ -29,6 +33,7 @@ from safeguard_flow.domain import prompts
 from safeguard_flow.domain.label_probability import TokenStep, label_probabilities
 from safeguard_flow.domain.policies import OutputFormat
 from safeguard_flow.engines.base import Completion, EngineError, LabelRequest
+from safeguard_flow.engines.http_token_prompts import CompletionAsChat, TokenPrompts, completions_body
 from safeguard_flow.domain.policies import Policy
 from safeguard_flow.redact import mask_url
 from safeguard_flow.settings import Settings
@@ -71,6 +76,8 @@ class OpenAIEngine:
             max_retries=e.max_retries,
         )
         self._closed = threading.Event()
+        # Chat-template models: token-id prompts rendered here (None: harmony, the server renders it).
+        self._token_prompts = None if self.harmony else TokenPrompts(settings)
         self._label_ids: dict[tuple[int, ...], list[int] | None] = {}
         self._label_ids_lock = threading.Lock()
 
@@ -128,6 +135,8 @@ class OpenAIEngine:
         pessimistic estimate (one token per 2 UTF-8 bytes), so windows err on the short side."""
         import httpx
 
+        if self._token_prompts is not None:  # the tokenizer is here already
+            return self._token_prompts.count(text)
         if getattr(self, "_tokenize_url", "") is not None:
             url = self._tokenize_url if hasattr(self, "_tokenize_url") else self.base_url.removesuffix("/v1") + "/tokenize"
             try:
@@ -209,6 +218,8 @@ class OpenAIEngine:
                 }
         if extra_body:
             body["extra_body"] = extra_body
+        if self._token_prompts is not None:
+            body = completions_body(body, self._token_prompts.ids(policy, content))
         return body
 
     def _one(self, req: LabelRequest) -> Completion:
@@ -240,7 +251,9 @@ class OpenAIEngine:
             if self._closed.is_set():
                 return Completion(error="engine closed before the request was sent")
             try:
-                return _to_completion(self._client.chat.completions.create(**body), policy, self.harmony,
+                resp = (CompletionAsChat(self._client.completions.create(**body)) if "prompt" in body
+                        else self._client.chat.completions.create(**body))
+                return _to_completion(resp, policy, self.harmony,
                                       exhaustive="logprob_token_ids" in body.get("extra_body", {}))
             except openai.APIStatusError as exc:
                 wait = _retry_after(exc) if exc.status_code in _OVERLOAD_STATUS else None

@@ -9,6 +9,10 @@ and the ingress takes no CPU, so two 1-CPU replicas fit on a 2-core machine; on 
 one GPU per tensor-parallel rank. What a replica admits is bounded (ray.serve_max_ongoing_requests
 running, ray.serve_max_queued_requests waiting): overload gets a 503 with Retry-After rather
 than requests that wait until their client gives up.
+
+The ingress is ours (ingress.py): a bearer key from ray.serve_api_keys on every request, a body limit
+(ray.serve_max_body_bytes, 413 beyond), no CORS, and only /v1/models plus the one generation route
+OpenAIEngine uses for this model. Without keys the app only binds loopback.
 """
 
 from __future__ import annotations
@@ -133,17 +137,29 @@ def llm_config(settings: Settings):
 
 
 def build_app(settings: Settings):
-    from ray.serve.llm import build_openai_app
+    """Ray Serve LLM's OpenAI app as build_openai_app assembles it (one LLMServer deployment per model
+    behind an ingress), with our ingress and its narrowed FastAPI app (needs this package on the
+    cluster, as the label job does)."""
+    from ray import serve
+    from ray.llm._internal.common.dict_utils import maybe_apply_llm_deployment_config_defaults
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.llm._internal.serve.core.ingress.ingress import make_fastapi_ingress
+    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
 
-    from safeguard_flow.raylib.serve.ingress import SafeguardIngress
+    from safeguard_flow.models import presets as model_presets
+    from safeguard_flow.raylib.serve.ingress import SafeguardIngress, key_hash, make_ingress_app, routes_for
 
-    return build_openai_app({
-        "llm_configs": [llm_config(settings)],
-        # Ray's OpenAI ingress plus a 400 for unknown chat roles (needs this package on the cluster,
-        # as the label job does).
-        "ingress_cls_config": {"ingress_cls": SafeguardIngress},
-        "ingress_deployment_config": ingress_options(settings),
-    })
+    config = llm_config(settings)
+    options = maybe_apply_llm_deployment_config_defaults(SafeguardIngress.get_deployment_options([config]),
+                                                         ingress_options(settings))
+    app = make_ingress_app([key_hash(k) for k in settings.ray.serve_api_keys], settings.ray.serve_max_body_bytes)
+    harmony = model_presets.resolve(settings, on_cpu=False).harmony  # as OpenAIEngine decides
+    ingress = make_fastapi_ingress(SafeguardIngress, endpoint_map=routes_for(harmony), app=app)
+    return serve.deployment(ingress, **options).bind(
+        llm_deployments={config.model_id: build_llm_deployment(config)},
+        model_cards={config.model_id: to_model_metadata(config.model_id, config)},
+        lora_paths={},
+    )
 
 
 def ingress_options(settings: Settings) -> dict[str, Any]:
@@ -193,24 +209,45 @@ def deploy(settings: Settings, timeout_s: float = 600.0) -> str:
     clients should use (bound on ray.serve_host, advertised as `advertised_host`)."""
     from ray import serve
 
+    check_exposure(settings)
     serve.start(http_options=http_options(settings))
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     url = base_url(settings)
-    wait_ready(url, served_model_id(settings), timeout_s)
+    wait_ready(url, served_model_id(settings), timeout_s, api_key=client_key(settings))
     log.info("Serve app %s ready at %s (bound on %s, model %s)", APP_NAME, url, settings.ray.serve_host,
              served_model_id(settings))
     return url
 
 
-def wait_ready(url: str, model_id: str, timeout_s: float) -> None:
+def check_exposure(settings: Settings) -> None:
+    """An app without keys is open to whoever reaches it: only on loopback."""
+    from safeguard_flow.settings import SettingsError
+
+    r = settings.ray
+    if not r.serve_api_keys and r.serve_host not in ("127.0.0.1", "localhost", "::1"):
+        raise SettingsError(f"ray.serve_host={r.serve_host!r} is reachable from other machines but "
+                            "ray.serve_api_keys (SAFEGUARD_RAY__SERVE_API_KEYS) is empty: set at least one key "
+                            "(clients send it as engine.api_key), or bind 127.0.0.1")
+
+
+def client_key(settings: Settings) -> str | None:
+    """The key a client of this app sends: engine.api_key when the app accepts it, else the first key."""
+    keys = settings.ray.serve_api_keys
+    if not keys:
+        return None
+    return settings.engine.api_key if settings.engine.api_key in keys else keys[0]
+
+
+def wait_ready(url: str, model_id: str, timeout_s: float, api_key: str | None = None) -> None:
     """Until /v1/models lists the model (the replicas have loaded it)."""
     import httpx
 
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
         try:
-            resp = httpx.get(f"{url}/models", timeout=5)
+            resp = httpx.get(f"{url}/models", timeout=5, headers=headers)
             if resp.status_code == 200 and any(m.get("id") == model_id for m in resp.json().get("data", [])):
                 return
             last = f"HTTP {resp.status_code}"

@@ -30,6 +30,7 @@ from safeguard_flow.airflow.assets import (
     verdicts_alias,
     verdicts_asset,
 )
+from safeguard_flow.airflow import lineage  # extract and publish report OpenLineage datasets
 from safeguard_flow.airflow.ray_operator import step_timeout  # deadlines.* (read at parse: environment only)
 from safeguard_flow.airflow.warehouse_hook import SafeguardWarehouseHook
 
@@ -51,7 +52,7 @@ def _warehouse(conn_id: str) -> Iterator[tuple[Any, Any]]:
 # --- extract ----------------------------------------------------------------------------------------
 
 
-@task.short_circuit(task_id="extract", execution_timeout=step_timeout("extract"))
+@lineage.extract_task(short_circuit=True, task_id="extract", execution_timeout=step_timeout("extract"))
 def extract_interval(safeguard_conn_id: str = DEFAULT_CONN_ID) -> str | None:
     """Create the interval's run against the active version of every policy and write its work list.
 
@@ -118,7 +119,7 @@ def relabel_scope(params: dict[str, Any]) -> tuple[datetime | None, int | None]:
     return None, params.get("limit")
 
 
-@task(task_id="extract", execution_timeout=step_timeout("extract"))
+@lineage.extract_task(task_id="extract", execution_timeout=step_timeout("extract"))
 def extract_relabel(safeguard_conn_id: str = DEFAULT_CONN_ID) -> list[str]:
     """One run per policy version to relabel; each run's work list is the content in scope without
     a verdict for that version. Verdicts of older versions are kept (the flips view compares them).
@@ -290,7 +291,7 @@ def validate(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, An
 # --- publish ----------------------------------------------------------------------------------------
 
 
-@task(task_id="publish", outlets=[verdicts_alias()], execution_timeout=step_timeout("publish"))
+@lineage.publish_task(task_id="publish", outlets=[verdicts_alias()], execution_timeout=step_timeout("publish"))
 def publish(run: str, safeguard_conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any]:
     """Merge the staged verdicts in one transaction (idempotent); an event on the verdict table asset,
     named from the settings publish wrote with (through the alias: nothing is resolved at parse time)."""

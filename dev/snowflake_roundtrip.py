@@ -3,7 +3,7 @@
 Runs INSIDE the Snowflake venv (dev/snowflake_venv.py builds it; tests/warehouse/test_snowflake.py runs
 this), never the project venv: the Snowflake driver's pins conflict with ours. With fakesnow patched
 into snowflake.connector, everything below goes through snowflake-sqlalchemy and our own code on a
-`snowflake://` URL: migrations, a posts source table, a nightly extract, verdicts staged with
+`snowflake://` URL: migrations into schema ANALYTICS, a posts source table in PUBLIC, a nightly extract, verdicts staged with
 write_chunk (no model: a keyword rule makes Verdict objects), the real Great Expectations gate,
 the publish merge, then sg_verdicts and a view read back. Prints one JSON object on its last line.
 
@@ -57,7 +57,7 @@ def main(workdir: Path, dataset: Path | None) -> dict:
                            rationale="keyword rule", confidence=0.9, rule_ids=["R1"], raw_output="{}",
                            model="keyword-rules", extra={"note": "ü ✓"}, prompt_tokens=3, completion_tokens=2)
 
-        settings = load_settings(environ={}, home=str(workdir / "home"), warehouse={"url": URL},
+        settings = load_settings(environ={}, home=str(workdir / "home"), warehouse={"url": URL, "db_schema": "analytics"},
                                  policies_dir=str(Path(__file__).resolve().parents[1] / "policies"),
                                  sources=[{"name": "posts", "table": "posts", "id_column": "id", "text_column": "body",
                                            "updated_at_column": "updated_at"}])
@@ -122,7 +122,8 @@ def main(workdir: Path, dataset: Path | None) -> dict:
                     view_rows[view] = conn.exec_driver_sql(f"SELECT count(*) FROM {names[view]}").scalar_one()
                 except sa.exc.DBAPIError as exc:
                     view_rows[view] = f"error: {str(exc.orig).splitlines()[0]}"
-            tables_seen = sorted(r._mapping["name"] for r in conn.exec_driver_sql("SHOW TABLES"))
+            tables_seen = {where: sorted(r._mapping["name"] for r in conn.exec_driver_sql(f"SHOW TABLES IN SCHEMA {where}"))
+                           for where in ("public", "analytics")}
         engine.dispose()
     return dict(revision=revision, head=schema.head(), dialect=engine.dialect.name, run_id=run.id, items=run.items,
                 validation=dict(success=report.success, rows=report.rows), published=published, again=again,

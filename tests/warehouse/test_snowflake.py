@@ -2,7 +2,7 @@
 
 snowflake-sqlalchemy and the Snowflake driver cannot share the project venv (dev/snowflake-requirements.txt),
 so dev/snowflake_venv.py builds a venv of their own on the first run (about a minute; reused afterwards) and
-runs dev/snowflake_roundtrip.py in it: migrations on a snowflake:// URL, a posts table, two nightly
+runs dev/snowflake_roundtrip.py in it: migrations on a snowflake:// URL into a schema, a posts table beside it, two nightly
 intervals extracted, verdicts staged with write_chunk, the real Great Expectations gate, the MERGE
 publish, then the verdict table and every view read back. Snowflake itself is not tested here.
 """
@@ -24,8 +24,10 @@ def test_publish_extract_round_trip_on_fakesnow(tmp_path):
 
     assert out["dialect"] == "snowflake"
     assert out["revision"] == out["head"]  # every migration ran
-    # Snowflake upper-cases unquoted names: ours (lower case, left unquoted by the dialect) are stored so.
-    assert {"SG_VERDICTS", "SG_VERDICT_STAGING", "SG_RUNS", "POSTS"} <= set(out["tables"])
+    # Snowflake upper-cases unquoted names: ours (lower case, left unquoted by the dialect) are stored so,
+    # in the warehouse schema (db_schema "analytics"); the content stays alone in PUBLIC.
+    assert {"SG_VERDICTS", "SG_VERDICT_STAGING", "SG_RUNS", "SG_ALEMBIC_VERSION"} <= set(out["tables"]["analytics"])
+    assert out["tables"]["public"] == ["POSTS"]
 
     items = out["items"]  # in the first day: our 6 awkward rows (+ up to 4 real samples)
     assert items in (6, 10)

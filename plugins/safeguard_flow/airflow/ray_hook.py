@@ -147,7 +147,7 @@ class RayHook(BaseHook):
         head = local_head.ensure_head(self.settings)
         self.log.info("no Ray connection %r and no ray.dashboard_url: using the local head at %s",
                       self.ray_conn_id, head.dashboard_url)
-        return RayTarget(dashboard_url=head.dashboard_url, local=True)
+        return RayTarget(dashboard_url=head.dashboard_url, headers=head.auth_headers(), local=True)
 
     @cached_property
     def client(self) -> JobSubmissionClient:
@@ -157,7 +157,12 @@ class RayHook(BaseHook):
         # head (local_head.local_cluster_env) is told its mode.
         route_ray_logs()
         t = self.target
-        return JobSubmissionClient(t.dashboard_url, headers=t.headers or None, verify=t.verify)
+        headers = t.headers
+        if not headers:  # the trigger knows only the URL: the local head's own token, if it is that head
+            from safeguard_flow.raylib.cluster import local_head
+
+            headers = local_head.auth_headers_for(self.settings, t.dashboard_url)
+        return JobSubmissionClient(t.dashboard_url, headers=headers or None, verify=t.verify)
 
     def get_conn(self) -> JobSubmissionClient:
         return self.client

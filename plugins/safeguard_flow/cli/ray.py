@@ -22,6 +22,9 @@ def cmd_ray_start(args: argparse.Namespace) -> int:
           f"log {head.log_file}")
     print(f"it listens on loopback only: a driver of your own needs {local_head.SINGLE_MACHINE_ENV}=0 "
           f"before `ray.init(address=\"{head.gcs_address}\")`")
+    if head.token_file:
+        print(f"token auth is on: also RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={head.token_file} "
+              "(the dashboard asks for the token in that file)")
     return 0
 
 

@@ -14,18 +14,25 @@ connects to it. Ray's single-machine mode (what it does on macOS and Windows, sw
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) keeps 127.0.0.1 for this node everywhere: the head runs with it,
 the job drivers it starts inherit it, and a process connecting to a local head says so first
 (`prepare_driver`). A head that other nodes must join (`loopback=False`, the two-node test) keeps
-Ray's usual addresses. Use `ray.auth_mode: token` where the network is not trusted. Starting is
-guarded by a file lock next to the state file: tasks that start at once (a backfill) wait for the
-first one and reuse its head.
+Ray's usual addresses. Starting is guarded by a file lock next to the state file: tasks that start
+at once (a backfill) wait for the first one and reuse its head.
+
+Who may use it: Ray's token auth is on unless ray.auth_mode (or, by default, RAY_AUTH_MODE) says
+"disabled": each head gets its own random token, in a file only this user can read, which the head and
+the jobs it starts read (RAY_AUTH_TOKEN_PATH) and our clients send (`LocalHead.auth_headers`). Its temp
+dir (sockets, session logs, the token) is a fresh private folder (0700, ours, random name), never a
+predictable name in a shared /tmp. It keeps the temporary references that pin uploads (a job's
+one-off secrets) for longer than it waits for a job to start (RAY_JOB_START_TIMEOUT_SECONDS).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
+import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -61,9 +68,19 @@ class LocalHead:
     pid: int  # the `ray start --block` process; SIGTERM stops the whole head
     temp_dir: str
     log_file: str
+    token_file: str = ""  # Ray's auth token of this head ("" with auth disabled)
 
     def is_alive(self) -> bool:
-        return _pid_alive(self.pid) and dashboard_ready(self.dashboard_url)
+        return _pid_alive(self.pid) and dashboard_ready(self.dashboard_url, self.auth_headers())
+
+    def auth_headers(self) -> dict[str, str]:
+        """What a Jobs API / dashboard client of this head sends."""
+        if not self.token_file:
+            return {}
+        try:
+            return {"Authorization": f"Bearer {Path(self.token_file).read_text().strip()}"}
+        except OSError:  # the head was stopped (its token removed)
+            return {}
 
 
 # Ray's switch for its single-machine mode: "0" makes this node 127.0.0.1 (ray_constants.ENABLE_RAY_CLUSTER).
@@ -110,16 +127,54 @@ def _start_lock(settings: Settings, timeout_s: float):
     return FileLock(str(path), timeout=timeout_s)
 
 
-def _temp_dir(settings: Settings) -> str:
-    # Ray puts unix sockets under the temp dir: keep it short (sun_path is ~107 bytes).
-    key = hashlib.sha256(f"{settings.home_path}:{settings.ray.local_port}".encode()).hexdigest()[:10]
-    return os.path.join(tempfile.gettempdir(), f"sg-ray-{key}")
+def _private_temp_dir(port: int) -> str:
+    """Ray's temp dir for a new head, inside a new folder only this user can enter, with a name nobody
+    can guess in advance (mkdtemp): another local user can neither pre-create it nor reach the head's
+    sockets, logs and token through it. Ray makes its own temp dir world-writable (0777), hence the
+    private parent. Short: Ray puts unix sockets under it (sun_path is ~107 bytes)."""
+    parent = tempfile.mkdtemp(prefix=f"sg-ray-{port}-")
+    info = os.lstat(parent)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) != 0o700:
+        raise LocalHeadError(f"{parent} is not a private folder of this user (mode {oct(info.st_mode)})")
+    path = os.path.join(parent, "r")
+    os.mkdir(path, 0o700)
+    return path
 
 
-def dashboard_ready(url: str, timeout: float = 2.0) -> bool:
+def private_root(head: LocalHead) -> str:
+    """The private (0700) folder holding the head's temp dir and token."""
+    return os.path.dirname(head.temp_dir)
+
+
+def _write_token(temp_dir: str) -> str:
+    path = os.path.join(os.path.dirname(temp_dir), "auth_token")  # beside Ray's world-writable dir, not in it
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return path
+
+
+# Ray waits this long for a job to start (RAY_JOB_START_TIMEOUT_SECONDS, default 900 s); the head keeps
+# temporary references (the pin of a job's one-off secrets) this much longer.
+_PIN_MARGIN_S = 300
+
+
+def dashboard_ready(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/api/version", timeout=timeout) as resp:
+        req = urllib.request.Request(f"{url}/api/version", headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _answers(url: str) -> bool:
+    """Anything listening there (a dashboard with token auth answers 401 without a token)."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
@@ -178,19 +233,25 @@ def start_head(settings: Settings, timeout_s: float = 90.0, resources: dict[str,
     a head other `ray start` nodes can join (Ray's usual addresses; the servers are reachable)."""
     ray = settings.ray
     dashboard_url = f"http://127.0.0.1:{ray.local_dashboard_port}"
-    if dashboard_ready(dashboard_url):
+    if _answers(dashboard_url):
         raise LocalHeadError(
             f"something already answers on {dashboard_url} but it is not a head we started; "
             "set ray.dashboard_url (SAFEGUARD_RAY__DASHBOARD_URL) to use it, or pick another "
             "ray.local_dashboard_port (SAFEGUARD_RAY__LOCAL_DASHBOARD_PORT)"
         )
-    temp_dir = _temp_dir(settings)
-    os.makedirs(temp_dir, exist_ok=True)
+    temp_dir = _private_temp_dir(ray.local_port)
     state = _state_file(settings)
     state.parent.mkdir(parents=True, exist_ok=True)
     log_file = str(state.with_suffix(".log"))
     env = {**os.environ, **local_cluster_env(settings, loopback=loopback)}
     env.pop("RAY_ADDRESS", None)  # a stale address would make `ray start` join another cluster
+    token_file = ""
+    env.pop("RAY_AUTH_TOKEN", None)  # this head's own token, never one meant for another cluster
+    if env["RAY_AUTH_MODE"] == "token":
+        token_file = _write_token(temp_dir)
+        env["RAY_AUTH_TOKEN_PATH"] = token_file  # the head, and the job drivers and workers it starts
+    start_timeout = float(env.get("RAY_JOB_START_TIMEOUT_SECONDS") or 900)
+    env.setdefault("RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S", str(int(start_timeout + _PIN_MARGIN_S)))
     # Jobs run `python ...`: make that this interpreter (the venv with safeguard-flow), activated or not.
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     # A local head serves no outside traffic: stop at once instead of draining for 30 s on SIGTERM.
@@ -199,12 +260,12 @@ def start_head(settings: Settings, timeout_s: float = 90.0, resources: dict[str,
         proc = subprocess.Popen(head_command(settings, temp_dir, resources), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     head = LocalHead(gcs_address=f"127.0.0.1:{ray.local_port}", dashboard_url=dashboard_url, pid=proc.pid,
-                     temp_dir=temp_dir, log_file=log_file)
+                     temp_dir=temp_dir, log_file=log_file, token_file=token_file)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise LocalHeadError(f"`ray start --head` exited with code {proc.returncode}; see {log_file}")
-        if dashboard_ready(dashboard_url) and _jobs_api_ready(dashboard_url):
+        if dashboard_ready(dashboard_url, head.auth_headers()) and _jobs_api_ready(dashboard_url, head.auth_headers()):
             state.write_text(json.dumps(asdict(head)))
             return head
         time.sleep(0.5)
@@ -212,10 +273,10 @@ def start_head(settings: Settings, timeout_s: float = 90.0, resources: dict[str,
     raise LocalHeadError(f"the local Ray head did not come up within {timeout_s:.0f}s; see {log_file}")
 
 
-def _jobs_api_ready(url: str) -> bool:
+def _jobs_api_ready(url: str, headers: dict[str, str] | None = None) -> bool:
     # The job module starts a little after the version endpoint answers.
     try:
-        with urllib.request.urlopen(f"{url}/api/jobs/", timeout=2) as resp:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/api/jobs/", headers=headers or {}), timeout=2) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -251,8 +312,21 @@ def stop_head(head: LocalHead, timeout_s: float = 40.0, remove_temp_dir: bool = 
         os.killpg(head.pid, signal.SIGKILL)  # its own session: only processes of this head
     except (ProcessLookupError, PermissionError):
         pass
+    if head.token_file:  # a stopped head's token opens nothing, but leave none behind
+        Path(head.token_file).unlink(missing_ok=True)
     if remove_temp_dir:
         shutil.rmtree(head.temp_dir, ignore_errors=True)
+        if os.path.basename(os.path.dirname(head.temp_dir)).startswith("sg-ray-"):
+            shutil.rmtree(os.path.dirname(head.temp_dir), ignore_errors=True)  # its private parent
+
+
+def auth_headers_for(settings: Settings, dashboard_url: str) -> dict[str, str]:
+    """The headers a client of the local head recorded for these settings sends, if `dashboard_url`
+    is that head's (the trigger knows only the URL); {} otherwise."""
+    head = load_head(settings)
+    if head is None or head.dashboard_url.rstrip("/") != dashboard_url.rstrip("/"):
+        return {}
+    return head.auth_headers()
 
 
 def stop_recorded_head(settings: Settings, remove_temp_dir: bool = False) -> bool:

@@ -76,12 +76,7 @@ def _label_one_item(engine: Engine, item: ContentItem, policies: Sequence[Policy
             source=item.source, content_hash=item.content_hash, model=engine.model_name,
         )
         out.append(verdict)
-    if stats is not None:
-        stats.items += 1
-        stats.requests += local.requests
-        stats.prompt_tokens += local.prompt_tokens
-        stats.completion_tokens += local.completion_tokens
-        stats.add(out)
+    _count_item(stats, local, out)
     return out
 
 
@@ -146,12 +141,7 @@ def label_isolating(slot: EngineSlot, items: Sequence[ContentItem], policies: Se
         local = LabelStats()
         out = [v for p in policies
                for v in label_isolating(slot, [item], [p], max_content_chars=max_content_chars, stats=local)]
-        if stats is not None:
-            stats.items += 1
-            stats.requests += local.requests
-            stats.prompt_tokens += local.prompt_tokens
-            stats.completion_tokens += local.completion_tokens
-            stats.add(out)
+        _count_item(stats, local, out)
         return out
     policy = policies[0]
     log.warning("item %s under policy %s kills the engine (%s): writing an error verdict", item.content_id,
@@ -165,6 +155,16 @@ def label_isolating(slot: EngineSlot, items: Sequence[ContentItem], policies: Se
         stats.items += 1
         stats.add([verdict])
     return [verdict]
+
+
+def _count_item(stats: LabelStats | None, local: LabelStats, out: list) -> None:
+    """Add one item's requests, tokens and verdicts (labelled one policy at a time) to `stats`."""
+    if stats is not None:
+        stats.items += 1
+        stats.requests += local.requests
+        stats.prompt_tokens += local.prompt_tokens
+        stats.completion_tokens += local.completion_tokens
+        stats.add(out)
 
 
 def check_engine(engine: Engine, policy: Policy) -> None:

@@ -7,6 +7,7 @@ local head), the lightest real path. AIRFLOW_HOME is a temporary folder, outside
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import time
@@ -50,6 +51,10 @@ def flow(tmp_path_factory, vllm_server, af_ray_head):
     load_sample(engine, rows)
 
     env = pipeline_env(settings, vllm_server, af_ray_head, label_mode="in_process")
+    # OpenLineage on, to a file (the provider stays off without a transport): the lineage test reads it.
+    env["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(
+        {"type": "file", "log_file_path": str(tmp / "openlineage.jsonl"), "append": True})
+    env["AIRFLOW__OPENLINEAGE__NAMESPACE"] = "safeguard-tests"
     af = LocalAirflow(tmp / "airflow", STACK_PORT, DAGS, env=env)
     for key in [k for k in af.env if k.startswith("SAFEGUARD_TEST_")]:  # test ports, not settings
         del af.env[key]
@@ -188,3 +193,24 @@ def test_relabel_by_hand_with_params(flow, backfilled):
     assert wh_run.policy_refs == [("self-harm", 1)]
     assert wh_run.params["scope"] == "since" and wh_run.params["since"].startswith(DAYS[1]) and wh_run.params["limit"] == 1
     assert wh_run.items == 0 and wh_run.status == "published"  # everything in scope already has a v1 verdict
+
+
+def test_nightly_runs_report_lineage(flow, backfilled):
+    """The OpenLineage listener (file transport) saw each backfilled nightly run's extract read the
+    source table and write the work list, and its publish read the staged verdicts and write the
+    verdict table, named as the provider names SQL tables (SQLite: the file as namespace)."""
+    af, settings, engine, rows = flow
+    events_file = af.home.parent / "openlineage.jsonl"
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    complete = [e for e in events if e["eventType"] == "COMPLETE"]
+    namespace = f"sqlite://{Path(engine.url.database).resolve()}"
+
+    def datasets(job: str, side: str) -> set[tuple[str, str]]:
+        found = [e for e in complete if e["job"]["name"] == job and e.get(side)]
+        assert len(found) >= len(DAYS), f"{job}: {len(found)} COMPLETE event(s) with {side}"
+        return {(d["namespace"], d["name"]) for e in found for d in e[side]}
+
+    assert datasets("safeguard_nightly.extract", "inputs") == {(namespace, "posts")}
+    assert datasets("safeguard_nightly.extract", "outputs") == {(namespace, "sg_work_items")}
+    assert datasets("safeguard_nightly.publish", "inputs") == {(namespace, "sg_verdict_staging")}
+    assert datasets("safeguard_nightly.publish", "outputs") == {(namespace, "sg_verdicts")}

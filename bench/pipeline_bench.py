@@ -57,7 +57,9 @@ def pipeline_run(settings) -> tuple[float, dict, object]:
     run = pipeline.start_interval_run(engine, settings, T0, T0 + dt.timedelta(days=1), kind="nightly")
     summary: dict = {}
     if pipeline.needs_work(run):
-        result = pipeline.finish(engine, settings, run.id, log_file=Path(settings.home) / "logs" / "bench-run.log")
+        log = Path(settings.home) / "logs" / "bench-run.log"  # the Ray and vLLM output, as the CLI keeps it
+        log.parent.mkdir(parents=True, exist_ok=True)
+        result = pipeline.finish(engine, settings, run.id, log_file=log)
         summary = result.labelled.summary if result.labelled else {}
         run = result.run
     wall = time.perf_counter() - start

@@ -64,7 +64,7 @@ def build_run(settings, n_verdicts: int, rationale_bytes: int = 2048) -> str:
 
 
 CHILD = """
-import json, resource, sys
+import json, sys
 from safeguard_flow.settings import Settings
 from safeguard_flow.warehouse import db
 from safeguard_flow import pipeline
@@ -77,7 +77,9 @@ try:
     ok, summary = report.success, report.summary
 except QualityGateFailed as exc:
     ok, summary = False, exc.report.summary
-peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+# VmHWM, this process's own peak: ru_maxrss is carried over from the parent across fork+exec on
+# Linux, so under a large pytest process it would report the parent's peak.
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"peak_mb": peak_kb / 1024, "success": ok, "summary": summary}))
 """
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,7 +17,8 @@ import sqlalchemy as sa
 
 from tests.review.seed import labelled_run, load_posts, publish_versions, relax_gate
 from tests.review.test_queue import choose
-from tests.ui.conftest import DEVTOOLS_PORT, ROOT
+from tests.ui.conftest import DEVTOOLS_PORT
+from tests.ui.role_server import role_server
 from tests.ui.ui_browser import SCREENSHOT_DIR, Browser, find_chromium
 
 pytestmark = pytest.mark.slow
@@ -48,26 +48,9 @@ def warehouse(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(warehouse, tmp_path_factory):
-    from dev.local_stack import LocalAirflow
-
     _, settings = warehouse
-    home = tmp_path_factory.mktemp("airflow-review")
-    passwords = {name: secrets.token_urlsafe(12) for name in USERS}
-    (home / "passwords.json").write_text(json.dumps(passwords))
-    conn = {"conn_type": "safeguard_warehouse", "extra": {"url": settings.warehouse_url}}
-    env = {"AIRFLOW_CONN_SAFEGUARD_WAREHOUSE_DEFAULT": json.dumps(conn), "SAFEGUARD_HOME": settings.home,
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json")}
-    harness = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SAFEGUARD_TEST_")}
-    try:
-        af = LocalAirflow(home / "airflow", PORT, ROOT / "dags", env=env, components=("api-server",))
-    finally:
-        os.environ.update(harness)
-    af.init_db()
-    af.start(timeout_s=180)
-    yield af, passwords
-    af.stop()
+    with role_server(settings, tmp_path_factory.mktemp("airflow-review"), PORT, USERS) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import urllib.error
 import urllib.request
 
 import pytest
-from tests.ui.conftest import ROOT
+from tests.ui.role_server import role_server as start_role_server
 
 pytestmark = pytest.mark.slow
 
@@ -22,33 +21,15 @@ ROLE_PORT = int(os.environ.get("SAFEGUARD_TEST_UI_PORT", "18220")) + 2
 
 @pytest.fixture(scope="module")
 def role_server(seeded_warehouse, tmp_path_factory):
-    from dev.local_stack import LocalAirflow
-
     settings, _ = seeded_warehouse
-    home = tmp_path_factory.mktemp("airflow-roles")
-    passwords = {name: secrets.token_urlsafe(12) for name in USERS}
-    (home / "passwords.json").write_text(json.dumps(passwords))
-    conn = {"conn_type": "safeguard_warehouse", "extra": {"url": settings.warehouse_url}}
-    env = {"AIRFLOW_CONN_SAFEGUARD_WAREHOUSE_DEFAULT": json.dumps(conn), "SAFEGUARD_HOME": settings.home,
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json")}
-    harness = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SAFEGUARD_TEST_")}
-    try:
-        af = LocalAirflow(home / "airflow", ROLE_PORT, ROOT / "dags", env=env, components=("api-server",))
-    finally:
-        os.environ.update(harness)
-    af.init_db()
-    af.start(timeout_s=180)
-    tokens = {}
-    for name, password in passwords.items():
-        req = urllib.request.Request(f"{af.base_url}/auth/token", method="POST",
-                                     data=json.dumps({"username": name, "password": password}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        tokens[name] = json.load(urllib.request.urlopen(req, timeout=30))["access_token"]
-    yield af, tokens
-    af.stop()
-
+    with start_role_server(settings, tmp_path_factory.mktemp("airflow-roles"), ROLE_PORT, USERS) as (af, passwords):
+        tokens = {}
+        for name, password in passwords.items():
+            req = urllib.request.Request(f"{af.base_url}/auth/token", method="POST",
+                                         data=json.dumps({"username": name, "password": password}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            tokens[name] = json.load(urllib.request.urlopen(req, timeout=30))["access_token"]
+        yield af, tokens
 
 def _get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, str]:
     req = urllib.request.Request(url, method=method, data=b"{}" if method != "GET" else None,

@@ -98,7 +98,13 @@ def _label_in_worker(sql_engine: Engine, settings: Settings, run_id: str, log_fi
             if out is not None:
                 out.close()
         _reap_group(proc.pid)
-        summary = json.loads(result_path.read_text()) if code == 0 and result_path.is_file() else {}
+        summary = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if code != 0 and summary:
+        # The job finished and wrote its summary (renamed into place last): a crash after that is in
+        # the process's teardown, not in the labelling, and the run's state is already the job's.
+        log.warning("run %s: the label worker finished the job, then %s at exit; the job's result stands",
+                    run_id, _exit_reason(code).split(";")[0].replace("the label worker ", ""))
+        code = 0
     if code != 0:
         reason = f"label job: {_exit_reason(code)}" + (f" (log: {log_file})" if log_file else "")
         mark_failed(sql_engine, settings, run_id, reason)  # a no-op when the job already failed the run itself

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 
@@ -37,10 +38,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"label job: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(summary.format(), file=sys.stderr, flush=True)
-    with open(args.result, "w", encoding="utf-8") as fh:
+    # Written whole, then renamed: the parent trusts a summary only when the job got this far.
+    tmp = args.result + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(summary.to_dict(), fh)
+    os.replace(tmp, args.result)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # The job's work is in the warehouse and its summary on disk: skip the interpreter's teardown, where
+    # Ray's driver threads and vLLM's torch state now and then crash the process (SIGSEGV seen in CI
+    # after a finished job). The parent reaps what this process started.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

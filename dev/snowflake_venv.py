@@ -4,8 +4,9 @@
 The Snowflake driver cannot live in the project venv (dev/snowflake-requirements.txt says why), so,
 as dev/superset.py does for Superset, it gets a venv of its own, built once under
 ~/.cache/safeguard-flow/snowflake-venv-<hash of the requirements> (SAFEGUARD_SNOWFLAKE_VENV overrides
-the folder): the pinned requirements, then this checkout with `pip install --no-deps -e` so the code
-under test is the working tree's. Changing the requirements file builds a new venv.
+the folder): the pinned requirements only. The code under test is the working tree's, put on
+PYTHONPATH when the round trip runs, so every checkout (a fresh CI clone too) shares one venv.
+Changing the requirements file builds a new venv.
 
     python dev/snowflake_venv.py venv                    # build the venv (if missing); prints the seconds it took
     python dev/snowflake_venv.py roundtrip [WORKDIR]     # the fakesnow round trip (dev/snowflake_roundtrip.py), JSON
@@ -44,19 +45,18 @@ def ensure_venv(log=print) -> tuple[Path, float]:
     """The Snowflake venv (built when missing or unfinished); returns (its folder, seconds spent building)."""
     venv = venv_dir()
     stamp = venv / ".sg-installed"
-    want = f"{_requirements_hash()} {REPO}"
+    want = _requirements_hash()
     if stamp.exists() and stamp.read_text() == want:
         return venv, 0.0
     started = time.monotonic()
     if venv.exists():
-        shutil.rmtree(venv)  # half-built, or pointing at another checkout: start clean
+        shutil.rmtree(venv)  # half-built (or from an older layout): start clean
     venv.parent.mkdir(parents=True, exist_ok=True)
     log(f"building the Snowflake venv in {venv} from {REQUIREMENTS.name}; about a minute, once")
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "-r", str(REQUIREMENTS)], check=True)
-    subprocess.run([*pip, "install", "--no-deps", "-e", str(REPO)], check=True)
     stamp.write_text(want)
     return venv, round(time.monotonic() - started, 1)
 
@@ -68,7 +68,8 @@ def roundtrip(workdir: Path, venv: Path | None = None, timeout: float = 600) -> 
     # The warehouse settings come from the script alone, never from this shell's SAFEGUARD_* variables.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEGUARD_")}
     res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=workdir,
-                         env={**env, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"})
+                         env={**env, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1",
+                              "PYTHONPATH": str(REPO / "plugins")})
     if res.returncode != 0:
         raise RuntimeError(f"snowflake round trip failed (exit {res.returncode}):\n{(res.stdout + res.stderr)[-6000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

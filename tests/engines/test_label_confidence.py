@@ -63,17 +63,20 @@ def test_in_process_confidence_tracks_the_label(vllm_engine, small_policies):
     verdicts = label_items(vllm_engine, [ContentItem.from_raw(i, t) for i, t in enumerate(texts)], small_policies)
     ok = _ok_confidences(verdicts)
     by_policy = {p.name: p for p in small_policies}
-    pairs = []
+    prompts_, params_ = [], []
     for v in ok:
         policy = by_policy[v.policy]
-        forced = _other(v.label)
-        token = vllm_engine.label_token_ids(policy)[policy.labels.index(forced)]
-        req = LabelRequest(0, policy, texts[int(v.content_id)])
-        prep = vllm_engine._prepare(0, req)
+        token = vllm_engine.label_token_ids(policy)[policy.labels.index(_other(v.label))]
+        prep = vllm_engine._prepare(0, LabelRequest(0, policy, texts[int(v.content_id)]))
         params = vllm_engine.sampling_params(policy, prep.params.max_tokens)
         params.logit_bias = {token: 100.0}  # the other label, whatever the model thinks
-        out = vllm_engine.llm.generate([prep.prompt], [params], use_tqdm=False)[0]
-        c = vllm_engine._to_completion(out, policy)
+        prompts_.append(prep.prompt)
+        params_.append(params)
+    outs = vllm_engine.llm.generate(prompts_, params_, use_tqdm=False)  # one batch, as the label loop sends them
+    pairs = []
+    for v, out in zip(ok, outs):
+        forced = _other(v.label)
+        c = vllm_engine._to_completion(out, by_policy[v.policy])
         assert _answered_label(c.text) == forced, c.text
         pairs.append((v.policy, v.content_id, v.label, v.confidence, c.label_probs[forced]))
     print("\n(policy, item, label, p, forced other label's p):", *pairs, sep="\n")

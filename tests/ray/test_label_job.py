@@ -19,12 +19,13 @@ pytestmark = pytest.mark.slow
 def label_settings(settings_factory, model_settings, prepared_model, ray_head, ray_settings):
     """Settings for a labelling run on the session's head; one small replica unless overridden."""
 
-    def make(db_url: str | None = None, **ray_overrides):
+    def make(db_url: str | None = None, engine: dict | None = None, **ray_overrides):
         return settings_factory(
             db_url,
             sources=[SOURCE],
             warehouse={"chunk_size": 4},
             model={**model_settings.model.model_dump(), "max_model_len": 2048, "max_tokens": 48},
+            engine=engine or {},
             ray={**ray_settings.ray.model_dump(), "address": ray_head.gcs_address, "num_replicas": 1,
                  "num_cpus_per_replica": 1.0, "max_restarts": 3, **ray_overrides},
         )
@@ -114,13 +115,15 @@ def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small
 
 @pytest.mark.postgres
 def test_a_killed_job_resubmitted_with_the_same_run_id_skips_staged_chunks(label_settings, small_policies, ray_conn_env,
-                                                                          pg_url):
-    """Through Airflow's operator and the Jobs API, on PostgreSQL (the other test runs on SQLite)."""
+                                                                          pg_url, vllm_server):
+    """Through Airflow's operator and the Jobs API, on PostgreSQL (the other test runs on SQLite). The
+    replicas label through the session's vLLM server: what is under test is the job's resume, and each
+    job would otherwise load its own in-process engine (the test above covers that engine)."""
     from airflow.sdk.exceptions import TaskDeferred
 
     from safeguard_flow.airflow.ray_operator import RayLabelJobOperator
 
-    settings = label_settings(pg_url)
+    settings = label_settings(pg_url, engine={"kind": "openai", "base_url": vllm_server, "concurrency": 2})
     policies = _spam(small_policies)
     texts = sample_texts(16)
     run_id = make_run(settings, policies, texts)

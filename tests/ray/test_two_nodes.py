@@ -2,7 +2,8 @@
 `ray start` processes, each with its own ports and a custom resource that fits one replica. Every Ray
 process of that cluster runs without the package (its environment hides the venv's editable install
 and this checkout), so the job and both replicas can only import safeguard_flow from the runtime env.
-Memory: two vLLM CPU replicas of the 0.5B model, 1 GiB of KV cache each."""
+The replicas label through the session's vLLM server (the HTTP engine): what is under test is where Ray
+places them and what it ships to them; the replica's own in-process engine is test_label_job.py's."""
 
 from __future__ import annotations
 
@@ -50,7 +51,6 @@ def two_node_cluster(settings_factory, tmp_path, monkeypatch):
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(HIDE_PACKAGE)
     monkeypatch.setenv("PYTHONPATH", str(hide))  # what the cluster's processes inherit
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     settings = settings_factory(ray={"local_port": BASE, "local_dashboard_port": BASE + 65, "local_num_cpus": 2,
                                      "local_object_store_mb": 256, "auth_mode": "disabled"})
     # A head another node joins: Ray's usual addresses, not a loopback-only local head.
@@ -90,7 +90,7 @@ def _wait_for_nodes(dashboard_url: str, n: int, node: subprocess.Popen, log: Pat
 
 
 def test_a_label_job_runs_one_replica_per_node_with_the_code_from_the_runtime_env(
-        two_node_cluster, settings_factory, model_settings, prepared_model, small_policies, tmp_path):
+        two_node_cluster, settings_factory, model_settings, vllm_server, small_policies, tmp_path):
     from ray.util.state import list_actors
 
     from safeguard_flow.airflow.ray_operator import RayLabelJobOperator
@@ -99,7 +99,8 @@ def test_a_label_job_runs_one_replica_per_node_with_the_code_from_the_runtime_en
     policies = [p for p in small_policies if p.name == "spam"]
     settings = settings_factory(
         sources=[SOURCE], warehouse={"chunk_size": 3},
-        model={**model_settings.model.model_dump(), "max_model_len": 2048, "max_tokens": 48, "kv_cache_gib": 1},
+        model={**model_settings.model.model_dump(), "max_model_len": 2048, "max_tokens": 48},
+        engine={"kind": "openai", "base_url": vllm_server, "concurrency": 2},
         ray={"dashboard_url": head.dashboard_url, "num_replicas": 2, "num_cpus_per_replica": 1.0,
              "resources_per_replica": {NODE_RESOURCE: 1}, "poll_interval_s": 1.0},
     )
@@ -108,7 +109,7 @@ def test_a_label_job_runs_one_replica_per_node_with_the_code_from_the_runtime_en
 
     op = RayLabelJobOperator(task_id="label", run_id=run_id, settings=settings, ray_conn_id=None,
                              warehouse_conn_id=None, deferrable=False, poll_interval=1.0, job_timeout=900,
-                             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": os.environ["PYTHONPATH"]}})
+                             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
     summary = op.execute({})
     logs = op.hook.get_job_logs(op.job_id)
 

@@ -32,6 +32,17 @@ def _wait_for_task_state(af, dag_id: str, task_id: str, states: set[str], timeou
     raise AssertionError(f"{task_id} never reached {states}: {seen}; scheduler: {af.log_tail('scheduler', 40)}")
 
 
+def _wait_for_worker_exit_seen(af, task_id: str, timeout_s: float = 60) -> None:
+    """Until the scheduler has taken the executor's event for the worker that parked `task_id`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = af.log_path("scheduler").read_text(errors="replace")
+        if any("Received executor event" in line and f"task_id='{task_id}'" in line for line in text.splitlines()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the scheduler never took the exit of {task_id}'s worker: {af.log_tail('scheduler', 40)}")
+
+
 def test_relabel_waits_for_approval_and_logs_the_approver(tmp_path):
     from dev.local_stack import LocalAirflow
     from safeguard_flow.domain.policies import load_policy_set
@@ -69,6 +80,11 @@ def test_relabel_waits_for_approval_and_logs_the_approver(tmp_path):
         run_id, ti = _wait_for_task_state(af, "safeguard_relabel", "approve_promotion",
                                           {"awaiting_input", "deferred", "skipped", "success", "failed"})
         assert ti["state"] in ("awaiting_input", "deferred"), ti
+        # Answer as a person would, not within the second the task parks: Airflow 3.3 resumes an answered
+        # task at once, and if the scheduler has not yet processed the exit of the worker that parked it,
+        # it takes that exit for an external state change and retries the task (seen in CI: the answer
+        # came 0.5 s after the task parked, the approval ran again two minutes later and waited anew).
+        _wait_for_worker_exit_seen(af, "approve_promotion")
         path = (f"dags/safeguard_relabel/dagRuns/{quote(run_id, safe='')}/taskInstances/approve_promotion/-1"
                 "/hitlDetails")
         detail = af.api("GET", path)

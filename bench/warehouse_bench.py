@@ -107,9 +107,9 @@ def phase(name: str, url: str, chunk_size: int, run_id: str) -> dict:
         if runs.get_run(engine, settings, run_id).status is runs.RunStatus.PUBLISHED:
             import sqlalchemy as sa
 
-            from safeguard_flow.warehouse.tables import build_tables
+            from safeguard_flow.warehouse import schema
 
-            r = build_tables(settings.warehouse.table_prefix, settings.warehouse.db_schema or None).runs
+            r = schema.tables(settings).runs
             with engine.begin() as conn:
                 conn.execute(sa.update(r).where(r.c.id == run_id).values(status=runs.RunStatus.VALIDATED.value))
         else:

@@ -63,16 +63,16 @@ def test_in_process_confidence_tracks_the_label(vllm_engine, small_policies):
     verdicts = label_items(vllm_engine, [ContentItem.from_raw(i, t) for i, t in enumerate(texts)], small_policies)
     ok = _ok_confidences(verdicts)
     by_policy = {p.name: p for p in small_policies}
-    prompts_, params_ = [], []
+    forced_prompts, forced_params = [], []
     for v in ok:
         policy = by_policy[v.policy]
         token = vllm_engine.label_token_ids(policy)[policy.labels.index(_other(v.label))]
         prep = vllm_engine._prepare(0, LabelRequest(0, policy, texts[int(v.content_id)]))
         params = vllm_engine.sampling_params(policy, prep.params.max_tokens)
         params.logit_bias = {token: 100.0}  # the other label, whatever the model thinks
-        prompts_.append(prep.prompt)
-        params_.append(params)
-    outs = vllm_engine.llm.generate(prompts_, params_, use_tqdm=False)  # one batch, as the label loop sends them
+        forced_prompts.append(prep.prompt)
+        forced_params.append(params)
+    outs = vllm_engine.llm.generate(forced_prompts, forced_params, use_tqdm=False)  # one batch, as the label loop sends them
     pairs = []
     for v, out in zip(ok, outs):
         forced = _other(v.label)

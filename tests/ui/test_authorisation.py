@@ -31,6 +31,7 @@ def role_server(seeded_warehouse, tmp_path_factory):
             tokens[name] = json.load(urllib.request.urlopen(req, timeout=30))["access_token"]
         yield af, tokens
 
+
 def _get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, str]:
     req = urllib.request.Request(url, method=method, data=b"{}" if method != "GET" else None,
                                  headers={"Content-Type": "application/json",

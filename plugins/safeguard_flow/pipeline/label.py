@@ -103,7 +103,7 @@ def _label_in_worker(sql_engine: Engine, settings: Settings, run_id: str, log_fi
         # The job finished and wrote its summary (renamed into place last): a crash after that is in
         # the process's teardown, not in the labelling, and the run's state is already the job's.
         log.warning("run %s: the label worker finished the job, then %s at exit; the job's result stands",
-                    run_id, _exit_reason(code).split(";")[0].replace("the label worker ", ""))
+                    run_id, _how_it_ended(code))
         code = 0
     if code != 0:
         reason = f"label job: {_exit_reason(code)}" + (f" (log: {log_file})" if log_file else "")
@@ -161,14 +161,19 @@ def _follow(sql_engine, settings, run_id: str, proc: subprocess.Popen, progress:
             bar.close()
 
 
-def _exit_reason(code: int) -> str:
+def _how_it_ended(code: int) -> str:
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return f"the label worker was killed by {name}; finished chunks are kept, rerun to resume"
-    return f"the label worker exited with code {code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
+
+
+def _exit_reason(code: int) -> str:
+    reason = f"the label worker {_how_it_ended(code)}"
+    return reason + "; finished chunks are kept, rerun to resume" if code < 0 else reason
 
 
 def _stop(proc: subprocess.Popen | None) -> None:

@@ -104,7 +104,12 @@ def seed(engine, settings, verdicts: int) -> dict:
 def time_queries(engine, prefix: str, repeat: int, out_dir: Path) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {}
+    from safeguard_flow.warehouse.bi_role import BI_SESSION_DEFAULTS
+
     with engine.connect() as conn:
+        # As a BI tool's session under `db grant-bi`'s role defaults (jit off).
+        for name, value in BI_SESSION_DEFAULTS.items():
+            conn.exec_driver_sql(f"SET {name} = {value}")
         for view, sql in QUERIES.items():
             sql = sql.format(p=prefix)
             best = float("inf")

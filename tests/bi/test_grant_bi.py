@@ -53,9 +53,13 @@ def test_grant_bi_postgres(pg_url, settings_factory, small_policies, tmp_path, c
         # Granted before by someone: grant-bi takes it away again (views only).
         conn.exec_driver_sql(f"GRANT SELECT ON sg_work_items TO {role}")
     out = _grant(settings, tmp_path, role, capsys)
-    assert "sg_current_verdicts" in out and "no privilege" in out
+    assert "sg_current_verdicts" in out and "no privilege" in out and "jit = off" in out
     url = sa.make_url(pg_url).set(username=role, password="bi-secret").render_as_string(hide_password=False)
     _reads_views_only(url, settings, _counts(wh))
+    bi_engine = sa.create_engine(url)
+    with bi_engine.connect() as conn:  # the role's sessions start without JIT (BENCHMARKS.md: BI views)
+        assert conn.exec_driver_sql("SHOW jit").scalar_one() == "off"
+    bi_engine.dispose()
     _grant(settings, tmp_path, role, capsys)  # idempotent
 
     # Clear errors, not tracebacks: an unknown role, a SQLite warehouse.
@@ -87,6 +91,29 @@ def test_view_and_column_comments_postgres(pg_url, settings_factory, small_polic
         assert sa.inspect(engine).get_table_comment("sg_current_verdicts")["text"] is None
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_grant_bi_without_createrole_grants_and_says_what_to_ask_for(pg_url):
+    """A migrating role that may not ALTER ROLE: the session default is a warning naming the statement."""
+    from safeguard_flow.warehouse.bi_role import BiGrant, _postgres_session_defaults
+
+    admin = sa.create_engine(pg_url)
+    owner, bi = f"own_{uuid.uuid4().hex[:8]}", f"bi_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {owner} LOGIN PASSWORD 'o'")
+        conn.exec_driver_sql(f"CREATE ROLE {bi} LOGIN PASSWORD 'b'")
+    plain = sa.create_engine(sa.make_url(pg_url).set(username=owner, password="o"))
+    try:
+        grant = BiGrant(role=bi, dialect="postgresql")
+        with plain.begin() as conn:
+            _postgres_session_defaults(conn, bi, grant)
+            assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1  # the transaction is still usable
+        assert grant.session_settings == []
+        assert len(grant.warnings) == 1 and f"ALTER ROLE {bi} SET jit = off" in grant.warnings[0]
+    finally:
+        plain.dispose()
+        admin.dispose()
 
 
 def test_grant_bi_refuses_sqlite(sqlite_url, settings_factory, tmp_path, capsys):

@@ -35,4 +35,5 @@ def test_a_postgres_statement_past_the_bound_is_cancelled(pg_url):
         conn.exec_driver_sql("SELECT pg_sleep(3)")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "300ms"
+        assert conn.exec_driver_sql("SHOW jit").scalar() == "off"  # short page queries: no JIT
     engine.dispose()

@@ -168,6 +168,7 @@ def bound_statements(engine: Engine, timeout_s: float) -> None:
         def _pg_timeout(dbapi_conn, _record) -> None:
             cur = dbapi_conn.cursor()
             cur.execute(f"SET statement_timeout = {ms}")
+            cur.execute("SET jit = off")  # the page's queries are short: compiling costs more than it saves
             cur.close()
             dbapi_conn.commit()
     elif engine.dialect.name == "sqlite":

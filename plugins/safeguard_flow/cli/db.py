@@ -53,5 +53,9 @@ def cmd_db_grant_bi(args: argparse.Namespace) -> int:
     print(f"{grant.role} may SELECT from: {', '.join(grant.views)}")
     if grant.revoked_tables:
         print(f"and has no privilege on the {len(grant.revoked_tables)} safeguard table(s) behind them")
+    if grant.session_settings:
+        print(f"its sessions default to: {', '.join(grant.session_settings)}")
+    for warning in grant.warnings:
+        print(f"warning: {warning}")
     print("run it again after `db upgrade` (a recreated view loses its grants)")
     return 0

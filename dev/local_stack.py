@@ -11,6 +11,7 @@ Each component runs in its own process group so :meth:`stop` ends exactly what w
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +33,7 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # failing after SQLite's default 5 s (a busy laptop or CI box easily holds it longer).
 SQLITE_CONNECT_ARGS = {"timeout": 60}
 _TERMINAL = {"success", "failed"}
+_MIGRATED: Path | None = None  # a freshly migrated metadata DB (init_db), for this process's later stacks
 
 
 class LocalAirflowError(RuntimeError):
@@ -95,9 +98,16 @@ class LocalAirflow:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def init_db(self, template: str | Path | None = None) -> None:
-        """Create the metadata DB (copy a migrated template when given: migrating takes ~15 s)."""
+        """Create the metadata DB (copy a migrated template when given: migrating takes ~15 s).
+
+        A stack migrated earlier in this process left a pristine copy: later stacks start from it and
+        skip `db migrate` (same Airflow, same migrations; a test session starts five stacks)."""
+        global _MIGRATED
         self.home.mkdir(parents=True, exist_ok=True)
         db = self.home / "airflow.db"
+        if template is None and _MIGRATED is not None and _MIGRATED.is_file():
+            shutil.copyfile(_MIGRATED, db)
+            return
         if template and Path(template).is_file():
             shutil.copyfile(template, db)
         self.cli("db", "migrate", timeout=300)
@@ -105,6 +115,12 @@ class LocalAirflow:
 
         with sqlite3.connect(db) as conn:  # WAL (kept in the file): readers stop blocking the writer
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file: copyable
+        if _MIGRATED is None:
+            keep = Path(tempfile.mkdtemp(prefix="airflow-migrated-"))
+            atexit.register(shutil.rmtree, keep, ignore_errors=True)
+            _MIGRATED = keep / "airflow.db"
+            shutil.copyfile(db, _MIGRATED)
 
     def start(self, timeout_s: float = 180.0) -> LocalAirflow:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)

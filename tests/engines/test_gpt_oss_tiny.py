@@ -14,6 +14,7 @@ from safeguard_flow.domain.content import ContentItem
 from safeguard_flow.labelling.loop import label_items
 from safeguard_flow.domain.policies import load_policy_set
 from safeguard_flow.domain.verdicts import INPUT_ERROR, OK
+from tests.engines.hostile_posts import HOSTILE, long_posts, ordinary
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [
@@ -248,3 +249,27 @@ def test_the_label_command_on_the_demo_sample_keeps_the_analysis(tiny_engine, le
     assert len(rows) == 3 * 2 and {r["policy"] for r in rows} == {"spam", "self-harm"}
     assert all(r["parse_status"] == OK and r["analysis"].strip() for r in rows), rows
     assert "wrote 6 verdicts for 3 items x 2 policies" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_long_and_hostile_posts_no_longer_kill_the_engine(tiny_engine, lend_engine, tmp_path, monkeypatch, capsys):
+    """The held-out probe of issue 18 through `safeguard-flow label`: long and hostile posts mixed with
+    ordinary moderation rows each get an ok verdict. No per-request seed reaches vLLM's CPU sampler, so
+    a long prompt split by chunked prefill no longer kills the engine (it did: 48 of 54 verdicts were
+    engine errors, exit 0). The killer made on purpose: test_engine_death.py."""
+    from safeguard_flow.cli import main as cli
+
+    rows_in, long = ordinary(6), long_posts()
+    texts = rows_in[:3] + long[:1] + HOSTILE + rows_in[3:] + long[1:]
+    lend_engine(tiny_engine)
+    monkeypatch.setenv("SAFEGUARD_MODEL__NAME", "gpt-oss-tiny")
+    monkeypatch.setenv("SAFEGUARD_HOME", str(tmp_path / "home"))
+    src, out = tmp_path / "probe.jsonl", tmp_path / "probe-verdicts.jsonl"
+    src.write_text("".join(json.dumps({"id": f"probe-{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    code = cli.main(["label", "--policies", str(ROOT / "policies"), "--input", str(src), "--output", str(out),
+                     "--policy", "spam", "--log-file", str(tmp_path / "probe.log")])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(texts)
+    bad = [(r["content_id"], r["parse_status"], r["error"]) for r in rows if r["parse_status"] != OK]
+    assert not bad, bad  # the ordinary, the long and the hostile posts alike
+    assert code == 0, capsys.readouterr()

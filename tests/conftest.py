@@ -142,6 +142,14 @@ def warehouse_url(request, tmp_path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+# A heavy path (a label worker, a Ray job, a DAG run: tens of seconds each) runs once, on the one
+# warehouse its test names; its SQL is the warehouse modules', which tests/warehouse runs on every
+# dialect in milliseconds. `@ON_POSTGRES` / `@ON_SQLITE` on a test that takes `wh_settings`.
+ON_POSTGRES = pytest.mark.parametrize(
+    "warehouse_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+ON_SQLITE = pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+
+
 EVERY_WAREHOUSE = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
                    pytest.param("mariadb", marks=pytest.mark.mariadb), "duckdb"]
 

@@ -1,4 +1,5 @@
-"""The nightly DAG end to end with `dag.test()` on SQLite and PostgreSQL warehouses: extract -> a real
+"""The nightly DAG end to end with `dag.test()` on a PostgreSQL warehouse (the
+README's flow in test_scheduler_flows.py runs it on SQLite under a real scheduler): extract -> a real
 Ray label job (deferrable; dag.test runs its trigger in-line) labelling with the real small model on
 vLLM -> the Great Expectations gate -> publish. And a run the gate fails: quarantined, nothing published."""
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from tests.airflow.af_support import DAGS
+from tests.conftest import ON_POSTGRES
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +69,7 @@ def _verdict_events() -> list[dict]:
     return [r.extra for r in rows]
 
 
+@ON_POSTGRES
 def test_nightly_labels_its_interval_and_reruns_are_idempotent(airflow_db, dag_env, wh_engine, wh_settings):
     from safeguard_flow.warehouse.views import view_rows
     from safeguard_flow.warehouse import runs

@@ -1,5 +1,5 @@
-"""One bad policy version never stops the night, through `airflow dags test` (dag.test) on SQLite and
-PostgreSQL with a real Ray label job and the real small model on vLLM: a shadow version of spam whose
+"""One bad policy version never stops the night, through `airflow dags test` (dag.test) on PostgreSQL (the
+CLI's test in tests/pipeline runs it on SQLite) with a real Ray label job and the real small model on vLLM: a shadow version of spam whose
 text alone is longer than the model's context is quarantined; the active versions are published, every
 task succeeds, and publish clears the run's text copies (retention.text_days = 0)."""
 
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from tests.conftest import ON_POSTGRES
 from tests.airflow.test_dags_e2e import INTERVAL, PER_DAY, _count, _dag, _seed
 from tests.pipeline.long_policy import publish_long_shadow
 
 pytestmark = pytest.mark.slow
 
 
+@ON_POSTGRES
 def test_nightly_publishes_the_active_versions_and_quarantines_only_the_long_shadow(airflow_db, dag_env, wh_engine,
                                                                                     wh_settings):
     from safeguard_flow.warehouse import run_gates, runs, schema

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.conftest import ON_POSTGRES, ON_SQLITE
 from tests.pipeline.test_pipeline_cli import DAY, _real_settings, _seed
 
 pytestmark = pytest.mark.slow
@@ -28,6 +29,7 @@ def _extracted_run(engine, settings):
     return run
 
 
+@ON_POSTGRES
 def test_sigterm_during_labelling_fails_the_run(wh_settings, vllm_server, jobs_ray_head, tmp_path):
     from safeguard_flow.pipeline.label import WORKER_MODULE
     from safeguard_flow.warehouse import db, runs, staging
@@ -65,6 +67,7 @@ def test_sigterm_during_labelling_fails_the_run(wh_settings, vllm_server, jobs_r
         engine.dispose()
 
 
+@ON_SQLITE
 def test_an_in_process_run_past_its_deadline_fails_with_the_reason(wh_settings, vllm_server, jobs_ray_head, tmp_path):
     from safeguard_flow import pipeline
     from safeguard_flow.pipeline.label import LabelDeadlinePassed

@@ -1,5 +1,6 @@
 """One bad policy version never stops the night, through `safeguard-flow run` for real (a real Ray head,
-the real small model on vLLM, SQLite and PostgreSQL): a shadow version of spam whose text alone is longer
+the real small model on vLLM; SQLite here, PostgreSQL through the DAG in
+tests/airflow/test_partial_quarantine_dag.py): a shadow version of spam whose text alone is longer
 than the model's context gets only error verdicts and is quarantined; the active spam and self-harm
 versions are published. Rerunning the interval relabels only the quarantined version."""
 
@@ -10,12 +11,14 @@ import os
 import pytest
 import sqlalchemy as sa
 import yaml
+from tests.conftest import ON_SQLITE
 from tests.pipeline.long_policy import publish_long_shadow
 from tests.pipeline.test_pipeline_cli import DAY, _real_settings, _seed
 
 pytestmark = pytest.mark.slow
 
 
+@ON_SQLITE
 def test_cli_run_publishes_the_active_versions_and_quarantines_only_the_long_shadow(
         wh_settings, vllm_server, jobs_ray_head, tmp_path, capsys, monkeypatch):
     from safeguard_flow.cli import main as cli

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
+from tests.conftest import ON_POSTGRES
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +52,7 @@ def _chunks(engine, settings, run_id):
                                                                   .where(c.c.run_id == run_id, c.c.done == sa.true()))}
 
 
+@ON_POSTGRES  # the next test runs the CLI on SQLite
 def test_a_label_worker_killed_half_way_fails_the_run_and_the_rerun_resumes_it(wh_settings, vllm_server, jobs_ray_head,
                                                                                  tmp_path):
     from safeguard_flow import pipeline

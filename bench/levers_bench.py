@@ -11,8 +11,7 @@ One in-process vLLM engine (the configured model), warmed up, prefix cache reset
   no-dedup     the same doubled items labelled as distinct texts (a suffix makes each unique)
   binary / json / json_rationale   one policy's text with each output format: tokens and items/s
 Per run: seconds, items/s, items per CPU-second, prompt and completion tokens per item, requests.
-The replica-affinity lever (8 policies x 2 replicas) needs two replicas on separate cores: on this
-2-core machine the Ray bench (bench/ray_job_bench.py --replicas 2) is the nearest measure.
+The replica-affinity lever (8 policies x 2 replicas) needs Ray and two replicas: bench/affinity_bench.py.
 """
 
 from __future__ import annotations

@@ -93,6 +93,11 @@ def collect(quick: bool, out_dir: Path, log) -> tuple[dict, dict]:
                     "items_per_s_by_format"):
             figures[key] = lev["figures"][key]
 
+    aff = bench("affinity", ["affinity_bench.py", "--items", "16" if quick else "32"])
+    if aff:
+        for key in ("affinity_vs_round_robin", "affinity_vs_round_robin_e2e", "prefix_tokens_per_replica"):
+            figures[key] = aff["figures"][key]
+
     sizes = ["100000"] if quick else ["100000", "1000000"]
     wh = bench("warehouse", ["warehouse_bench.py", "--rows", *sizes, "--repeat", "1" if quick else "3"])
     for r in wh or []:

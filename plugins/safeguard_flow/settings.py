@@ -200,6 +200,12 @@ class RaySettings(_Section):
     job_timeout_s: float = Field(default=6 * 3600, gt=0)
     poll_interval_s: float = Field(default=5.0, gt=0)
     max_restarts: int = Field(default=3, ge=-1)  # restarts of a dead replica (-1: forever)
+    # Policy affinity: split the run's policies into one share per replica (balanced by policy length),
+    # so a replica's KV cache holds only its share's policy prefixes; each chunk then passes every
+    # share's replicas in turn and the last stages it. Off: every replica labels every policy of the
+    # chunks it gets (chunks go round robin). It pays when the policy prefixes of a run outgrow one
+    # replica's KV cache (many or long policies); BENCHMARKS.md has the figures.
+    policy_affinity: bool = False
     # How the Airflow label task runs the Ray label job: "job" submits it to the cluster (Jobs API,
     # deferrable operator); "in_process" runs raylib.run_label_job inside the Airflow worker (local/dev).
     label_mode: Literal["job", "in_process"] = "job"

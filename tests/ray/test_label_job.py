@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from tests.ray.label_helpers import SOURCE, assert_complete_once, chunk_marks, make_run, staged
+from tests.ray.label_helpers import ROOT, SOURCE, assert_complete_once, chunk_marks, make_run, staged
 
 from safeguard_flow.warehouse.sample_data import sample_texts
 
@@ -111,6 +111,34 @@ def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small
 
     again = run_label_job(settings, run_id)  # a finished run: nothing pending, nothing relabelled
     assert again.chunks_pending == 0 and again.items == 0
+
+
+def test_policy_affinity_splits_the_policies_across_replicas(label_settings, small_policies, ray_driver, vllm_server):
+    """ray.policy_affinity: two replicas, each labelling only its share of three policies; every chunk
+    passes both and is staged once with all of its verdicts, hostile and foreign-language posts too. The
+    replicas label through the session's vLLM server (the in-process engine is the test above's)."""
+    from tests.engines.hostile_posts import HOSTILE, LONG
+
+    from safeguard_flow.domain.policies import load_policy_set
+    from safeguard_flow.raylib.batch.runner import run_label_job
+
+    hate = [p.with_version(1) for p in load_policy_set(ROOT / "policies") if p.name == "hate"]
+    policies = list(small_policies) + hate
+    settings = label_settings(engine={"kind": "openai", "base_url": vllm_server, "concurrency": 4},
+                              num_replicas=2, num_cpus_per_replica=0.5, policy_affinity=True)
+    texts = sample_texts(6) + HOSTILE + [LONG, "Ich hasse alle Nachbarn, sie sollten verschwinden."]
+    run_id = make_run(settings, policies, texts)
+
+    summary = run_label_job(settings, run_id)
+
+    assert summary.chunks_left == 0 and summary.items == len(texts)
+    assert summary.verdicts == len(texts) * len(policies)
+    shares = list(summary.policy_shares.values())
+    assert len(shares) == 2, summary.policy_shares  # two replicas, each with a share of its own
+    assert sorted(n for share in shares for n in share) == sorted(p.name for p in policies)
+    assert_complete_once(settings, run_id, len(texts), policies)  # 0 labelled twice, 0 missing
+    frame = staged(settings, run_id)
+    assert (frame["parse_status"] != "engine_error").all(), frame[frame["parse_status"] == "engine_error"]
 
 
 @pytest.mark.postgres

@@ -209,6 +209,7 @@ def test_an_unhealthy_replica_closes_its_engine_before_it_exits(small_policies, 
 
     replica = object.__new__(labeller.ChunkLabeller)
     replica.settings, replica.run_id, replica.policies = settings_factory(), "r", list(small_policies)
+    replica.share, replica.last = replica.policies, True
     replica.db, replica.engine, replica.engine_load_s, replica._first_call = None, Broken(broken=True), 0.0, False
     # An engine that cannot be restarted in the replica (issue 18 restarts a dead one there first).
     replica.attempt, replica.slot = None, EngineSlot(lambda: Broken(broken=True), max_restarts=0, engine=replica.engine)
@@ -267,6 +268,39 @@ def test_log_follower_emits_each_line_once():
     f.feed("a\nb\npartial\nc\n", got.append)
     f.flush("a\nb\npartial\nc\nend \x1b[36m(pid=1)\x1b[0m x", got.append)
     assert got == ["a", "b", "partial", "c", "end (pid=1) x"]  # no terminal colour codes in task logs
+
+
+def test_policy_affinity_deals_policies_into_balanced_shares(settings_factory):
+    from safeguard_flow.domain.policies import Policy
+    from safeguard_flow.raylib.batch.dataflow import policy_shards, stage_plan
+
+    policies = [Policy(name=f"p{i}", text="x" * n) for i, n in enumerate([800, 700, 600, 500, 400, 300, 200, 100])]
+    shares = policy_shards(policies, 2)
+    assert sorted(p.name for s in shares for p in s) == sorted(p.name for p in policies)  # each policy once
+    sizes = [sum(len(p.text) for p in s) for s in shares]
+    assert max(sizes) - min(sizes) <= 100, sizes
+    assert len(policy_shards(policies[:1], 4)) == 1  # never an empty share
+
+    on = settings_factory(ray={"policy_affinity": True})
+    assert [n for _, n in stage_plan(on, policies, 2)] == [1, 1]
+    assert [n for _, n in stage_plan(on, policies[:3], 5)] == [2, 2, 1]  # more replicas than policies
+    assert len(stage_plan(on, policies, 1)) == 1 and len(stage_plan(on, policies[:1], 2)) == 1
+    off = settings_factory()
+    assert stage_plan(off, policies, 2) == [(policies, 2)]  # round robin: one stage, every policy
+
+
+def test_summary_counts_every_stage_of_a_chunk():
+    import json
+
+    from safeguard_flow.raylib.batch.summary import LabelJobSummary
+
+    s = LabelJobSummary(run_id="r")
+    stages = json.dumps([{"pid": 1, "policies": ["b", "a"]}, {"pid": 2, "policies": ["c"]}])
+    s.add_row({"chunk_no": 0, "skipped": False, "items": 4, "verdicts": 12, "errors": 0, "requests": 12,
+               "prompt_tokens": 600, "cached_prompt_tokens": 500, "completion_tokens": 30, "pid": 2,
+               "engine_load_s": 1.0, "started": 1.0, "finished": 2.0, "stages": stages})
+    assert s.replica_pids == [1, 2] and s.policy_shares == {"1": ["a", "b"], "2": ["c"]}
+    assert s.cached_prompt_tokens == 500 and "replica 1 labels a, b" in s.format()
 
 
 def test_summary_marker_round_trip():

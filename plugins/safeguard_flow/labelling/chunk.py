@@ -163,6 +163,7 @@ def _count_item(stats: LabelStats | None, local: LabelStats, out: list) -> None:
         stats.items += 1
         stats.requests += local.requests
         stats.prompt_tokens += local.prompt_tokens
+        stats.cached_prompt_tokens += local.cached_prompt_tokens
         stats.completion_tokens += local.completion_tokens
         stats.add(out)
 

@@ -34,6 +34,7 @@ class LabelStats:
     requests: int = 0  # model calls actually made (after de-duplication)
     errors: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the engine's prefix cache
     completion_tokens: int = 0
     seconds: float = 0.0
     by_policy_label: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -121,6 +122,7 @@ def label_items(
         for c in completions:
             if c is not None:
                 stats.prompt_tokens += c.prompt_tokens
+                stats.cached_prompt_tokens += c.cached_prompt_tokens
                 stats.completion_tokens += c.completion_tokens
         stats.add(verdicts)
     assert len(verdicts) == len(items) * len(policies)

@@ -1,5 +1,9 @@
 """The Ray Data pipeline: pending chunk numbers -> N replicas (one engine each) -> per-chunk results.
 
+With ray.policy_affinity the replicas form one stage per share of the run's policies (stage_plan):
+a chunk passes the stages in turn, each labels its share's policies and hands its verdicts on with
+the chunk number, and the last stage stages the whole chunk. Stages run at once on different chunks.
+
 Why a `map_batches` actor holding our own engine rather than `ray.data.llm.build_processor`: the
 engine already owns prompt rendering (chat template or harmony), structured outputs per policy and
 output parsing, so the Ray path labels exactly like the in-process path; and it starts lighter (no
@@ -73,7 +77,9 @@ def label_chunks(
     # first chunks and a slower node may get none. A replica that can never be placed fails the job
     # with Ray's "not enough resources" timeout instead of hanging for good.
     ctx.wait_for_min_actors_s = int(settings.ray.job_timeout_s)
-    replicas = max(1, min(settings.ray.num_replicas, len(chunks)))
+    # Round robin: never more replicas than chunks. With policy affinity every share needs its replica.
+    replicas = max(1, settings.ray.num_replicas if settings.ray.policy_affinity
+                   else min(settings.ray.num_replicas, len(chunks)))
     ds = ray.data.from_items([{"chunk_no": int(c)} for c in chunks], override_num_blocks=max(1, len(chunks)))
     with warnings.catch_warnings():
         # max_restarts/max_task_retries still go through `ray_remote_args` (deprecated in Ray 2.60
@@ -89,21 +95,44 @@ def label_chunks(
         yield row
 
 
+def policy_shards(policies: Sequence[Policy], shards: int) -> list[list[Policy]]:
+    """The policies split into `shards` shares of about equal policy text (longest first, each to the
+    lightest share so far): a policy's text is the prefix its share's replica keeps cached."""
+    out: list[list[Policy]] = [[] for _ in range(max(1, min(shards, len(policies))))]
+    for policy in sorted(policies, key=lambda p: (-len(p.text), p.name)):
+        min(out, key=lambda share: (sum(len(p.text) for p in share), len(share))).append(policy)
+    return [sorted(share, key=lambda p: p.name) for share in out]
+
+
+def stage_plan(settings: Settings, policies: Sequence[Policy], replicas: int) -> list[tuple[list[Policy], int]]:
+    """(policies labelled, replicas) per replica stage: one stage with every policy, or with
+    ray.policy_affinity one stage per share of the policies, the replicas dealt out among them."""
+    if not settings.ray.policy_affinity or replicas < 2 or len(policies) < 2:
+        return [(list(policies), replicas)]
+    shares = policy_shards(policies, replicas)
+    return [(share, replicas // len(shares) + (i < replicas % len(shares))) for i, share in enumerate(shares)]
+
+
 def _map(ds, settings: Settings, run_id: str, policies: Sequence[Policy], replicas: int, attempt: int | None = None):
     import ray.data
 
-    return ds.map_batches(
-        ChunkLabeller,
-        # attempt: the label attempt's fencing token, carried by every chunk write (runs.start_label_attempt)
-        fn_constructor_kwargs={"settings": settings, "run_id": run_id, "policies": list(policies), "attempt": attempt},
-        batch_size=1,  # one chunk per call: a chunk is the unit that is staged atomically
-        batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=replicas, max_tasks_in_flight_per_actor=2),
-        # A dead replica is restarted and its chunk retried (staged chunks are skipped on retry).
-        max_restarts=settings.ray.max_restarts,
-        max_task_retries=-1 if settings.ray.max_restarts != 0 else 0,
-        **replica_resources(settings),
-    )
+    stages = stage_plan(settings, policies, replicas)
+    for i, (share, size) in enumerate(stages):
+        ds = ds.map_batches(
+            ChunkLabeller,
+            # attempt: the label attempt's fencing token, carried by every chunk write (runs.start_label_attempt)
+            fn_constructor_kwargs={"settings": settings, "run_id": run_id, "policies": list(policies), "attempt": attempt,
+                                   "share": None if len(stages) == 1 else [p.name for p in share],
+                                   "last": i == len(stages) - 1},
+            batch_size=1,  # one chunk per call: a chunk is the unit that is staged atomically
+            batch_format="pandas",
+            compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2),
+            # A dead replica is restarted and its chunk retried (staged chunks are skipped on retry).
+            max_restarts=settings.ray.max_restarts,
+            max_task_retries=-1 if settings.ray.max_restarts != 0 else 0,
+            **replica_resources(settings),
+        )
+    return ds
 
 
 def progress_bar(total_chunks: int, run_id: str):

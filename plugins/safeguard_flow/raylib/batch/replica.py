@@ -8,8 +8,10 @@ second job on the same run) is skipped.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
 import sys
 import threading
 import time
@@ -24,16 +26,26 @@ from safeguard_flow.settings import Settings
 log = logging.getLogger(__name__)
 
 # Columns of the rows a replica returns per chunk (the driver sums them into the job summary).
+# stages: JSON list of {"pid", "policies"}, one per replica that labelled the chunk.
 RESULT_COLUMNS = ("chunk_no", "skipped", "items", "verdicts", "errors", "requests", "prompt_tokens",
-                  "completion_tokens", "seconds", "started", "finished", "pid", "engine_load_s")
+                  "cached_prompt_tokens", "completion_tokens", "seconds", "started", "finished", "pid",
+                  "engine_load_s", "stages")
+# With policy affinity, what one stage hands the next with the chunk number: its verdicts and figures,
+# pickled (only this job's own actors read it, as Ray itself pickles what passes between them).
+CARRY_COLUMN = "carried"
+_SUMMED = ("errors", "requests", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "seconds")
 # A chunk can take minutes: a replica prints how far it is at least this often (into the job log).
 PROGRESS_EVERY_S = 10.0
 
 
 class ChunkLabeller:
-    """Constructed once per replica by Ray Data (so the engine loads once); called per batch of chunks."""
+    """Constructed once per replica by Ray Data (so the engine loads once); called per batch of chunks.
 
-    def __init__(self, settings: Settings, run_id: str, policies: Sequence[Policy], attempt: int | None = None):
+    `policies` are the run's; `share` names the ones this replica labels (policy affinity: None is all
+    of them), and only the `last` stage stages the chunk, with what earlier stages carried to it."""
+
+    def __init__(self, settings: Settings, run_id: str, policies: Sequence[Policy], attempt: int | None = None,
+                 share: Sequence[str] | None = None, last: bool = True):
         from safeguard_flow.engines import build_engine
         from safeguard_flow.raylib.shipping.job_secrets import export_env
         from safeguard_flow.warehouse import db
@@ -43,6 +55,8 @@ class ChunkLabeller:
         self.run_id = run_id
         self.attempt = attempt  # the label attempt's fencing token, carried by every chunk write
         self.policies = list(policies)
+        self.share = self.policies if share is None else [p for p in self.policies if p.name in set(share)]
+        self.last = last
         self.db = db.make_engine(settings)
         settings = _replica_engine_settings(settings)
         start = time.perf_counter()
@@ -51,40 +65,55 @@ class ChunkLabeller:
         self.engine = self.slot.engine
         self.engine_load_s = time.perf_counter() - start
         self._first_call = True
-        log.info("replica pid %s: engine %s ready in %.1fs", os.getpid(), self.engine.model_name, self.engine_load_s)
+        log.info("replica pid %s: engine %s ready in %.1fs (policies %s)", os.getpid(), self.engine.model_name,
+                 self.engine_load_s, ", ".join(p.name for p in self.share))
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        plans = batch.get("cascade_plan")  # present when the cascade stage runs before the replicas
-        rows = [self.label(int(chunk_no), None if plans is None else plans[i])
-                for i, chunk_no in enumerate(batch["chunk_no"])]
+    def __call__(self, batch: Any) -> dict[str, list]:
+        plans = list(batch["cascade_plan"]) if "cascade_plan" in batch else None  # the cascade stage ran first
+        carried = list(batch[CARRY_COLUMN]) if CARRY_COLUMN in batch else None
+        chunk_nos = [int(c) for c in batch["chunk_no"]]
+        rows = [self.label(c, None if plans is None else plans[i],
+                           None if carried is None else pickle.loads(carried[i]))
+                for i, c in enumerate(chunk_nos)]
+        if not self.last:
+            out = {"chunk_no": chunk_nos, CARRY_COLUMN: [pickle.dumps(r) for r in rows]}
+            return out if plans is None else {**out, "cascade_plan": plans}
         return {col: [row[col] for row in rows] for col in RESULT_COLUMNS}
 
-    def label(self, chunk_no: int, cascade_plan: str | None = None) -> dict[str, Any]:
+    def label(self, chunk_no: int, cascade_plan: str | None = None, prior: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+        """Label this replica's policies on the chunk; the last stage also stages it. Returns the result
+        row, or for an earlier stage what it hands on (the row plus `verdicts` and `figures`)."""
         from safeguard_flow.raylib.batch import cascade_stage
         from safeguard_flow.warehouse import staging
 
         row = dict.fromkeys(RESULT_COLUMNS, 0)
         row.update(chunk_no=chunk_no, pid=os.getpid(), skipped=False, seconds=0.0, started=0.0, finished=0.0,
-                   engine_load_s=self.engine_load_s if self._first_call else 0.0)
+                   engine_load_s=self.engine_load_s if self._first_call else 0.0, stages="[]")
         self._first_call = False
-        if chunk_no not in staging.pending_chunks(self.db, self.settings, self.run_id):
+        if prior is not None:
+            row["engine_load_s"] = max(row["engine_load_s"], prior["engine_load_s"])
+        if (prior is not None and prior["skipped"]) or \
+                chunk_no not in staging.pending_chunks(self.db, self.settings, self.run_id):
             row["skipped"] = True
-            return row
-        row["started"] = time.time()
+            return row if self.last else {**row, "verdicts": [], "figures": {}}
+        row["started"] = time.time() if prior is None else prior["started"]
         start = time.perf_counter()
         items = staging.read_chunk(self.db, self.settings, self.run_id, chunk_no)
         stats = LabelStats()
         verdicts = []
         cascade_figures: dict = {}
         # Slices of about two engine batches: the engine stays full, and progress can be counted.
-        step = max(8, 2 * self.settings.model.max_num_seqs // max(1, len(self.policies)))
-        with _Progress(f"run {self.run_id} chunk {chunk_no}", len(items)) as progress:
+        step = max(8, 2 * self.settings.model.max_num_seqs // max(1, len(self.share)))
+        what = f"run {self.run_id} chunk {chunk_no}" + ("" if self.share == self.policies else
+                                                        f" ({', '.join(p.name for p in self.share)})")
+        with _Progress(what, len(items)) as progress:
             for lo in range(0, len(items), step):
                 try:
                     verdicts += cascade_stage.label_planned(
                         lambda its, pols: label_isolating(self.slot, its, pols, stats=stats,
                                                           max_content_chars=self.settings.model.max_content_chars),
-                        items[lo:lo + step], self.policies, cascade_plan, cascade_figures)
+                        items[lo:lo + step], self.share, cascade_plan, cascade_figures)
                 except EngineError:
                     # The engine keeps dying (or cannot start again): end the replica so Ray restarts it
                     # (ray.max_restarts) and retries this chunk. Close the engine first, so its EngineCore /
@@ -97,6 +126,19 @@ class ChunkLabeller:
                 finally:
                     self.engine = self.slot.engine
                 progress.done = min(len(items), lo + step)
+        row.update(items=len(items), errors=stats.errors, requests=stats.requests, prompt_tokens=stats.prompt_tokens,
+                   cached_prompt_tokens=stats.cached_prompt_tokens, completion_tokens=stats.completion_tokens,
+                   seconds=time.perf_counter() - start)
+        stages = [{"pid": os.getpid(), "policies": [p.name for p in self.share]}]
+        if prior is not None:  # what the earlier policy-affinity stages labelled of this chunk
+            verdicts = prior["verdicts"] + verdicts
+            cascade_figures = {**prior["figures"], **cascade_figures}
+            stages = json.loads(prior["stages"]) + stages
+            for key in _SUMMED:
+                row[key] += prior[key]
+        row["stages"] = json.dumps(stages)
+        if not self.last:
+            return {**row, "verdicts": verdicts, "figures": cascade_figures}
         try:
             staging.write_chunk(self.db, self.settings, self.run_id, chunk_no, verdicts, attempt=self.attempt)
         except staging.StaleWrite as exc:
@@ -105,9 +147,7 @@ class ChunkLabeller:
             row["skipped"] = True
             return row
         cascade_stage.record(self.db, self.settings, self.run_id, chunk_no, cascade_figures)
-        row.update(items=len(items), verdicts=len(verdicts), errors=stats.errors, requests=stats.requests,
-                   prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
-                   seconds=time.perf_counter() - start, finished=time.time())
+        row.update(verdicts=len(verdicts), finished=time.time())
         return row
 
     def shutdown_engine(self, timeout_s: float = 30.0) -> None:

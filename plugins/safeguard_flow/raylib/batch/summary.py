@@ -21,6 +21,7 @@ class LabelJobSummary:
     errors: int = 0
     requests: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the replicas' prefix caches
     completion_tokens: int = 0
     replicas: int = 0
     replica_pids: list[int] = field(default_factory=list)
@@ -30,6 +31,8 @@ class LabelJobSummary:
     chunks_left: int = 0  # still pending at the end (0 for a complete run)
     first_start: float = 0.0  # epoch seconds
     last_finish: float = 0.0
+    # With ray.policy_affinity: each replica (pid, as a string) and the policies it labelled.
+    policy_shares: dict[str, list[str]] = field(default_factory=dict)
     cascade: dict[str, Any] = field(default_factory=dict)  # per policy version: decided, calls avoided, audit (cascade_stage.finish)
 
     def add_row(self, row: dict[str, Any]) -> None:
@@ -37,10 +40,15 @@ class LabelJobSummary:
             self.chunks_skipped += 1
         else:
             self.chunks_labelled += 1
-        for key in ("items", "verdicts", "errors", "requests", "prompt_tokens", "completion_tokens"):
-            setattr(self, key, getattr(self, key) + int(row[key]))
-        if int(row["pid"]) not in self.replica_pids:
-            self.replica_pids.append(int(row["pid"]))
+        for key in ("items", "verdicts", "errors", "requests", "prompt_tokens", "cached_prompt_tokens",
+                    "completion_tokens"):
+            setattr(self, key, getattr(self, key) + int(row.get(key) or 0))
+        stages = json.loads(row.get("stages") or "[]") or [{"pid": int(row["pid"])}]
+        for stage in stages:
+            if int(stage["pid"]) not in self.replica_pids:
+                self.replica_pids.append(int(stage["pid"]))
+            if len(stages) > 1:
+                self.policy_shares[str(stage["pid"])] = sorted(stage["policies"])
         self.engine_load_s = max(self.engine_load_s, float(row["engine_load_s"]))
         if not row["skipped"]:
             started, finished = float(row["started"]), float(row["finished"])
@@ -79,8 +87,9 @@ class LabelJobSummary:
             f"  chunks  {self.chunks_labelled} labelled, {self.chunks_skipped} already staged, "
             f"{self.chunks_left} left (of {self.chunks_pending} pending at start)",
             f"  items   {self.items} -> {self.verdicts} verdicts, {self.errors} errors",
-            f"  tokens  {self.prompt_tokens} prompt + {self.completion_tokens} completion "
-            f"({self.tokens_per_item:.0f} per item)",
+            f"  tokens  {self.prompt_tokens} prompt ({self.cached_prompt_tokens} from the prefix cache) + "
+            f"{self.completion_tokens} completion ({self.tokens_per_item:.0f} per item)",
+            *(f"  replica {pid} labels {', '.join(names)}" for pid, names in sorted(self.policy_shares.items())),
             f"  speed   {self.items_per_s:.2f} items/s over {self.label_s:.1f}s of labelling "
             f"({self.replicas} replicas, engine start-up {self.engine_load_s:.1f}s, wall {self.wall_s:.1f}s)",
         ]

@@ -33,7 +33,7 @@ from engine_throughput import load_items  # noqa: E402  (bench/ is not a package
 from ray_job_bench import load_source, new_run  # noqa: E402
 
 # The eight moderation policies (spam, the demo's ninth, stays out: the shape is 8 x 2).
-POLICIES = "sexual,sexual-minors,hate,hate-threatening,harassment,self-harm,violence,violence-graphic"
+POLICIES = "sexual,sexual/minors,hate,hate/threatening,harassment,self-harm,violence,violence/graphic"
 
 
 def make_settings(args, home: Path):
@@ -59,8 +59,9 @@ def prefix_tokens(settings, policies) -> dict[str, int]:
     from safeguard_flow.models.local import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model(settings))
-    return {p.name: len(tok.apply_chat_template(chat_messages(p, ""), tokenize=True, add_generation_prompt=True))
-            for p in policies}
+    prompts = {p.name: tok.apply_chat_template(chat_messages(p, ""), tokenize=False, add_generation_prompt=True)
+               for p in policies}
+    return {name: len(tok(text, add_special_tokens=False)["input_ids"]) for name, text in prompts.items()}
 
 
 def kv_bytes_per_token(settings) -> int:

@@ -289,6 +289,43 @@ def test_policy_affinity_deals_policies_into_balanced_shares(settings_factory):
     assert stage_plan(off, policies, 2) == [(policies, 2)]  # round robin: one stage, every policy
 
 
+def test_policy_affinity_stages_hand_their_verdicts_on_and_the_last_stages_the_chunk(small_policies, monkeypatch,
+                                                                                     settings_factory):
+    """Two ChunkLabeller stages as Ray Data chains them (pandas batches in, columns out): the first labels
+    its share and carries it, the second labels the rest and writes one complete chunk."""
+    import json
+
+    import pandas as pd
+
+    from safeguard_flow.raylib.batch import replica as labeller
+    from safeguard_flow.warehouse import staging
+
+    written: dict = {}
+    monkeypatch.setattr(staging, "pending_chunks", lambda *a: [0])
+    monkeypatch.setattr(staging, "read_chunk", lambda *a: _items(["buy now", "hello", "\u041a\u0443\u043f\u0438\u0442\u0435 buy"]))
+    monkeypatch.setattr(staging, "write_chunk", lambda db, st, run, chunk, verdicts, attempt=None:
+                        written.update(chunk=chunk, verdicts=list(verdicts), attempt=attempt))
+
+    def stage(share, last):
+        r = object.__new__(labeller.ChunkLabeller)
+        r.settings, r.run_id, r.policies, r.attempt = settings_factory(), "r", list(small_policies), 5
+        r.share, r.last = [p for p in r.policies if p.name in share], last
+        r.db, r.engine, r.engine_load_s, r._first_call = None, BatchRaisingEngine(), 1.5, True
+        r.slot = EngineSlot(lambda: BatchRaisingEngine(), engine=r.engine)
+        return r
+
+    first, second = stage({"spam"}, False), stage({"self-harm"}, True)
+    handed = first(pd.DataFrame({"chunk_no": [0]}))
+    assert set(handed) == {"chunk_no", labeller.CARRY_COLUMN}  # nothing staged yet
+    assert written == {}
+    out = second(pd.DataFrame(handed))
+    assert set(out) == set(labeller.RESULT_COLUMNS) and out["verdicts"] == [6] and out["items"] == [3]
+    assert written["attempt"] == 5 and {(v.content_id, v.policy) for v in written["verdicts"]} == {
+        (f"id{i}", p.name) for i in range(3) for p in small_policies}
+    assert out["requests"] == [6]  # both stages' requests, summed
+    assert [s["policies"] for s in json.loads(out["stages"][0])] == [["spam"], ["self-harm"]]
+
+
 def test_summary_counts_every_stage_of_a_chunk():
     import json
 

@@ -85,14 +85,15 @@ def plan_chunk(items: Sequence[ContentItem], policies: Sequence[Policy], cascade
 LabelFn = Callable[[Sequence[ContentItem], Sequence[Policy]], list[Verdict]]
 
 
-def label_routed(items: Sequence[ContentItem], policies: Sequence[Policy], plan: ChunkPlan, label: LabelFn
-                 ) -> tuple[list[Verdict], list[dict[str, Any]]]:
+def label_routed(items: Sequence[ContentItem], policies: Sequence[Policy], plan: ChunkPlan, label: LabelFn,
+                 run_policies: int | None = None) -> tuple[list[Verdict], list[dict[str, Any]]]:
     """Verdicts for every (item, policy) in (item, policy) order, the model (`label`) asked only for the
     pairs the cascade did not decide and the audited ones; and per policy the figures of the chunk
     (items, decided, audited, audit_agree, calls_avoided, model_s, cascade_s, off, note, cascade_id)."""
     by_pair: dict[tuple[int, str], Verdict] = {}
     figures = []
-    cascade_share = plan.seconds / max(1, len(policies))
+    # The plan's time, shared by every policy of the run (a policy-affinity replica labels only some).
+    cascade_share = plan.seconds / max(1, run_policies or len(policies))
     for policy in policies:
         decided = plan.decisions.get(policy.name, {})
         to_model = [(i, it) for i, it in enumerate(items) if it.content_hash not in decided or decided[it.content_hash][2]]

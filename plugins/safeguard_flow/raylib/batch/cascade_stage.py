@@ -86,15 +86,17 @@ class CascadeRouter:
         return plan.to_json()
 
 
-def label_planned(label: Callable, items, policies: Sequence[Policy], plan_json: str | None, figures: dict):
+def label_planned(label: Callable, items, policies: Sequence[Policy], plan_json: str | None, figures: dict,
+                  run_policies: int | None = None):
     """The replica's labelling of a slice: through the plan when there is one (figures summed per
-    policy into `figures`), else straight to the model."""
+    policy into `figures`), else straight to the model. `run_policies`: how many policies the run has
+    when `policies` is a policy-affinity replica's share."""
     from safeguard_flow.labelling.cascade_route import ChunkPlan, label_routed
 
     plan = json.loads(plan_json) if plan_json else {}
     if not plan:
         return label(items, policies)
-    verdicts, rows = label_routed(items, policies, ChunkPlan.from_json(plan), label)
+    verdicts, rows = label_routed(items, policies, ChunkPlan.from_json(plan), label, run_policies)
     for r in rows:
         acc = figures.setdefault(r["policy"], dict(r, items=0, decided=0, audited=0, audit_agree=0, calls_avoided=0,
                                                    cascade_s=0.0, model_s=0.0))

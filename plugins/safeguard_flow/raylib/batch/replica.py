@@ -113,7 +113,7 @@ class ChunkLabeller:
                     verdicts += cascade_stage.label_planned(
                         lambda its, pols: label_isolating(self.slot, its, pols, stats=stats,
                                                           max_content_chars=self.settings.model.max_content_chars),
-                        items[lo:lo + step], self.share, cascade_plan, cascade_figures)
+                        items[lo:lo + step], self.share, cascade_plan, cascade_figures, len(self.policies))
                 except EngineError:
                     # The engine keeps dying (or cannot start again): end the replica so Ray restarts it
                     # (ray.max_restarts) and retries this chunk. Close the engine first, so its EngineCore /

@@ -1,6 +1,6 @@
 """The README's flow through a real Airflow (API server, scheduler, DAG processor, triggerer;
 LocalExecutor; SQLite metadata DB), not `dags test`: the policy sync publishes on its own (it starts
-unpaused), the README's backfill command labels three past intervals, a policy edit announced by a
+unpaused), the README's backfill command labels two past intervals, a policy edit announced by a
 triggered sync starts the relabel through its asset event. SQLite warehouse; labelling with the real
 small model (the shared vLLM server) inside the Airflow workers (ray.label_mode = in_process, on the
 local head), the lightest real path. AIRFLOW_HOME is a temporary folder, outside the project."""
@@ -20,7 +20,7 @@ from tests.airflow.af_support import DAGS, ROOT, STACK_PORT, pipeline_env
 
 pytestmark = pytest.mark.slow
 
-DAYS = ("2026-11-20", "2026-11-21", "2026-11-22")
+DAYS = ("2026-11-20", "2026-11-21")  # the README's backfill: two intervals, one DAG run each
 PER_DAY = 2
 POLICIES = ("self-harm", "spam")
 
@@ -84,7 +84,7 @@ def backfilled(flow):
                 break
             time.sleep(2 * (attempt + 1))
         assert proc.returncode == 0, f"airflow {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    return af.wait_for_runs("safeguard_nightly", 3, run_type="backfill", timeout_s=900)
+    return af.wait_for_runs("safeguard_nightly", len(DAYS), run_type="backfill", timeout_s=900)
 
 
 def _logs(af, dag_id: str, runs: list[dict]) -> str:
@@ -131,12 +131,12 @@ def test_readme_backfill_labels_each_interval_once(flow, backfilled):
     pool = af.api("GET", "pools/safeguard_label")
     assert pool["slots"] == 1 and pool["include_deferred"] is True
     labels = sorted((ti for ti in tis if ti["task_id"] == "label"), key=lambda ti: ti["start_date"])
-    assert len(labels) == 3 and {ti["pool"] for ti in labels} == {"safeguard_label"}
+    assert len(labels) == len(DAYS) and {ti["pool"] for ti in labels} == {"safeguard_label"}
     assert all(a["end_date"] <= b["start_date"] for a, b in zip(labels, labels[1:])), labels
 
     wh_runs = runs.list_runs(engine, settings, kind="backfill")
     by_day = {r.interval_start.date().isoformat(): r for r in wh_runs}
-    assert sorted(by_day) == list(DAYS) and len(wh_runs) == 3
+    assert sorted(by_day) == list(DAYS) and len(wh_runs) == len(DAYS)
     assert all(r.status == "published" and r.items == PER_DAY for r in wh_runs)
     verdicts = _verdicts(engine, settings)
     per_key = Counter((v["content_id"], v["policy"]) for v in verdicts)

@@ -115,9 +115,10 @@ def test_bad_rows_and_a_killed_replica_do_not_stop_the_job(label_settings, small
 
 def test_policy_affinity_splits_the_policies_across_replicas(label_settings, small_policies, ray_driver, vllm_server):
     """ray.policy_affinity: two replicas, each labelling only its share of three policies; every chunk
-    passes both and is staged once with all of its verdicts, hostile and foreign-language posts too. The
+    passes both and is staged once with all of its verdicts, hostile and foreign-language posts too (long
+    posts on the Ray path: the killed-replica test above). The
     replicas label through the session's vLLM server (the in-process engine is the test above's)."""
-    from tests.engines.hostile_posts import HOSTILE, LONG
+    from tests.engines.hostile_posts import HOSTILE
 
     from safeguard_flow.domain.policies import load_policy_set
     from safeguard_flow.raylib.batch.runner import run_label_job
@@ -126,7 +127,7 @@ def test_policy_affinity_splits_the_policies_across_replicas(label_settings, sma
     policies = list(small_policies) + hate
     settings = label_settings(engine={"kind": "openai", "base_url": vllm_server, "concurrency": 4},
                               num_replicas=2, num_cpus_per_replica=0.5, policy_affinity=True)
-    texts = sample_texts(6) + HOSTILE + [LONG, "Ich hasse alle Nachbarn, sie sollten verschwinden."]
+    texts = sample_texts(3) + HOSTILE + ["Ich hasse alle Nachbarn, sie sollten verschwinden."]
     run_id = make_run(settings, policies, texts)
 
     summary = run_label_job(settings, run_id)

@@ -64,7 +64,7 @@ mariadb:
 
 test: model browser mariadb
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -v --durations=25
+	$(BIN)/python -m pytest tests -v --durations=25 -n 2
 
 # The benchmark suite: one table, every figure in artifacts/bench/latest.json (BENCHMARKS.md says
 # what each means). bench-quick (under 10 minutes) is the one to run before and after a change.

@@ -44,6 +44,26 @@ if "_SG_TEST_AIRFLOW_HOME" not in os.environ:
     })
 
 
+# `make test` runs two pytest-xdist workers (`-n 2`) with the scheduler below: every test that starts an
+# engine, a server or a cluster is one work unit, so one worker runs them all in collection order (each
+# session-wide engine and server starts once, and their fixed ports never meet a second copy). The other
+# worker takes the warehouse dialect matrix and the unit tests, which need only throwaway database
+# servers of their own (free ports): they fill the time the first worker waits on Airflow's scheduler,
+# Ray and server start-ups. (xdist's own `--dist loadgroup` marks do not reach pytest 9's node ids.)
+LIGHT_TESTS = ("tests/warehouse/", "tests/unit/")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class HeavyTestsOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if nodeid.startswith(LIGHT_TESTS) else "engines, servers and clusters"
+
+    return HeavyTestsOnOneWorker(config, log)
+
+
 @pytest.fixture
 def settings_factory(tmp_path):
     """Build Settings with the given warehouse URL (default: a SQLite file in tmp_path) and overrides."""
@@ -343,4 +363,5 @@ def job_ray_head(tmp_path_factory, port: int, dashboard_port: int):
     head = local_head.start_head(settings)
     yield head
     local_head.stop_head(head)
+
 

@@ -44,13 +44,20 @@ if "_SG_TEST_AIRFLOW_HOME" not in os.environ:
     })
 
 
-# `make test` runs two pytest-xdist workers (`-n 2`) with the scheduler below: every test that starts an
-# engine, a server or a cluster is one work unit, so one worker runs them all in collection order (each
-# session-wide engine and server starts once, and their fixed ports never meet a second copy). The other
-# worker takes the warehouse dialect matrix and the unit tests, which need only throwaway database
-# servers of their own (free ports): they fill the time the first worker waits on Airflow's scheduler,
-# Ray and server start-ups. (xdist's own `--dist loadgroup` marks do not reach pytest 9's node ids.)
-LIGHT_TESTS = ("tests/warehouse/", "tests/unit/")
+# `make test` runs two pytest-xdist workers (`-n 2`) with the scheduler below. The tests that share the
+# session's small-model engine and server, the Ray heads and the local Airflow stack (fixed ports) are
+# one work unit: one worker runs them in collection order, so each starts once and no port meets a
+# second copy. The other worker takes the tests that share none of them (LIGHT_TESTS: the warehouse
+# dialect matrix, unit tests, gpt-oss-tiny's own engines and server, throwaway database and HTTP servers
+# on free ports) while the first waits on Airflow's scheduler, Ray and server start-ups. (xdist's own
+# `--dist loadgroup` marks do not reach pytest 9's node ids.)
+LIGHT_TESTS = ("tests/warehouse/", "tests/unit/", "tests/pipeline/test_validate_memory.py",
+               "tests/pipeline/test_validate_step.py", "tests/pipeline/test_worker_exit.py",
+               "tests/engines/test_openai_retries.py", "tests/cascade/test_cascade.py", "tests/bi/test_grant_bi.py",
+               # no other test loads gpt-oss-tiny
+               "tests/engines/test_engine_death.py", "tests/engines/test_gpt_oss_tiny.py",
+               "tests/engines/test_openai_server_harmony.py",
+               "tests/review/test_queue.py", "tests/review/test_estimates.py", "tests/review/test_exchange_texts.py")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -16,7 +16,6 @@ Ratio: affinity_vs_round_robin = affinity items/s / round-robin items/s (labelli
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ for key, value in {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TR
                    "RAY_AUTH_MODE": "disabled"}.items():
     os.environ.setdefault(key, value)
 
-from engine_throughput import load_items  # noqa: E402  (bench/ is not a package)
+from engine_throughput import load_items, report  # noqa: E402  (bench/ is not a package)
 from ray_job_bench import load_source, new_run  # noqa: E402
 
 # The eight moderation policies (spam, the demo's ninth, stays out: the issue's shape is 8 x 2).
@@ -137,11 +136,7 @@ def main() -> int:
         "cached_share": {r["mode"]: r["cached_share"] for r in rows},
         "prefix_tokens_per_replica": {r["mode"]: r["prefix_tokens_per_replica"] for r in rows},
     }
-    print("\n== policy affinity ==")
-    for key, value in figures.items():
-        print(f"  {key:<30} {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"runs": rows, "figures": figures}, indent=2))
+    report("policy affinity", figures, rows, args.json)
     return 0
 
 

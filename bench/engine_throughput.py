@@ -69,6 +69,15 @@ def cpu_seconds() -> float:
     return total
 
 
+def report(title: str, figures: dict, runs: list[dict], json_path: str | None) -> None:
+    """Print a benchmark's figures under its title; write them with its runs to `json_path` (the suite reads it)."""
+    print(f"\n== {title} ==")
+    for key, value in figures.items():
+        print(f"  {key:<30} {value}")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"runs": runs, "figures": figures}, indent=2))
+
+
 def measure(name: str, fn, engine, items, n_policies: int) -> dict:
     from safeguard_flow.labelling.loop import LabelStats
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from engine_throughput import cpu_seconds, load_items  # noqa: E402  (bench/ is not a package)
+from engine_throughput import cpu_seconds, load_items, report  # noqa: E402  (bench/ is not a package)
 
 
 def run(name: str, engine, items, policies, *, single: bool = False, interleave: bool = False) -> dict:
@@ -116,11 +115,7 @@ def main() -> int:
         "completion_tokens_by_format": {f: by[f]["completion_tokens_per_item"] for f in ("binary", "json", "json_rationale")},
         "items_per_s_by_format": {f: by[f]["items_per_s"] for f in ("binary", "json", "json_rationale")},
     }
-    print("\n== levers ==")
-    for key, value in figures.items():
-        print(f"  {key:<30} {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"runs": rows, "figures": figures}, indent=2))
+    report("levers", figures, rows, args.json)
     return 0
 
 

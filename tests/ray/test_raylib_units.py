@@ -289,6 +289,37 @@ def test_policy_affinity_deals_policies_into_balanced_shares(settings_factory):
     assert stage_plan(off, policies, 2) == [(policies, 2)]  # round robin: one stage, every policy
 
 
+def _replica(settings, policies, share, last=True):
+    """A ChunkLabeller as Ray Data builds it, holding a scripted engine (no Ray, no model)."""
+    from safeguard_flow.raylib.batch import replica as labeller
+
+    r = object.__new__(labeller.ChunkLabeller)
+    r.settings, r.run_id, r.policies, r.attempt = settings, "r", list(policies), 5
+    r.share, r.last = [p for p in r.policies if p.name in share], last
+    r.db, r.engine, r.engine_load_s, r._first_call = None, BatchRaisingEngine(), 1.5, True
+    r.slot = EngineSlot(lambda: BatchRaisingEngine(), engine=r.engine)
+    return r
+
+
+def test_a_refused_chunk_write_counts_nothing(small_policies, monkeypatch, settings_factory):
+    """A newer label attempt owns the run: the chunk is reported skipped, and its work is not summed."""
+    from safeguard_flow.raylib.batch.summary import LabelJobSummary
+    from safeguard_flow.warehouse import staging
+
+    monkeypatch.setattr(staging, "pending_chunks", lambda *a: [0])
+    monkeypatch.setattr(staging, "read_chunk", lambda *a: _items(["buy now", "hello"]))
+
+    def refuse(*a, **k):
+        raise staging.StaleWrite("label attempt 5 is stale: attempt 6 owns the run")
+
+    monkeypatch.setattr(staging, "write_chunk", refuse)
+    row = _replica(settings_factory(), small_policies, {"spam", "self-harm"}).label(0)
+    summary = LabelJobSummary(run_id="r")
+    summary.add_row(row)
+    assert row["skipped"] and summary.chunks_skipped == 1
+    assert summary.items == summary.requests == summary.prompt_tokens == 0
+
+
 def test_policy_affinity_stages_hand_their_verdicts_on_and_the_last_stages_the_chunk(small_policies, monkeypatch,
                                                                                      settings_factory):
     """Two ChunkLabeller stages as Ray Data chains them (pandas batches in, columns out): the first labels
@@ -306,15 +337,8 @@ def test_policy_affinity_stages_hand_their_verdicts_on_and_the_last_stages_the_c
     monkeypatch.setattr(staging, "write_chunk", lambda db, st, run, chunk, verdicts, attempt=None:
                         written.update(chunk=chunk, verdicts=list(verdicts), attempt=attempt))
 
-    def stage(share, last):
-        r = object.__new__(labeller.ChunkLabeller)
-        r.settings, r.run_id, r.policies, r.attempt = settings_factory(), "r", list(small_policies), 5
-        r.share, r.last = [p for p in r.policies if p.name in share], last
-        r.db, r.engine, r.engine_load_s, r._first_call = None, BatchRaisingEngine(), 1.5, True
-        r.slot = EngineSlot(lambda: BatchRaisingEngine(), engine=r.engine)
-        return r
-
-    first, second = stage({"spam"}, False), stage({"self-harm"}, True)
+    first = _replica(settings_factory(), small_policies, {"spam"}, last=False)
+    second = _replica(settings_factory(), small_policies, {"self-harm"}, last=True)
     handed = first(pd.DataFrame({"chunk_no": [0]}))
     assert set(handed) == {"chunk_no", labeller.CARRY_COLUMN}  # nothing staged yet
     assert written == {}

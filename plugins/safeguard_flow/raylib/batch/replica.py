@@ -144,8 +144,7 @@ class ChunkLabeller:
         except staging.StaleWrite as exc:
             # A newer label attempt owns the run (or it moved on): this chunk is not ours to write.
             log.warning("replica pid %s: %s", os.getpid(), exc)
-            row["skipped"] = True
-            return row
+            return {**row, **dict.fromkeys(("items", *_SUMMED), 0), "skipped": True}  # nothing of it counts
         cascade_stage.record(self.db, self.settings, self.run_id, chunk_no, cascade_figures)
         row.update(verdicts=len(verdicts), finished=time.time())
         return row

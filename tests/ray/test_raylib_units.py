@@ -281,12 +281,16 @@ def test_policy_affinity_deals_policies_into_balanced_shares(settings_factory):
     assert max(sizes) - min(sizes) <= 100, sizes
     assert len(policy_shards(policies[:1], 4)) == 1  # never an empty share
 
-    on = settings_factory(ray={"policy_affinity": True})
-    assert [n for _, n in stage_plan(on, policies, 2)] == [1, 1]
-    assert [n for _, n in stage_plan(on, policies[:3], 5)] == [2, 2, 1]  # more replicas than policies
-    assert len(stage_plan(on, policies, 1)) == 1 and len(stage_plan(on, policies[:1], 2)) == 1
-    off = settings_factory()
-    assert stage_plan(off, policies, 2) == [(policies, 2)]  # round robin: one stage, every policy
+    def on(replicas: int):
+        return settings_factory(ray={"policy_affinity": True, "num_replicas": replicas})
+
+    assert [n for _, n in stage_plan(on(2), policies, 10)] == [1, 1]
+    assert [n for _, n in stage_plan(on(5), policies[:3], 10)] == [2, 2, 1]  # more replicas than policies
+    assert [n for _, n in stage_plan(on(5), policies[:3], 1)] == [1, 1, 1]  # never more than the chunks
+    assert len(stage_plan(on(1), policies, 10)) == 1 and len(stage_plan(on(2), policies[:1], 10)) == 1
+    off = settings_factory(ray={"num_replicas": 2})
+    assert stage_plan(off, policies, 10) == [(policies, 2)]  # round robin: one stage, every policy
+    assert stage_plan(off, policies, 1) == [(policies, 1)]
 
 
 def _replica(settings, policies, share, last=True):

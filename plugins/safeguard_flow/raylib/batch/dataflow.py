@@ -77,9 +77,6 @@ def label_chunks(
     # first chunks and a slower node may get none. A replica that can never be placed fails the job
     # with Ray's "not enough resources" timeout instead of hanging for good.
     ctx.wait_for_min_actors_s = int(settings.ray.job_timeout_s)
-    # Never more replicas in a stage than chunks; with policy affinity each share has its own stage.
-    replicas = max(1, settings.ray.num_replicas if settings.ray.policy_affinity and len(policies) > 1
-                   else min(settings.ray.num_replicas, len(chunks)))
     ds = ray.data.from_items([{"chunk_no": int(c)} for c in chunks], override_num_blocks=max(1, len(chunks)))
     with warnings.catch_warnings():
         # max_restarts/max_task_retries still go through `ray_remote_args` (deprecated in Ray 2.60
@@ -87,7 +84,7 @@ def label_chunks(
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
         if cascade_stage.run_has_cascades(settings, policies):  # the cascade decides the clear items first
             ds = cascade_stage.add_stage(ds, settings, run_id, policies)
-        ds = _map(ds, settings, run_id, policies, replicas, len(chunks), attempt)
+        ds = _map(ds, settings, run_id, policies, len(chunks), attempt)
     for row in ds.iter_rows():
         row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
         if on_row is not None:
@@ -104,20 +101,22 @@ def policy_shards(policies: Sequence[Policy], shards: int) -> list[list[Policy]]
     return [sorted(share, key=lambda p: p.name) for share in out]
 
 
-def stage_plan(settings: Settings, policies: Sequence[Policy], replicas: int) -> list[tuple[list[Policy], int]]:
+def stage_plan(settings: Settings, policies: Sequence[Policy], n_chunks: int) -> list[tuple[list[Policy], int]]:
     """(policies labelled, replicas) per replica stage: one stage with every policy, or with
-    ray.policy_affinity one stage per share of the policies, the replicas dealt out among them."""
+    ray.policy_affinity one stage per share of the policies, the ray.num_replicas dealt out among them.
+    A stage never has more replicas than the run has chunks."""
+    replicas = settings.ray.num_replicas
     if not settings.ray.policy_affinity or replicas < 2 or len(policies) < 2:
-        return [(list(policies), replicas)]
+        return [(list(policies), max(1, min(replicas, n_chunks)))]
     shares = policy_shards(policies, replicas)
-    return [(share, replicas // len(shares) + (i < replicas % len(shares))) for i, share in enumerate(shares)]
+    return [(share, max(1, min(n_chunks, replicas // len(shares) + (i < replicas % len(shares)))))
+            for i, share in enumerate(shares)]
 
 
-def _map(ds, settings: Settings, run_id: str, policies: Sequence[Policy], replicas: int, n_chunks: int,
-         attempt: int | None = None):
+def _map(ds, settings: Settings, run_id: str, policies: Sequence[Policy], n_chunks: int, attempt: int | None = None):
     import ray.data
 
-    stages = stage_plan(settings, policies, replicas)
+    stages = stage_plan(settings, policies, n_chunks)
     for i, (share, size) in enumerate(stages):
         ds = ds.map_batches(
             ChunkLabeller,
@@ -127,7 +126,7 @@ def _map(ds, settings: Settings, run_id: str, policies: Sequence[Policy], replic
                                    "last": i == len(stages) - 1},
             batch_size=1,  # one chunk per call: a chunk is the unit that is staged atomically
             batch_format="pandas",
-            compute=ray.data.ActorPoolStrategy(size=max(1, min(size, n_chunks)), max_tasks_in_flight_per_actor=2),
+            compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2),
             # A dead replica is restarted and its chunk retried (staged chunks are skipped on retry).
             max_restarts=settings.ray.max_restarts,
             max_task_retries=-1 if settings.ray.max_restarts != 0 else 0,
